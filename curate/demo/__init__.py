@@ -1,0 +1,1 @@
+"""The built-in demo: a CommonPool in miniature, generated here, served on loopback, curated end to end."""

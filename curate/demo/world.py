@@ -1,0 +1,130 @@
+"""A CommonPool in miniature: generated images with captions, and the kinds of breakage real pools have.
+
+Each image is a coloured shape on a background; a caption either describes it ("a photo of a red circle"),
+describes another image (mismatched), is in another language, or is too short. Some URLs are dead, some
+files corrupt or truncated, some URLs use schemes we must never fetch. CLIP-like scores in the metadata
+follow whether the caption matches, so CLIP-score filtering has something real to find.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image, ImageDraw
+
+from curate.demo.metadata import random_uids
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (235, 215, 40),
+          "purple": (140, 50, 180), "orange": (245, 140, 30), "white": (245, 245, 245), "black": (15, 15, 15)}
+SHAPES = ("circle", "square", "triangle", "cross", "ring")
+FOREIGN = ("une photo d'un {shape} {color}", "ein Foto von einem {color} {shape}", "una foto de un {shape} {color}")
+SHORT = ("img", "DSC_0042", "photo")
+
+
+@dataclass
+class WorldSample:
+    uid: str
+    kind: str  # ok | mismatched | foreign | short | dead | corrupt | truncated | scheme | redirect | tiny | wide
+    color: str
+    shape: str
+
+
+def draw(color: str, shape: str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    w, h = size
+    bg = tuple(int(x) for x in rng.integers(60, 200, 3)) if rng.random() < 0.5 else (128, 128, 128)
+    img = Image.new("RGB", (w, h), bg)
+    d = ImageDraw.Draw(img)
+    s = min(w, h)
+    cx, cy = w // 2 + int(rng.integers(-s // 8, s // 8 + 1)), h // 2 + int(rng.integers(-s // 8, s // 8 + 1))
+    r = int(s * rng.uniform(0.25, 0.4))
+    fill = COLORS[color]
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        d.ellipse(box, fill=fill)
+    elif shape == "square":
+        d.rectangle(box, fill=fill)
+    elif shape == "triangle":
+        d.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=fill)
+    elif shape == "cross":
+        t = max(2, r // 3)
+        d.rectangle((cx - r, cy - t, cx + r, cy + t), fill=fill)
+        d.rectangle((cx - t, cy - r, cx + t, cy + r), fill=fill)
+    else:
+        d.ellipse(box, outline=fill, width=max(2, r // 3))
+    return img
+
+
+def jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+KIND_P = {"ok": 0.55, "mismatched": 0.17, "foreign": 0.07, "short": 0.04, "dead": 0.04, "corrupt": 0.03,
+          "truncated": 0.02, "scheme": 0.03, "redirect": 0.01, "tiny": 0.02, "wide": 0.02}
+
+
+def build_world(web_dir: str | Path, n: int, seed: int, url_for) -> pa.Table:
+    """Write the images under `web_dir` and return the URL list (DataComp schema plus the demo's scores).
+
+    `url_for(name)` gives the served URL of a file in `web_dir`.
+    """
+    web_dir = Path(web_dir)
+    web_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    uids = random_uids(rng, n)
+    kinds = rng.choice(list(KIND_P), size=n, p=list(KIND_P.values()))
+    rows = {k: [] for k in ("uid", "url", "text", "original_width", "original_height", "clip_b32_similarity_score",
+                            "clip_l14_similarity_score", "demo_kind")}
+    color_names = list(COLORS)
+    for uid, kind in zip(uids, kinds):
+        color, shape = color_names[rng.integers(len(color_names))], SHAPES[rng.integers(len(SHAPES))]
+        size = (int(rng.integers(96, 200)), int(rng.integers(96, 200)))
+        if kind == "tiny":
+            size = (12, 12)
+        elif kind == "wide":
+            size = (400, 24)
+        name = f"{uid}.jpg"
+        url = url_for(name)
+        caption = f"a photo of a {color} {shape}"
+        matched = kind not in ("mismatched",)
+        if kind == "mismatched":
+            other = (color_names[(color_names.index(color) + 1 + rng.integers(len(color_names) - 1)) % len(color_names)],
+                     SHAPES[(SHAPES.index(shape) + 1 + rng.integers(len(SHAPES) - 1)) % len(SHAPES)])
+            caption = f"a photo of a {other[0]} {other[1]}"
+        elif kind == "foreign":
+            caption = FOREIGN[rng.integers(len(FOREIGN))].format(color=color, shape=shape)
+        elif kind == "short":
+            caption = SHORT[rng.integers(len(SHORT))]
+        img = draw(color, shape, size, rng)
+        data = jpeg(img)
+        if kind == "corrupt":
+            data = rng.bytes(len(data))
+        elif kind == "truncated":
+            data = data[: len(data) // 3]
+        if kind == "dead":
+            pass  # never written: the server answers 404
+        else:
+            (web_dir / name).write_bytes(data)
+        if kind == "scheme":
+            url = ["file:///etc/passwd", f"ftp://127.0.0.1/{name}", f"gopher://127.0.0.1/{name}"][rng.integers(3)]
+        elif kind == "redirect":
+            url = url_for("").rsplit("/img/", 1)[0] + "/redirect/file//etc/passwd"  # 302 to file:///etc/passwd
+        base = 0.31 if matched and kind not in ("short",) else 0.17
+        b32 = float(rng.normal(base, 0.025))
+        rows["uid"].append(uid)
+        rows["url"].append(url)
+        rows["text"].append(caption)
+        rows["original_width"].append(size[0])
+        rows["original_height"].append(size[1])
+        rows["clip_b32_similarity_score"].append(b32)
+        rows["clip_l14_similarity_score"].append(float(b32 * 0.95 + rng.normal(0, 0.01)))
+        rows["demo_kind"].append(str(kind))
+    table = pa.table(rows)
+    for col in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
+        table = table.set_column(table.column_names.index(col), col, table.column(col).cast(pa.float32()))
+    return table

@@ -1,0 +1,38 @@
+"""The engine contract shared by the local, Dask and Spark engines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+
+class EngineTaskError(RuntimeError):
+    """A work item failed; carries which item, so the user knows which shard to look at."""
+
+
+def default_processes() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+class Engine:
+    """Map a function over work items and return results in item order."""
+
+    name = "base"
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the engine started (worker processes, clusters, sessions)."""
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def describe_item(item: Any) -> str:
+    """A short label for a work item in error messages."""
+    text = repr(item)
+    return text if len(text) <= 200 else text[:197] + "..."

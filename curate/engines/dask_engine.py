@@ -1,0 +1,54 @@
+"""Dask engine: a `distributed.Client` on a LocalCluster, or on a real cluster by scheduler address."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from tqdm import tqdm
+
+from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
+
+
+class DaskEngine(Engine):
+    """Submits one Dask task per item; results are gathered back in item order."""
+
+    name = "dask"
+
+    def __init__(self, processes: int | None = None, scheduler: str | None = None):
+        from distributed import Client, LocalCluster
+
+        self._cluster = None
+        if scheduler:
+            self.client = Client(scheduler)
+        else:
+            self._cluster = LocalCluster(
+                n_workers=processes or default_processes(),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=None,
+                silence_logs="error",
+            )
+            self.client = Client(self._cluster)
+
+    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+        from distributed import as_completed
+
+        items = list(items)
+        futures = self.client.map(fn, items, pure=False)
+        index = {f.key: i for i, f in enumerate(futures)}
+        results: list[Any] = [None] * len(items)
+        with tqdm(total=len(items), desc=desc, unit="task", disable=True if desc is None else None, leave=False) as bar:
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                try:
+                    results[i] = fut.result()
+                except Exception as e:
+                    self.client.cancel(futures)
+                    raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                bar.update(1)
+        return results
+
+    def close(self) -> None:
+        self.client.close()
+        if self._cluster is not None:
+            self._cluster.close()

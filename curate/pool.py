@@ -1,0 +1,159 @@
+"""The pool on disk: metadata parquet files, webdataset shards from img2dataset, and the column store.
+
+    POOL/metadata/*.parquet          one row per sample, DataComp column names
+    POOL/shards/{:08d}.tar           webdataset shards, with img2dataset's {:08d}.parquet and {:08d}_stats.json
+    POOL/columns/<signal>/<part>.parquet   what a stage computed for one partition, keyed by uid
+
+A folder that holds DataComp metadata parquet files directly (as DataComp's download script leaves them)
+is a metadata-only pool as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate.atomic import is_temporary
+
+
+class PoolError(ValueError):
+    """A pool folder, file or column that is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One unit of per-partition work: a metadata parquet file (or a shard's img2dataset parquet)."""
+
+    name: str  # file stem, used to name column-store files
+    path: str  # parquet path
+
+    @property
+    def kind(self) -> str:
+        return "shard" if Path(self.path).parent.name == "shards" else "metadata"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """A downloaded webdataset shard; whole when img2dataset wrote its stats file."""
+
+    shard_id: int
+    tar: str
+    parquet: str | None
+    stats: str | None
+
+    def expected_successes(self) -> int | None:
+        """How many samples the downloader says it wrote (None without a stats file)."""
+        if not self.stats or not os.path.exists(self.stats):
+            return None
+        try:
+            with open(self.stats) as f:
+                return int(json.load(f)["successes"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+class Pool:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        if not self.root.exists():
+            raise PoolError(f"{self.root}: pool folder does not exist")
+        if not self.root.is_dir():
+            raise PoolError(f"{self.root}: pool must be a folder")
+
+    @property
+    def metadata_dir(self) -> Path:
+        sub = self.root / "metadata"
+        if sub.is_dir():
+            return sub
+        if not (self.root / "shards").is_dir() and any(self.root.glob("*.parquet")):
+            return self.root  # a bare folder of DataComp metadata parquet files
+        return sub
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.root / "shards"
+
+    def column_dir(self, signal: str) -> Path:
+        return self.root / "columns" / signal
+
+    def metadata_files(self) -> list[Path]:
+        d = self.metadata_dir
+        if not d.is_dir():
+            return []
+        return sorted(p for p in d.glob("*.parquet") if not is_temporary(p))
+
+    def shards(self) -> list[Shard]:
+        """Tar shards in id order. A tar without its stats file is still listed (reshard reports it)."""
+        d = self.shards_dir
+        if not d.is_dir():
+            return []
+        out = []
+        for tar in sorted(d.glob("*.tar")):
+            if is_temporary(tar) or not tar.stem.isdigit():
+                continue
+            stem = tar.stem
+            parquet = d / f"{stem}.parquet"
+            stats = d / f"{stem}_stats.json"
+            out.append(
+                Shard(
+                    shard_id=int(stem),
+                    tar=str(tar),
+                    parquet=str(parquet) if parquet.exists() else None,
+                    stats=str(stats) if stats.exists() else None,
+                )
+            )
+        return out
+
+    def has_shards(self) -> bool:
+        return bool(self.shards())
+
+    def partitions(self) -> list[Partition]:
+        """Metadata files when the pool has them, else the downloader's per-shard parquet files."""
+        files = self.metadata_files()
+        if not files:
+            files = [Path(s.parquet) for s in self.shards() if s.parquet]
+        if not files:
+            raise PoolError(
+                f"{self.root}: no metadata found (expected {self.root}/metadata/*.parquet, "
+                f"*.parquet directly in the folder, or downloaded shards in {self.root}/shards/)"
+            )
+        return [Partition(name=p.stem, path=str(p)) for p in files]
+
+
+# img2dataset names the caption column `caption`; DataComp's metadata calls it `text`.
+COLUMN_ALIASES = {"text": ("caption",)}
+
+
+def read_partition(path: str, columns: list[str]) -> pa.Table:
+    """Read only `columns` of one parquet file; a missing column names the column and the file."""
+    try:
+        schema = pq.read_schema(path)
+    except Exception as e:
+        raise PoolError(f"{path}: not a readable parquet file ({e})") from e
+    names = set(schema.names)
+    chosen: dict[str, str] = {}
+    for col in columns:
+        if col in names:
+            chosen[col] = col
+            continue
+        alias = next((a for a in COLUMN_ALIASES.get(col, ()) if a in names), None)
+        if alias is None:
+            raise PoolError(f"{path}: column {col!r} is missing (columns present: {', '.join(sorted(names))})")
+        chosen[col] = alias
+    try:
+        table = pq.read_table(path, columns=list(dict.fromkeys(chosen.values())))
+    except Exception as e:
+        raise PoolError(f"{path}: failed to read columns {list(chosen.values())} ({e})") from e
+    return pa.table({col: table.column(src) for col, src in chosen.items()})
+
+
+def partition_num_rows(path: str) -> int:
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception as e:
+        raise PoolError(f"{path}: not a readable parquet file ({e})") from e

@@ -1,0 +1,67 @@
+"""Text signals for a metadata partition, cached in the column store (`columns/language/<part>.parquet`).
+
+Only the language signal so far: DataComp's metadata does not carry it, and `basic`/`laion2b` need it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.atomic import atomic_path
+from curate.signals.language import LANGUAGE_COLUMNS, LanguageDetector
+
+_DETECTOR_KEY = b"curate.language_detector"
+
+
+def language_columns(uids: pa.ChunkedArray, text: pa.ChunkedArray, cache_file: str | None, fasttext_model: str | None) -> pa.Table:
+    """`language` and `language_score` for each row, read from the cache when it matches, else computed."""
+    detector_name = _detector_name(fasttext_model)
+    if cache_file and os.path.exists(cache_file):
+        try:
+            cached = pq.read_table(cache_file)
+            meta = cached.schema.metadata or {}
+            if meta.get(_DETECTOR_KEY) == detector_name.encode() and cached.column("uid").equals(uids):
+                return cached.select(list(LANGUAGE_COLUMNS))
+        except Exception:
+            pass  # a stale or unreadable cache is recomputed
+    detected = LanguageDetector(fasttext_model).detect(_as_python_text(text))
+    if cache_file:
+        table = pa.table({"uid": uids, **{c: detected.column(c) for c in LANGUAGE_COLUMNS}})
+        table = table.replace_schema_metadata({_DETECTOR_KEY: detector_name.encode()})
+        try:
+            with atomic_path(cache_file) as tmp:
+                pq.write_table(table, tmp)
+        except OSError:
+            pass  # a read-only pool: computing without caching is still correct
+    return detected
+
+
+def _detector_name(fasttext_model: str | None) -> str:
+    return f"fasttext:{Path(fasttext_model).resolve()}" if fasttext_model else "py3langid"
+
+
+def _as_python_text(text: pa.ChunkedArray) -> list[str | None]:
+    """Captions as str; bytes that are not UTF-8 become None (a missing caption), never a crash."""
+    if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+        out = []
+        for value in text.to_pylist():
+            try:
+                out.append(None if value is None else value.decode("utf-8"))
+            except UnicodeDecodeError:
+                out.append(None)
+        return out
+    return text.to_pylist()
+
+
+def text_as_utf8(text: pa.ChunkedArray) -> pa.ChunkedArray:
+    """A caption column as arrow strings, non-UTF-8 binary values as null."""
+    if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
+        return text
+    if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+        return pa.chunked_array([pa.array(_as_python_text(text), pa.string())])
+    return pc.cast(text, pa.string())
