@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from curate.engines import ENGINE_NAMES, make_engine
+from curate.engines import ENGINE_NAMES, EngineTaskError, make_engine
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, EngineTaskError) as e:
         print(f"curate {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -48,6 +48,7 @@ class DownloadOptions:
     resize_mode: str = "keep_ratio_largest"
     resize_only_if_bigger: bool = True
     encode_format: str = "jpg"
+    encode_quality: int = 95  # jpg/webp quality; png takes a compression level 0-9
     shard_size: int = 10000
     timeout: int = 10
     retries: int = 0
@@ -216,6 +217,7 @@ def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, option
             resize_mode=opts.resize_mode,
             resize_only_if_bigger=opts.resize_only_if_bigger,
             encode_format=opts.encode_format,
+            encode_quality=min(opts.encode_quality, 9) if opts.encode_format == "png" else opts.encode_quality,
             min_image_size=opts.min_image_size,
             max_image_area=opts.max_pixels,
             max_aspect_ratio=opts.max_aspect_ratio,
@@ -290,6 +292,7 @@ def _short_reason(message: str) -> str:
     m = message.lower()
     for needle, reason in (
         ("redirect to a non-http", "redirect_refused"),
+        ("redirection to url", "redirect_refused"),
         ("http error 404", "http_404"),
         ("http error 403", "http_403"),
         ("http error 5", "http_5xx"),

@@ -129,12 +129,16 @@ class Pool:
 COLUMN_ALIASES = {"text": ("caption",)}
 
 
-def read_partition(path: str, columns: list[str]) -> pa.Table:
-    """Read only `columns` of one parquet file; a missing column names the column and the file."""
+def partition_schema(path: str) -> pa.Schema:
     try:
-        schema = pq.read_schema(path)
+        return pq.read_schema(path)
     except Exception as e:
         raise PoolError(f"{path}: not a readable parquet file ({e})") from e
+
+
+def read_partition(path: str, columns: list[str]) -> pa.Table:
+    """Read only `columns` of one parquet file; a missing column names the column and the file."""
+    schema = partition_schema(path)
     names = set(schema.names)
     chosen: dict[str, str] = {}
     for col in columns:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from curate.atomic import write_json
 from curate.engines import Engine
-from curate.pool import Partition, Pool, read_partition
+from curate.pool import Partition, Pool, partition_schema, read_partition
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_COLUMNS
 from curate.signals.text_columns import language_columns, text_as_utf8
@@ -38,9 +38,7 @@ class PartitionJob:
 
 def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
     """The partition's `uid` and `columns`, with computed signals joined in when the metadata lacks them."""
-    import pyarrow.parquet as pq
-
-    present = set(pq.read_schema(job.partition.path).names)
+    present = set(partition_schema(job.partition.path).names)
     wanted_signals = [c for c in columns if c in SIGNAL_COLUMNS and c not in present]
     meta_cols = ["uid"] + [c for c in columns if c != "uid" and c not in wanted_signals]
     if wanted_signals and "text" not in meta_cols:

@@ -36,6 +36,9 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise SubsetFileError(f"{path}: subset file not found")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise SubsetFileError(f"{path}: not a readable .npy file (no numpy header)")
     try:
         arr = np.load(path, allow_pickle=False, mmap_mode=None)
     except ValueError as e:  # object arrays need pickle, which we refuse

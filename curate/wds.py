@@ -40,7 +40,7 @@ def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
     """
     current: Sample | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     if not member.isdir():
@@ -60,12 +60,22 @@ def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
                 if current is None:
                     current = Sample(key)
                 current.files[ext] = data
+            _check_end_marker(path, tar.offset)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         report.error = f"{type(e).__name__}: {e}"
         return
     if current is not None:
         report.samples += 1
         yield current
+
+
+def _check_end_marker(path: str, offset: int) -> None:
+    """A whole tar ends with two zero blocks; tarfile reads a cut at a block boundary as a clean end."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        marker = f.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.count(0) != len(marker):
+        raise tarfile.ReadError(f"truncated: no end-of-archive marker after byte {offset}")
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

@@ -59,9 +59,9 @@ class Basic(Filter):
             aspect = long / short
             rules = {
                 "missing_caption": missing_text(text),
-                "not_english" if self.language == "en" else f"not_{self.language}": not_language(table.column("language"), self.language),
                 "too_few_words": word_count(text) <= self.min_words,
                 "too_few_chars": char_count(text) <= self.min_chars,
+                "not_english" if self.language == "en" else f"not_{self.language}": not_language(table.column("language"), self.language),
                 "missing_size": missing_size,
                 "image_too_small": ~missing_size & ~(short >= self.min_side),
                 "aspect_ratio": ~missing_size & ~(aspect <= self.max_aspect),

@@ -42,6 +42,9 @@ class DaskEngine(Engine):
                 i = index[fut.key]
                 try:
                     results[i] = fut.result()
+                except ValueError:
+                    self.client.cancel(futures)
+                    raise  # our own input errors already name the file and the problem
                 except Exception as e:
                     self.client.cancel(futures)
                     raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e

@@ -35,6 +35,8 @@ class LocalEngine(Engine):
                 for i, item in enumerate(items):
                     try:
                         results[i] = fn(item)
+                    except ValueError:
+                        raise
                     except Exception as e:
                         raise EngineTaskError(f"task {describe_item(item)} failed: {e}") from e
                     bar.update(1)
@@ -45,6 +47,10 @@ class LocalEngine(Engine):
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
+                except ValueError:
+                    for other in futures:
+                        other.cancel()
+                    raise  # our own input errors already name the file and the problem
                 except Exception as e:
                     for other in futures:
                         other.cancel()

@@ -42,7 +42,7 @@ class LanguageDetector:
         langs: list[str | None] = []
         scores: list[float | None] = []
         for text in texts:
-            if text is None:
+            if text is None or not text.strip():  # nothing to identify: no language, not a guess
                 langs.append(None)
                 scores.append(None)
                 continue

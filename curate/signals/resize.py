@@ -24,7 +24,7 @@ SIZE = 32
 _PRECISION_BITS = 22
 _HALF = float(1 << (_PRECISION_BITS - 1))
 _INV_ONE = 1.0 / (1 << _PRECISION_BITS)
-_GROUP = 4  # outputs per band in the big pass: skips the zero weights outside each band
+_GROUP = 4
 
 
 def _sinc(x: float) -> float:
@@ -91,13 +91,17 @@ def _fixed_round(acc: np.ndarray) -> np.ndarray:
 
 
 def _rows_pass(x: np.ndarray) -> np.ndarray:
-    """Resample along axis 1 (Pillow's horizontal pass): (h, w) -> (h, 32), banded."""
+    """Resample along axis 1 (Pillow's horizontal pass): (h, w) -> (h, 32), banded.
+
+    Computed as weights @ x.T: BLAS reads x transposed in place, and the wide output keeps the
+    small band products efficient (measured faster than x @ weights.T).
+    """
     in_size = x.shape[1]
     w = weights(in_size)
-    acc = np.empty((x.shape[0], SIZE), dtype=np.float64)
+    acc = np.empty((SIZE, x.shape[0]), dtype=np.float64)
     for lo, hi, start, end in _bands(in_size):
-        np.matmul(x[:, start:end], w[lo:hi, start:end].T, out=acc[:, lo:hi])
-    return _fixed_round(acc)
+        np.matmul(w[lo:hi, start:end], x[:, start:end].T, out=acc[lo:hi])
+    return _fixed_round(acc).T
 
 
 def _cols_pass(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,23 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`  (each sets up .venv first).
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/curate demo --workdir demo_out
+
+test: $(STAMP)
+	bash scripts/ensure-java.sh
+	$(VENV)/bin/python -m pytest -q
+
+clean:
+	rm -rf demo_out .pytest_cache

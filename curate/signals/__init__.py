@@ -1,0 +1,1 @@
+"""Per-sample signals: one decode per image (decode), then pHash (phash, resize) and sha256."""
