@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 from tqdm import tqdm
@@ -26,7 +27,7 @@ class DaskEngine(Engine):
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs="error",
+                silence_logs=logging.ERROR,
             )
             self.client = Client(self._cluster)
 
