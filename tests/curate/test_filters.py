@@ -153,3 +153,25 @@ def test_filter_options_are_checked():
         build_filter("clip_score")
     with pytest.raises(FilterConfigError, match=r"\(0, 1\]"):
         build_filter("clip_score", fraction=1.5)
+
+
+def test_fasttext_model_path_is_checked(tmp_path):
+    from curate.signals.language import LanguageDetector, LanguageModelError
+
+    with pytest.raises(LanguageModelError, match="lid.176.bin"):
+        LanguageDetector(str(tmp_path / "lid.176.bin"))
+    (tmp_path / "junk.bin").write_bytes(b"\x00" * 64)
+    with pytest.raises(LanguageModelError, match="junk.bin: not a fastText model"):
+        LanguageDetector(str(tmp_path / "junk.bin"))
+
+
+def test_large_pool_clip_score_equals_reference(tmp_path):
+    """A few hundred thousand rows, several partitions: the same subset as DataComp's get_threshold rule."""
+    write_metadata_pool(tmp_path / "pool", [120_000, 90_000, 90_000], seed=21)
+    frame = pd.concat([pq.read_table(p, columns=["uid", "clip_l14_similarity_score"]).to_pandas()
+                       for p in sorted((tmp_path / "pool" / "metadata").glob("*.parquet"))], ignore_index=True)
+    with LocalEngine(2) as engine:
+        stats = run_filters(Pool(tmp_path / "pool"), [build_filter("clip_score", fraction=0.3)], tmp_path / "out", engine)
+    got = read_subset(tmp_path / "out" / "subset.npy")
+    assert np.array_equal(got, reference_subset(frame, ["clip_score"], fraction=0.3))
+    assert stats["rows_in"] == 300_000 and len(got) >= 90_000
