@@ -1,1 +1,1 @@
-"""Per-sample signals: one decode per image (decode), then pHash (phash, resize) and sha256."""
+"""Per-sample signals computed in one pass over the shards (decode once, then pHash, sha256, text, ...)."""
