@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace shards already in OUTPUT")
     _engine_args(p)
 
+    p = sub.add_parser("stage", help="compute per-sample signals in one pass over the shards",
+                       description="Writes POOL/columns/<signal>/{shard}.parquet (uid, value, status) per shard; "
+                                   "shards already done are skipped, so a killed stage resumes.")
+    p.add_argument("--pool", required=True)
+    p.add_argument("--signals", default="phash,sha256", help="comma-separated: phash, sha256")
+    p.add_argument("--max-pixels", type=int, default=89_478_485, help="images with more pixels get status too_many_pixels")
+    _engine_args(p)
+
     sub.add_parser("filters", help="list the filters and what they need")
 
     p = sub.add_parser("demo", help="build a small pool, serve it on loopback, download and filter it",
@@ -118,6 +126,19 @@ def _dispatch(args) -> int:
             stats = reshard(Pool(args.pool), args.subset, args.output, engine, shard_size=args.shard_size, overwrite=args.overwrite)
         print_reshard_summary(stats)
         return 0 if stats["reconciled"] else 1
+    if args.command == "stage":
+        from curate.pool import Pool
+        from curate.signals.decode import DecodeLimits
+        from curate.stage import run_stage
+
+        with _engine(args) as engine:
+            stats = run_stage(Pool(args.pool), [s.strip() for s in args.signals.split(",") if s.strip()], engine,
+                              DecodeLimits(max_pixels=args.max_pixels))
+        print(f"stage: {stats['samples']} samples in {stats['shards_computed']} shards "
+              f"({stats['shards_skipped']} already done), {stats['images_per_second']} images/s")
+        for sig, c in stats["per_signal"].items():
+            print(f"  {sig:8s} ok {c['ok']}  failed {json.dumps(c['failed'])}")
+        return 0
     if args.command == "demo":
         from curate.demo.run import run_demo
 
