@@ -47,7 +47,8 @@ def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
     if "text" in table.column_names:
         table = table.set_column(table.column_names.index("text"), "text", text_as_utf8(table.column("text")))
     if wanted_signals:
-        cache = f"{job.language_cache}/{job.partition.name}.parquet" if job.language_cache else None
+        # Named by partition kind, so metadata parts never collide with per-shard column files.
+        cache = f"{job.language_cache}/{job.partition.kind}-{job.partition.name}.parquet" if job.language_cache else None
         lang = language_columns(table.column("uid"), table.column("text"), cache, job.fasttext_model)
         for c in LANGUAGE_COLUMNS:
             table = table.append_column(c, lang.column(c))

@@ -175,3 +175,20 @@ def test_large_pool_clip_score_equals_reference(tmp_path):
     got = read_subset(tmp_path / "out" / "subset.npy")
     assert np.array_equal(got, reference_subset(frame, ["clip_score"], fraction=0.3))
     assert stats["rows_in"] == 300_000 and len(got) >= 90_000
+
+
+def test_language_cache_is_reused_and_a_broken_one_recomputed(tmp_path):
+    write_metadata_pool(tmp_path / "pool", [300], seed=5)
+    runs = []
+    for damage in (False, False, True):
+        cache = tmp_path / "pool" / "columns" / "language" / "metadata-00000000.parquet"
+        if damage:
+            cache.write_bytes(b"half a parquet file")
+        with LocalEngine(1) as engine:
+            run_filters(Pool(tmp_path / "pool"), [build_filter("basic")], tmp_path / f"out{len(runs)}", engine)
+        assert cache.exists()
+        runs.append((tmp_path / f"out{len(runs)}" / "subset.npy").read_bytes())
+        if not damage:
+            mtime = cache.stat().st_mtime_ns
+    assert runs[0] == runs[1] == runs[2]
+    assert cache.stat().st_mtime_ns != mtime  # the damaged cache was rewritten
