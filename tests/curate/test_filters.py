@@ -179,16 +179,17 @@ def test_large_pool_clip_score_equals_reference(tmp_path):
 
 def test_language_cache_is_reused_and_a_broken_one_recomputed(tmp_path):
     write_metadata_pool(tmp_path / "pool", [300], seed=5)
-    runs = []
-    for damage in (False, False, True):
-        cache = tmp_path / "pool" / "columns" / "language" / "metadata-00000000.parquet"
-        if damage:
-            cache.write_bytes(b"half a parquet file")
+    cache = tmp_path / "pool" / "columns" / "language" / "metadata-00000000.parquet"
+
+    def run(i):
         with LocalEngine(1) as engine:
-            run_filters(Pool(tmp_path / "pool"), [build_filter("basic")], tmp_path / f"out{len(runs)}", engine)
-        assert cache.exists()
-        runs.append((tmp_path / f"out{len(runs)}" / "subset.npy").read_bytes())
-        if not damage:
-            mtime = cache.stat().st_mtime_ns
-    assert runs[0] == runs[1] == runs[2]
-    assert cache.stat().st_mtime_ns != mtime  # the damaged cache was rewritten
+            run_filters(Pool(tmp_path / "pool"), [build_filter("basic")], tmp_path / f"out{i}", engine)
+        return (tmp_path / f"out{i}" / "subset.npy").read_bytes(), cache.stat().st_mtime_ns
+
+    first, written = run(0)
+    second, reused = run(1)
+    assert reused == written  # the second run read the cache, it did not rewrite it
+    cache.write_bytes(b"half a parquet file")
+    third, rewritten = run(2)
+    assert first == second == third
+    assert pq.read_table(cache).num_rows == 300  # the damaged cache was recomputed whole
