@@ -2,6 +2,8 @@
 
     evaluate --checkpoint CKPT --model ARCH --eval-dir EVALS --output DIR     score one model
     evaluate leaderboard RUN... [--format md|csv|html]                        rank runs against DataComp's baselines
+    evaluate download --eval-dir EVALS [--only KEY...] [--hub-root DIR]       fetch DataComp's eval sets from the hub
+    evaluate bundle RUN --output DIR                                          gather a filtering-track submission
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-SUBCOMMANDS = ("leaderboard",)
+SUBCOMMANDS = ("leaderboard", "download", "bundle")
 
 
 def eval_parser() -> argparse.ArgumentParser:
@@ -17,7 +19,7 @@ def eval_parser() -> argparse.ArgumentParser:
         prog="evaluate",
         description="Zero-shot evaluation of an open_clip checkpoint on DataComp's 38-task suite "
                     "(webdataset eval sets as DataComp's downloader lays them out). "
-                    f"Other commands: {', '.join(SUBCOMMANDS)} (see `evaluate leaderboard --help`).")
+                    f"Other commands: {', '.join(SUBCOMMANDS)} (see `evaluate leaderboard --help` and so on).")
     p.add_argument("--checkpoint", required=True,
                    help="local open_clip checkpoint (a state dict, or a dict with 'state_dict', as `train` writes) "
                         "or an open_clip pretrained tag such as 'openai' or 'datacomp_xl_s13b_b90k'")
@@ -67,6 +69,12 @@ def main(argv=None) -> int:
     if argv and argv[0] == "leaderboard":
         from evals.leaderboard import main as leaderboard_main
         return leaderboard_main(argv[1:])
+    if argv and argv[0] == "download":
+        from evals.download import main as download_main
+        return download_main(argv[1:])
+    if argv and argv[0] == "bundle":
+        from evals.bundle import main as bundle_main
+        return bundle_main(argv[1:])
     return run_eval(argv)
 
 

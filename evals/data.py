@@ -4,9 +4,10 @@ Layout of one task folder (see DESIGN.md):
 
     classnames.txt                         one class name per line (classification)
     zeroshot_classification_templates.txt  one template per line, `{c}` marks the class name
-    dataset_type.txt                       optional; "retrieval" for image-text sets
+    dataset_type.txt                       optional; "retrieval" for image-text sets, "winogavil" for WinoGAViL
     test/nshards.txt                       number of shards
     test/{i}.tar                           {key}.webp|png|jpg|jpeg + {key}.cls (class id) or {key}.txt (captions, one per line)
+                                           WinoGAViL: {key}.json (cue, candidates, associations) + {key}.{j:02d}.{ext}
 
 Read with `tarfile` rather than webdataset so that every bad input fails early with the file named,
 and so that DataLoader workers can split one shard by sample (most eval sets have a single shard).
@@ -36,7 +37,7 @@ class EvalDataError(ValueError):
 @dataclass
 class EvalSet:
     root: Path
-    dataset_type: str  # classification | retrieval | multilabel
+    dataset_type: str  # classification | retrieval | winogavil | multilabel
     shards: list[Path]
     classnames: list[str] | None = None
     templates: list[str] | None = None
@@ -80,11 +81,11 @@ def open_eval_set(root: str | os.PathLike, kind: str = "classification", split: 
         raise EvalDataError(f"eval set folder not found: {root}")
     type_file = root / "dataset_type.txt"
     dataset_type = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
-    if kind == "retrieval":
-        dataset_type = "retrieval"
+    if kind in ("retrieval", "winogavil"):
+        dataset_type = kind
     shards = shard_paths(root, split)
     es = EvalSet(root=root, dataset_type=dataset_type, shards=shards)
-    if dataset_type != "retrieval":
+    if dataset_type not in ("retrieval", "winogavil"):
         cfile, tfile = root / "classnames.txt", root / "zeroshot_classification_templates.txt"
         if not cfile.is_file():
             raise EvalDataError(f"missing {cfile} (zero-shot classification needs the class names)")

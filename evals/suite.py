@@ -17,6 +17,7 @@ from evals.groups import METADATA_FIELDS, group_metrics
 from evals.retrieval import evaluate_retrieval
 from evals.summary import format_table, summarize
 from evals.tasks import Task
+from evals.winogavil import evaluate_winogavil
 from evals.zeroshot import evaluate_classification
 
 
@@ -29,6 +30,8 @@ def evaluate_task(task: Task, model, preprocess, tokenizer, eval_dir, device="cp
     es = open_eval_set(task.path(eval_dir), kind=task.type)
     if task.type == "retrieval":
         metrics = evaluate_retrieval(model, preprocess, tokenizer, es, device, batch_size, workers)
+    elif task.type == "winogavil":
+        metrics = evaluate_winogavil(model, preprocess, tokenizer, es, device, batch_size, workers)
     elif task.type == "classification":
         metrics, _ = evaluate_classification(model, preprocess, tokenizer, es, device, batch_size, workers)
     elif task.type in ("wilds", "fairness") and task.key in METADATA_FIELDS:

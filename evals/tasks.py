@@ -34,7 +34,10 @@ class Task:
 
 
 def folder_name(key: str) -> str:
-    """DataComp's downloader layout: `wds_{key with / replaced by -}_test`."""
+    """DataComp's downloader layout: `wds_{key with / replaced by -}_test`, fairness tasks without their prefix
+    (DataComp's download_evalsets.py and eval_utils/fairness_eval.py both use `wds_geode_test`)."""
+    if key.startswith("fairness/"):
+        key = key.split("/", 1)[1]
     return f"wds_{key.replace('/', '-')}_test"
 
 

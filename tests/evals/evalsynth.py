@@ -100,3 +100,45 @@ def make_tiny_checkpoint(path: Path, seed=0, wrap=True) -> Path:
     obj = {"epoch": 1, "state_dict": {f"module.{k}": v for k, v in sd.items()}} if wrap else sd
     torch.save(obj, path)
     return path
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    """Rows as one parquet file, images as `datasets`' Image cells ({"bytes", "path"}), like the hub's
+    parquet conversion (revision refs/convert/parquet) of an nlphuji dataset."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def retrieval_rows(n_images=10, seed=2, size=(40, 36)) -> list[dict]:
+    """nlphuji/flickr30k-like rows: `image` and a list of captions (one with a stray newline)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_images):
+        caps = [f"caption {j} of image {i}" for j in range(int(rng.integers(1, 6)))]
+        if i == 0:
+            caps[0] = "a caption\nwith a newline"
+        fmt, ext = [("JPEG", "jpg"), ("PNG", "png")][i % 2]
+        rows.append({"image": {"bytes": _image_bytes(rng, fmt, size), "path": f"{i}.{ext}"}, "caption": caps,
+                     "img_id": str(i)})
+    return rows
+
+
+CUES = ["Apple", "ocean", "dog", "Ice", "tree", "umbrella", "sun", "engine", "bark", "night"]
+
+
+def winogavil_rows(sizes=(5, 6, 10, 12, 5, 10, 12, 6, 10, 12), seed=4, size=(40, 36)) -> list[dict]:
+    """nlphuji/winogavil-like rows: a cue, candidate names, the associated ones, and one image per candidate."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i, n in enumerate(sizes):
+        cands = [f"cand{i}_{j}" for j in range(n)]
+        k = int(rng.integers(1, min(5, n - 1)))
+        assoc = sorted(rng.choice(cands, k, replace=False).tolist())
+        imgs = [{"bytes": _image_bytes(rng, ["JPEG", "PNG", "WEBP"][j % 3], size), "path": None} for j in range(n)]
+        rows.append({"cue": CUES[i % len(CUES)], "candidates": cands, "associations": assoc,
+                     "candidate_images": imgs, "num_associations": k})
+    return rows
