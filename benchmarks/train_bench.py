@@ -1,0 +1,177 @@
+"""Trainer speed, side by side with open_clip's own entry point, on the same synthetic shards and machine.
+
+    python benchmarks/train_bench.py gpu [--gpus 1] [--steps 300] [--batch-size 1024]
+        makes synthetic JPEG shards (~256 px, captions), trains DataComp's `small` configuration (ViT-B-32,
+        amp, local loss, gather-with-grad, grad checkpointing, resampled shards) for --steps steps with
+        `train`, then with `python -m open_clip_train.main` and DataComp's flags, and prints steady-state
+        samples/s of each and the ratio (target: train >= 1.3x open_clip, data-wait < 5%).
+    python benchmarks/train_bench.py cpu
+        times `train --scale tiny` end to end on CPU (the demo), on 256 px JPEG shards.
+
+Throughput is the median samples/s over logged steps after the first 10% (start-up and warm-up excluded);
+wall time includes everything (imports, model build, data start, checkpoints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+WORDS = ("a photo of a dog cat car house tree red blue green small large old new street beach mountain city "
+         "person people food table window river sky night sunset bird flower field road train boat").split()
+
+
+def _shard(args) -> str:
+    from PIL import Image
+
+    path, index, per_shard, size, seed = args
+    from curate.atomic import atomic_path
+
+    rng = np.random.default_rng(seed + index)
+    with atomic_path(path) as tmp, tarfile.open(tmp, "w") as tar:
+        for i in range(per_shard):
+            # smooth random images compress like photos (~10-30 KB), unlike white noise
+            low = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            image = Image.fromarray(low).resize((size, size), Image.BICUBIC)
+            buf = io.BytesIO()
+            image.save(buf, format="JPEG", quality=90)
+            caption = " ".join(rng.choice(WORDS, size=int(rng.integers(4, 16))))
+            key = f"{index:05d}{i:05d}"
+            for ext, data in (("jpg", buf.getvalue()), ("txt", caption.encode()),
+                              ("json", json.dumps({"uid": f"{index:016x}{i:016x}"}).encode())):
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def make_shards(folder: Path, n_shards: int, per_shard: int, size: int = 256, seed: int = 0) -> str:
+    """Write synthetic shards (skipped if already there); returns a brace pattern over them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(str(folder / f"{i:08d}.tar"), i, per_shard, size, seed) for i in range(n_shards)
+            if not (folder / f"{i:08d}.tar").exists()]
+    if todo:
+        with ProcessPoolExecutor(max(1, min(len(todo), os.cpu_count() or 1))) as pool:
+            list(pool.map(_shard, todo))
+    return str(folder / f"{{00000000..{n_shards - 1:08d}}}.tar")
+
+
+def _launcher(gpus: int) -> list[str]:
+    if gpus <= 1:
+        return [sys.executable]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}"]
+
+
+def _steady(values: list[float]) -> float | None:
+    values = values[max(1, len(values) // 10):] or values
+    return statistics.median(values) if values else None
+
+
+def run_train(scale, data, out: Path, gpus, samples=None, batch_size=None, workers=4, extra=()) -> dict:
+    cmd = [*_launcher(gpus), "-m", "train.cli", "--scale", scale, "--data", data, "--output", str(out),
+           "--workers", str(workers), "--no-progress", *extra]
+    if samples:
+        cmd += ["--samples", str(samples), "--checkpoint-every", str(10**9)]
+    if batch_size:
+        cmd += ["--batch-size", str(batch_size)]
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    wall = time.time() - t
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r]
+    return {
+        "wall_s": wall,
+        "samples_per_s": _steady([r["samples_per_s"] for r in steps]),
+        "data_wait": _steady([r["data_wait"] for r in steps]),
+        "mfu": _steady([r["mfu"] for r in steps if r.get("mfu") is not None]),
+        "first_loss": steps[0]["loss"], "last_loss": steps[-1]["loss"], "steps": len(steps),
+    }
+
+
+OPEN_CLIP_RATE = re.compile(r"Batch \(t\): [\d.]+, ([\d.]+)/s, ([\d.]+)/s/gpu")
+OPEN_CLIP_DATA = re.compile(r"Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+)")
+
+
+def run_open_clip(data, out: Path, gpus, samples, batch_size, workers=4) -> dict:
+    """open_clip's own training with the flags DataComp's training/train.py passes for the `small` scale."""
+    cmd = [*_launcher(gpus), "-m", "open_clip_train.main",
+           "--train-data", data, "--train-num-samples", str(samples), "--dataset-type", "webdataset",
+           "--dataset-resampled", "--batch-size", str(batch_size), "--epochs", "1", "--lr", "5e-4",
+           "--wd", "0.2", "--warmup", "500", "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
+           "--model", "ViT-B-32", "--precision", "amp", "--workers", str(workers), "--seed", "0",
+           "--local-loss", "--gather-with-grad", "--grad-checkpointing", "--save-frequency", "1",
+           "--logs", str(out), "--name", "open_clip", "--log-every-n-steps", "10", "--report-to", ""]
+    t = time.time()
+    subprocess.run(cmd, check=True)
+    wall = time.time() - t
+    text = (out / "open_clip" / "out.log").read_text()
+    rates = [float(m.group(1)) for m in OPEN_CLIP_RATE.finditer(text)]
+    waits = [float(d) / float(b) for d, b in OPEN_CLIP_DATA.findall(text) if float(b) > 0]
+    return {"wall_s": wall, "samples_per_s": _steady(rates), "data_wait": _steady(waits)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("gpu", "cpu"))
+    p.add_argument("--work", type=Path, default=None, help="folder for shards and runs (default: a temp dir)")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="per-GPU batch (gpu mode; default: 4096 / gpus, DataComp's small global batch)")
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--shards", type=int, default=None)
+    p.add_argument("--per-shard", type=int, default=None)
+    args = p.parse_args(argv)
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="train_bench_"))
+    try:
+        if args.mode == "cpu":
+            t = time.time()
+            data = make_shards(work / "shards_cpu", args.shards or 8, args.per_shard or 256)
+            print(f"shards: {time.time() - t:.1f} s")
+            shutil.rmtree(work / "run_tiny", ignore_errors=True)
+            r = run_train("tiny", data, work / "run_tiny", 1, workers=args.workers if args.workers is not None else 1,
+                          extra=["--device", "cpu"])
+            print(json.dumps({"tiny_cpu": r}, indent=2))
+            print(f"tiny scale on CPU: {r['wall_s']:.1f} s wall, {r['samples_per_s']:.0f} samples/s steady, "
+                  f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
+            return 0
+
+        batch = args.batch_size or 4096 // args.gpus
+        samples = args.steps * batch * args.gpus
+        workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) // args.gpus - 1))
+        t = time.time()
+        data = make_shards(work / "shards", args.shards or 64, args.per_shard or 1000)
+        print(f"shards: {time.time() - t:.1f} s")
+        for name in ("run_train", "run_open_clip"):
+            shutil.rmtree(work / name, ignore_errors=True)
+        ours = run_train("small", data, work / "run_train", args.gpus, samples=samples, batch_size=batch,
+                         workers=workers)
+        ref = run_open_clip(data, work / "run_open_clip", args.gpus, samples, batch, workers=workers)
+        ratio = ours["samples_per_s"] / ref["samples_per_s"] if ours["samples_per_s"] and ref["samples_per_s"] else None
+        print(json.dumps({"train": ours, "open_clip": ref, "ratio": ratio, "gpus": args.gpus,
+                          "batch_per_gpu": batch, "steps": args.steps, "workers": workers}, indent=2))
+        print(f"train {ours['samples_per_s']:.0f} samples/s vs open_clip {ref['samples_per_s']:.0f}: "
+              f"{ratio:.2f}x (data wait {ours['data_wait']:.1%} vs {ref['data_wait']:.1%})")
+        return 0
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

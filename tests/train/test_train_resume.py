@@ -1,0 +1,65 @@
+"""SIGKILL a training process after its first checkpoint; `--resume latest` ends where an unbroken run ends."""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+
+from train import checkpoint, cli
+from train.logs import read_log
+
+STEPS, BATCH, EVERY = 20, 8, 4
+
+
+def _args(shards, run, *extra):
+    return ["--scale", "tiny", "--data", str(shards), "--output", str(run), "--samples", str(STEPS * BATCH - 3),
+            "--batch-size", str(BATCH), "--checkpoint-every", str(EVERY), "--workers", "2", "--seed", "3",
+            "--no-progress", *extra]
+
+
+@contextlib.contextmanager
+def one_thread():
+    """The killed subprocess runs with OMP_NUM_THREADS=1; the same here gives bit-identical arithmetic."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_kill_and_resume_matches_an_unbroken_run(shards, tmp_path):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    victim = subprocess.Popen([sys.executable, "-m", "train.cli", *_args(shards, broken)],
+                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, start_new_session=True)
+    with one_thread():  # the unbroken run, here, while the subprocess imports
+        assert cli.main(_args(shards, whole)) == 0
+
+    first = checkpoint.step_path(broken, EVERY)
+    deadline = time.time() + 120
+    while not first.exists() and victim.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its data workers, mid-run
+    assert victim.wait() == -signal.SIGKILL, victim.stderr.read().decode()
+    assert first.exists() and not checkpoint.final_path(broken).exists(), "the run was not interrupted mid-way"
+    killed_at = checkpoint.load(checkpoint.latest(broken))["step"]
+    assert EVERY <= killed_at < STEPS
+
+    with one_thread():
+        assert cli.main(_args(shards, broken, "--resume", "latest")) == 0
+
+    a, b = checkpoint.load(checkpoint.final_path(whole)), checkpoint.load(checkpoint.final_path(broken))
+    assert a["step"] == b["step"] == STEPS
+    assert a["samples_seen"] == b["samples_seen"] == STEPS * BATCH - 3
+    for name, value in a["state_dict"].items():  # same data, same order, same augmentation: same weights
+        assert torch.equal(value, b["state_dict"][name]), name
+
+    log_a = [r for r in read_log(whole) if "loss" in r]
+    log_b = [r for r in read_log(broken) if "loss" in r]
+    assert [r["step"] for r in log_b] == list(range(1, STEPS + 1))  # no step twice, none missing
+    assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]

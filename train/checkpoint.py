@@ -1,0 +1,86 @@
+"""Checkpoints written whole or not at all, found again by `--resume latest`, loadable by open_clip.
+
+A training checkpoint `RUN/checkpoints/step_XXXXXXXX.pt` holds everything to continue the same run: model
+(under "state_dict", so open_clip can load it too), optimiser, grad scaler, step, samples seen, every rank's
+RNG states and data position. `final.pt` holds the weights and what they were trained on, nothing else.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from curate.atomic import atomic_open
+
+FORMAT = "datacurate-train-1"
+STEP_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_dir(run: str | Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def step_path(run: str | Path, step: int) -> Path:
+    return checkpoint_dir(run) / f"step_{step:08d}.pt"
+
+
+def final_path(run: str | Path) -> Path:
+    return checkpoint_dir(run) / "final.pt"
+
+
+def save(obj: dict, path: str | Path) -> None:
+    """torch.save through a temporary file renamed into place: a kill leaves the old state, never half a file."""
+    with atomic_open(path, "wb") as f:
+        torch.save(obj, f)
+
+
+def load(path: str | Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def latest(run: str | Path) -> Path | None:
+    """The training checkpoint with the highest step (temporary leftovers are never matched)."""
+    folder = checkpoint_dir(run)
+    if not folder.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_NAME.match(p.name))]
+    return max(found)[1] if found else None
+
+
+def resolve(run: str | Path, resume: str | None) -> Path | None:
+    """What `--resume` names: 'latest' (None if the run has no checkpoint yet) or a checkpoint file."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        return latest(run)
+    path = Path(resume)
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+    return path
+
+
+def rng_state(device: torch.device) -> dict:
+    """This process's RNG states, in types torch.load(weights_only=True) accepts."""
+    np_state = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])],
+        "python": [version, list(internal), gauss],
+    }
+
+
+def set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))

@@ -1,0 +1,310 @@
+"""The webdataset loader: seeded resampled shards, a resumable position, corrupt samples skipped and counted.
+
+Why not webdataset's own pipeline: its ResampledShards and shuffle buffer have no position that can be saved
+and restored, so a killed run could not continue on the same samples. Here each DataLoader worker owns one
+seeded stream (`ShardStream`) whose whole state -- its RNG, the shards it has open and how far into each it
+has read, its skip counters -- is a few kilobytes of JSON sent along with every batch. The main process keeps
+the state that came with the last batch it consumed from each worker; a checkpoint stores those, and a resumed
+run restarts every worker exactly where the consumed batches left it. Shards are read with the same layout
+rules as webdataset (`{key}.{ext}` members, a sample = consecutive members sharing a key).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import random
+import tarfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from PIL import Image
+
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+CAPTION_EXT = "txt"
+SKIP_REASONS = ("missing_image", "missing_caption", "corrupt_image", "bad_caption", "corrupt_shard")
+
+
+class DataError(RuntimeError):
+    """The training data cannot be used (missing, empty, or without a single trainable sample)."""
+
+
+# --------------------------------------------------------------------------------------------- shard lists
+
+def _is_remote(url: str) -> bool:
+    return url.startswith("pipe:") or "://" in url
+
+
+def resolve_shards(spec: str) -> list[str]:
+    """Expand `--data`: `::`-joined sources, each a folder (its *.tar), a brace pattern, a glob or one tar."""
+    import braceexpand
+
+    sources = [s for s in str(spec).split("::") if s.strip()]
+    if not sources:
+        raise DataError("no data given: --data needs a folder, a shard pattern or a .tar file")
+    shards: list[str] = []
+    for source in sources:
+        source = source.strip()
+        if _is_remote(source):
+            shards.extend(braceexpand.braceexpand(source))
+            continue
+        path = Path(source)
+        if path.is_dir():
+            found = sorted(str(p) for p in path.glob("*.tar"))
+            if not found:
+                raise DataError(f"data folder {source} holds no *.tar shards")
+            shards.extend(found)
+        elif "{" in source:
+            expanded = list(braceexpand.braceexpand(source))
+            missing = [u for u in expanded if not Path(u).is_file()]
+            if missing:
+                raise DataError(f"{len(missing)} of {len(expanded)} shards of {source} do not exist, e.g. {missing[0]}")
+            shards.extend(expanded)
+        elif any(c in source for c in "*?["):
+            found = sorted(glob.glob(source))
+            if not found:
+                raise DataError(f"no shard matches {source}")
+            shards.extend(found)
+        elif path.is_file():
+            shards.append(str(path))
+        else:
+            raise DataError(f"data path {source} does not exist")
+    return shards
+
+
+# --------------------------------------------------------------------------------------------- raw samples
+
+def iter_raw_samples(url: str, on_error: Callable[[Exception], None] | None = None) -> Iterator[dict]:
+    """Samples of one tar as dicts {'__key__': key, ext: bytes}; a truncated or bad tar ends early via on_error."""
+    if _is_remote(url):
+        from webdataset.gopen import gopen
+
+        stream = gopen(url, "rb")
+    else:
+        stream = open(url, "rb")
+    current_key, current = None, None
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                dirname, base = os.path.split(member.name)
+                if "." not in base or base.startswith("."):
+                    continue
+                key, ext = base.split(".", 1)
+                key = f"{dirname}/{key}" if dirname else key
+                data = tar.extractfile(member).read()
+                if key != current_key:
+                    if current is not None:
+                        yield current
+                    current_key, current = key, {"__key__": key}
+                current[ext.lower()] = data
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        if on_error is None:
+            raise
+        on_error(e)
+    finally:
+        stream.close()
+    if current is not None:
+        yield current
+
+
+def decode_sample(sample: dict) -> tuple[Image.Image, str] | str:
+    """(RGB image, caption) of a raw sample, or the reason it is skipped (one of SKIP_REASONS)."""
+    image_ext = next((e for e in IMAGE_EXTS if e in sample), None)
+    if image_ext is None:
+        return "missing_image"
+    if CAPTION_EXT not in sample:
+        return "missing_caption"
+    try:
+        caption = sample[CAPTION_EXT].decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return "bad_caption"
+    if not caption:
+        return "missing_caption"
+    try:
+        image = Image.open(io.BytesIO(sample[image_ext]))
+        image.load()
+        image = image.convert("RGB")
+    except Exception:  # PIL raises many types for undecodable bytes
+        return "corrupt_image"
+    return image, caption
+
+
+# --------------------------------------------------------------------------------------------- the stream
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of values, stable across processes and Python versions."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class ShardStream:
+    """An endless seeded stream of raw samples from shards drawn with replacement, that can be saved and resumed.
+
+    `mix` shards are open at once and each sample comes from a slot picked at random, which shuffles samples
+    across shards (webdataset's shuffle buffer does the same job, but its state cannot be saved). A slot whose
+    shard is exhausted draws a new shard at random from the whole list (resampling, as DataComp trains).
+    """
+
+    def __init__(self, shards: list[str], seed: int, mix: int = 4, state: dict | None = None):
+        if not shards:
+            raise DataError("no shards to read")
+        self.shards = list(shards)
+        self.rng = random.Random(seed)
+        self.emitted = 0
+        self.skipped = {r: 0 for r in SKIP_REASONS}
+        self.exhausted: set[str] = set()  # shards read to the end at least once (for the nothing-trainable error)
+        self.slots: list[list] = []  # [url, offset, iterator]
+        if state is None:
+            for _ in range(max(1, mix)):
+                self.slots.append(self._open(self.rng.choice(self.shards), 0))
+        else:
+            version, internal, gauss = state["rng"]
+            self.rng.setstate((version, tuple(internal), gauss))
+            self.emitted = state["emitted"]
+            self.skipped.update(state["skipped"])
+            self.slots = [self._open(url, offset) for url, offset in state["slots"]]
+
+    def _open(self, url: str, offset: int) -> list:
+        def corrupt(_e):
+            self.skipped["corrupt_shard"] += 1
+
+        it = iter_raw_samples(url, on_error=corrupt)
+        for _ in range(offset):  # reading the bytes is unavoidable in a tar stream, decoding is not
+            if next(it, None) is None:
+                break
+        return [url, offset, it]
+
+    def state(self) -> dict:
+        """Everything needed to continue this stream exactly: JSON-serialisable."""
+        return {
+            "rng": list(self.rng.getstate()),
+            "slots": [[url, offset] for url, offset, _ in self.slots],
+            "emitted": self.emitted,
+            "skipped": dict(self.skipped),
+        }
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> tuple[dict, int]:
+        """The next raw sample and its stream index (which seeds its augmentation)."""
+        i = self.rng.randrange(len(self.slots))
+        while True:
+            url, offset, it = self.slots[i]
+            sample = next(it, None)
+            if sample is not None:
+                self.slots[i][1] = offset + 1
+                self.emitted += 1
+                return sample, self.emitted - 1
+            self.exhausted.add(url)
+            self.slots[i] = self._open(self.rng.choice(self.shards), 0)
+
+
+# --------------------------------------------------------------------------------------------- batches
+
+class ShardBatches(torch.utils.data.IterableDataset):
+    """Endless batches (images, tokens, stream state) for one rank; one seeded stream per DataLoader worker.
+
+    `worker_offset` rotates which stream each worker continues: the DataLoader hands out batches round-robin
+    from worker 0, so after k consumed batches the next one must come from stream k % num_workers.
+    """
+
+    def __init__(self, shards, batch_size, preprocess, tokenizer, seed, rank=0, num_workers=0,
+                 worker_offset=0, states: dict | None = None, mix: int = 4):
+        self.shards = list(shards)
+        self.batch_size = batch_size
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.rank = rank
+        self.num_streams = max(1, num_workers)
+        self.worker_offset = worker_offset
+        self.states = {int(k): v for k, v in (states or {}).items()}
+        self.mix = mix
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        role = (worker + self.worker_offset) % self.num_streams
+        saved = self.states.get(role)
+        stream = ShardStream(self.shards, derive_seed(self.seed, self.rank, role), self.mix,
+                             json.loads(saved) if saved else None)
+        found_usable = False
+        while True:
+            images, texts = [], []
+            while len(images) < self.batch_size:
+                sample, index = next(stream)
+                decoded = decode_sample(sample)
+                if isinstance(decoded, str):
+                    stream.skipped[decoded] += 1
+                    if not found_usable and stream.exhausted.issuperset(self.shards):
+                        raise DataError(
+                            f"no trainable sample in any of the {len(self.shards)} shards "
+                            f"(skipped: {_nonzero(stream.skipped)}); each sample needs a decodable "
+                            f"{'/'.join(IMAGE_EXTS)} image and a non-empty .txt caption")
+                    continue
+                found_usable = True
+                image, caption = decoded
+                with torch.random.fork_rng(devices=[]):  # augmentation seeded per sample: resumable
+                    torch.manual_seed(derive_seed(self.seed, self.rank, role, index))
+                    images.append(self.preprocess(image))
+                texts.append(caption)
+            yield {
+                "images": torch.stack(images),
+                "texts": self.tokenizer(texts),
+                "role": role,
+                "state": json.dumps(stream.state()),
+            }
+
+
+def _nonzero(counts: dict) -> dict:
+    return {k: v for k, v in counts.items() if v}
+
+
+class Position:
+    """The data position of one rank: the stream state of each worker as of the last consumed batch."""
+
+    def __init__(self, num_workers: int, batches: int = 0, states: dict | None = None):
+        self.num_streams = max(1, num_workers)
+        self.num_workers = num_workers
+        self.batches = batches
+        self.states = {int(k): v for k, v in (states or {}).items()}
+
+    def consume(self, batch: dict) -> None:
+        self.states[int(batch["role"])] = batch["state"]
+        self.batches += 1
+
+    def skipped(self) -> dict:
+        """Skip counts summed over this rank's streams (including those before a resume)."""
+        total = {r: 0 for r in SKIP_REASONS}
+        for state in self.states.values():
+            for reason, n in json.loads(state)["skipped"].items():
+                total[reason] = total.get(reason, 0) + n
+        return total
+
+    def to_dict(self) -> dict:
+        return {"num_workers": self.num_workers, "batches": self.batches,
+                "states": {str(k): v for k, v in self.states.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Position":
+        return cls(d["num_workers"], d["batches"], d["states"])
+
+
+def make_loader(shards, batch_size, preprocess, tokenizer, seed, rank, num_workers,
+                position: Position, pin_memory=False, mix: int = 4):
+    """A DataLoader that continues from `position` (a fresh Position starts the stream)."""
+    if position.num_workers != num_workers:
+        raise DataError(f"the checkpoint was written with --workers {position.num_workers}; resume with the same "
+                        f"number (got {num_workers}) so the data stream continues exactly")
+    dataset = ShardBatches(shards, batch_size, preprocess, tokenizer, seed, rank, num_workers,
+                           worker_offset=position.batches % position.num_streams, states=position.states, mix=mix)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        persistent_workers=False, prefetch_factor=4 if num_workers > 0 else None)
