@@ -9,7 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from curate.atomic import atomic_path
-from curate.cli import print_download_summary, print_reshard_summary, print_run_summary
+from curate.commands.download import print_summary as print_download_summary
+from curate.commands.reshard import print_summary as print_reshard_summary
+from curate.commands.run import print_summary as print_run_summary
 from curate.demo.server import LoopbackImageServer
 from curate.demo.world import build_world
 from curate.download import DownloadOptions, download
