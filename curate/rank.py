@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.engines import Engine
-from curate.pool import read_partition
+from curate.columns import read_columns
 from filters.rules import float_column
 
 BITS_PER_PASS = 16
@@ -42,11 +42,12 @@ class HistogramTask:
     column: str
     level: int  # 0..PASSES-1: which 16 bits, from the top
     prefix: int  # the top 16*level bits already fixed
+    pool_root: str = ""
 
 
 def partition_histogram(task: HistogramTask) -> tuple[np.ndarray, int]:
     """Histogram of the next 16 key bits among rows matching the prefix; and the partition's row count."""
-    values = float_column(read_partition(task.path, [task.column]).column(task.column))
+    values = float_column(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
     keys = descending_keys(values[~np.isnan(values)])
     if task.level:
         shift = np.uint64(64 - BITS_PER_PASS * task.level)
@@ -56,7 +57,7 @@ def partition_histogram(task: HistogramTask) -> tuple[np.ndarray, int]:
     return np.bincount(digits, minlength=BINS).astype(np.int64), len(values)
 
 
-def value_at_descending_rank(engine: Engine, paths: list[str], column: str, fraction: float) -> tuple[float, int, int]:
+def value_at_descending_rank(engine: Engine, paths: list[str], column: str, fraction: float, pool_root: str = "") -> tuple[float, int, int]:
     """The value at rank int(N*fraction) of `column` over all `paths`, sorted descending (NaNs last).
 
     Returns (value, rank, N). The value is NaN when the rank falls among the missing scores, as in DataComp.
@@ -66,7 +67,7 @@ def value_at_descending_rank(engine: Engine, paths: list[str], column: str, frac
     total = 0
     rank = 0
     for level in range(PASSES):
-        tasks = [HistogramTask(p, column, level, prefix) for p in paths]
+        tasks = [HistogramTask(p, column, level, prefix, pool_root) for p in paths]
         results = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{PASSES}")
         hist = np.sum([h for h, _ in results], axis=0)
         if level == 0:

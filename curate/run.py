@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from curate.atomic import write_json
+from curate.columns import read_columns
 from curate.engines import Engine
-from curate.pool import Partition, Pool, partition_schema, read_partition
+from curate.pool import Partition, Pool, partition_schema
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_COLUMNS
 from curate.signals.text_columns import language_columns, text_as_utf8
@@ -34,6 +35,7 @@ class PartitionJob:
     filters: tuple[Filter, ...]
     language_cache: str | None
     fasttext_model: str | None
+    pool_root: str = ""
 
 
 def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
@@ -43,7 +45,7 @@ def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
     meta_cols = ["uid"] + [c for c in columns if c != "uid" and c not in wanted_signals]
     if wanted_signals and "text" not in meta_cols:
         meta_cols.append("text")
-    table = read_partition(job.partition.path, list(dict.fromkeys(meta_cols)))
+    table = read_columns(job.pool_root, job.partition.path, list(dict.fromkeys(meta_cols)))
     if "text" in table.column_names:
         table = table.set_column(table.column_names.index("text"), "text", text_as_utf8(table.column("text")))
     if wanted_signals:
@@ -90,7 +92,7 @@ def _step_counts(name: str, rows_in: int, keep: np.ndarray, failed: dict, first:
     }
 
 
-def resolve_filters(engine: Engine, paths: list[str], filters: list[Filter]) -> tuple[list[Filter], list[dict]]:
+def resolve_filters(engine: Engine, paths: list[str], filters: list[Filter], pool_root: str = "") -> tuple[list[Filter], list[dict]]:
     """Resolve every pool-wide rank the filters ask for, and bind them."""
     resolved: dict[RankRequest, float] = {}
     notes = []
@@ -98,7 +100,7 @@ def resolve_filters(engine: Engine, paths: list[str], filters: list[Filter]) -> 
         for req in f.rank_requests():
             if req in resolved:
                 continue
-            value, rank, total = value_at_descending_rank(engine, paths, req.column, req.fraction)
+            value, rank, total = value_at_descending_rank(engine, paths, req.column, req.fraction, pool_root)
             resolved[req] = value
             notes.append({"column": req.column, "fraction": req.fraction, "rank": rank, "pool_rows": total, "threshold": value})
     return [f.bind(resolved) for f in filters], notes
@@ -134,9 +136,9 @@ def run_filters(
     start = time.perf_counter()
     partitions = pool.partitions()
     paths = [p.path for p in partitions]
-    bound, thresholds = resolve_filters(engine, paths, filters)
+    bound, thresholds = resolve_filters(engine, paths, filters, str(pool.root))
     language_cache = str(pool.column_dir("language")) if cache_signals else None
-    jobs = [PartitionJob(p, tuple(bound), language_cache, fasttext_model) for p in partitions]
+    jobs = [PartitionJob(p, tuple(bound), language_cache, fasttext_model, str(pool.root)) for p in partitions]
     results = engine.map(filter_partition, jobs, desc="filter partitions")
     uids = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
     subset_path = write_subset(output / "subset.npy", uids)

@@ -1,0 +1,97 @@
+"""The column store: per-sample values computed by stages (`POOL/columns/<signal>/*.parquet`, keyed by uid).
+
+Filters name the columns they read; a column the metadata lacks is looked up here and joined to the
+partition by uid. A uid with no stored value gets null, which filters treat as missing (a sample that
+was never downloaded has no pHash, and no CLIP score of our own).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+
+from curate.atomic import is_temporary
+
+#: which command produces a column, for the error a user sees when it is missing
+PRODUCERS = {
+    "phash": "curate stage --signals phash",
+    "sha256": "curate stage --signals sha256",
+}
+
+
+class MissingColumnError(ValueError):
+    """A filter needs a column found neither in the metadata nor in the column store."""
+
+
+def store_files(pool_root: str | Path, signal: str) -> list[str]:
+    d = Path(pool_root) / "columns" / signal
+    return sorted(str(p) for p in d.glob("*.parquet") if not is_temporary(p)) if d.is_dir() else []
+
+
+_FOUND: dict[tuple[str, str], str] = {}
+
+
+def find_store_signal(pool_root: str, column: str) -> str | None:
+    """The signal folder whose files carry `column` (None when no stage has written it yet).
+
+    Hits are remembered per process (long-lived Dask workers ask often); misses are not, since a
+    stage may write the column later.
+    """
+    key = (str(pool_root), column)
+    if key in _FOUND:
+        return _FOUND[key]
+    root = Path(pool_root) / "columns"
+    if not root.is_dir():
+        return None
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        files = store_files(pool_root, d.name)
+        if files and column in pq.read_schema(files[0]).names:
+            _FOUND[key] = d.name
+            return d.name
+    return None
+
+
+def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, columns: list[str], where: str) -> pa.Table:
+    """The stored values of `columns` for each of `uids`, in that order (null where none was stored)."""
+    out: dict[str, pa.ChunkedArray] = {}
+    by_signal: dict[str, list[str]] = {}
+    for col in columns:
+        signal = find_store_signal(str(pool_root), col)
+        if signal is None:
+            hint = PRODUCERS.get(col)
+            raise MissingColumnError(
+                f"{where}: column {col!r} is in neither the metadata nor the column store {Path(pool_root) / 'columns'}"
+                + (f"; compute it with `{hint}`" if hint else "")
+            )
+        by_signal.setdefault(signal, []).append(col)
+    uids = pa.chunked_array([uids]) if isinstance(uids, pa.Array) else uids
+    wanted = pc.unique(uids)
+    for signal, cols in by_signal.items():
+        dataset = ds.dataset(store_files(pool_root, signal), format="parquet")
+        stored = dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
+        # First value per uid wins (a uid appears once per stage; upsampled copies share it).
+        idx = pc.index_in(uids, value_set=stored.column("uid"))
+        for col in cols:
+            out[col] = pc.take(stored.column(col), idx)
+    return pa.table({c: out[c] for c in columns})
+
+
+def read_columns(pool_root: str | Path, partition_path: str, columns: list[str]) -> pa.Table:
+    """`columns` for one partition: from its metadata file where present, else from the store (by uid)."""
+    from curate.pool import partition_schema, read_partition
+
+    present = set(partition_schema(partition_path).names)
+    # `text` may be img2dataset's `caption`; read_partition resolves that alias.
+    from_meta = [c for c in columns if c in present or c == "text"]
+    from_store = [c for c in columns if c not in from_meta and c != "uid"]
+    key = ["uid"] if from_store or "uid" in columns else []  # the join key, only when needed
+    table = read_partition(partition_path, list(dict.fromkeys([*key, *from_meta])))
+    if from_store:
+        joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path)
+        for c in from_store:
+            table = table.append_column(c, joined.column(c))
+    return table

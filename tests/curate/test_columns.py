@@ -1,0 +1,53 @@
+"""Filters read columns the metadata lacks from the column store, joined by uid."""
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate.columns import MissingColumnError, join_store_columns
+from curate.engines import LocalEngine
+from curate.pool import Pool
+from curate.run import run_filters
+from curate.subset import read_subset
+from curate.uids import uids_to_pairs
+from filters.registry import build_filter
+from tests.curate.helpers import write_shard_pool
+
+
+def test_clip_score_from_the_column_store(tmp_path):
+    root = tmp_path / "pool"
+    meta = write_shard_pool(root, [20, 15, 25], seed=8, failed_per_shard=1)
+    (root / "metadata" / "00000000.parquet").unlink()  # shards only: the downloader's parquet has no scores
+    (root / "metadata").rmdir()
+    rng = np.random.default_rng(0)
+    for shard in sorted((root / "shards").glob("*.parquet")):
+        uids = pq.read_table(shard, columns=["uid", "status"]).to_pydict()
+        ok = [u for u, s in zip(uids["uid"], uids["status"]) if s == "success"]
+        scores = rng.normal(0.3, 0.05, len(ok)).astype(np.float32)
+        (root / "columns" / "clip").mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"uid": ok, "clip_b32_similarity_score": scores}), root / "columns" / "clip" / shard.name)
+    stored = pq.read_table(root / "columns" / "clip").to_pydict()
+    with LocalEngine(1) as engine:
+        stats = run_filters(Pool(root), [build_filter("clip_score", arch="b32", fraction=0.25)], tmp_path / "out", engine)
+    # reference: failed downloads have no score (NaN) and still count in N, as DataComp's rule does
+    n = 63
+    scores = np.array(stored["clip_b32_similarity_score"] + [np.nan] * 3, dtype=float)
+    threshold = -np.sort(-scores)[int(n * 0.25)]
+    want = np.sort(uids_to_pairs([u for u, s in zip(stored["uid"], stored["clip_b32_similarity_score"]) if s >= threshold]))
+    assert stats["rows_in"] == n
+    assert np.array_equal(read_subset(tmp_path / "out" / "subset.npy"), want)
+
+
+def test_missing_store_column_says_how_to_make_it(tmp_path):
+    with pytest.raises(MissingColumnError, match="'phash'.*curate stage --signals phash"):
+        join_store_columns(tmp_path, pa.array(["0" * 32]), ["phash"], "somewhere.parquet")
+
+
+def test_join_aligns_by_uid_with_nulls_for_absent(tmp_path):
+    d = tmp_path / "columns" / "sig"
+    d.mkdir(parents=True)
+    pq.write_table(pa.table({"uid": ["b" * 32, "a" * 32], "v": [2, 1]}), d / "00000000.parquet")
+    pq.write_table(pa.table({"uid": ["c" * 32], "v": [3]}), d / "00000001.parquet")
+    out = join_store_columns(tmp_path, pa.array(["c" * 32, "z" * 32, "a" * 32, "b" * 32]), ["v"], "p")
+    assert out.column("v").to_pylist() == [3, None, 1, 2]
