@@ -85,13 +85,52 @@ def read_columns(pool_root: str | Path, partition_path: str, columns: list[str])
     from curate.pool import partition_schema, read_partition
 
     present = set(partition_schema(partition_path).names)
+    npz = _npz_columns(partition_path, [c for c in columns if c in EMBEDDING_KEYS and c not in present])
     # `text` may be img2dataset's `caption`; read_partition resolves that alias.
     from_meta = [c for c in columns if c in present or c == "text"]
-    from_store = [c for c in columns if c not in from_meta and c != "uid"]
+    from_store = [c for c in columns if c not in from_meta and c != "uid" and c not in npz]
     key = ["uid"] if from_store or "uid" in columns else []  # the join key, only when needed
     table = read_partition(partition_path, list(dict.fromkeys([*key, *from_meta])))
     if from_store:
         joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path)
         for c in from_store:
             table = table.append_column(c, joined.column(c))
+    for c, arr in npz.items():
+        if len(arr) != table.num_rows and table.num_columns:
+            raise MissingColumnError(f"{partition_path}: its .npz holds {len(arr)} rows of {c!r}, the parquet {table.num_rows}")
+        table = table.append_column(c, embeddings_to_arrow(arr))
     return table
+
+
+#: DataComp's metadata ships CLIP embeddings in an .npz beside each parquet, rows in the same order.
+EMBEDDING_KEYS = ("b32_img", "b32_txt", "l14_img", "l14_txt")
+
+
+def _npz_columns(partition_path: str, keys: list[str]) -> dict:
+    if not keys:
+        return {}
+    import numpy as np
+
+    npz_path = Path(partition_path).with_suffix(".npz")
+    if not npz_path.exists():
+        return {}
+    with np.load(npz_path, allow_pickle=False) as npz:
+        return {k: npz[k] for k in keys if k in npz.files}
+
+
+def embeddings_to_arrow(arr) -> pa.FixedSizeListArray:
+    """An (N, D) array as a fixed-size-list column (float16 kept as float16)."""
+    import numpy as np
+
+    arr = np.ascontiguousarray(arr)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def embeddings_to_numpy(col) -> "np.ndarray":
+    """A fixed-size-list column back to an (N, D) array (nulls are not allowed here)."""
+    import numpy as np
+
+    if isinstance(col, pa.ChunkedArray):
+        col = col.combine_chunks()
+    width = col.type.list_size
+    return np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)

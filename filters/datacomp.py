@@ -109,8 +109,10 @@ class Laion2B(Filter):
     description = "English caption and OpenAI B/32 CLIP score >= 0.28 (DataComp's LAION-2B replication)."
     columns = ("text", "language", "clip_b32_similarity_score")
 
-    def __init__(self, threshold: float = 0.28, language: str = "en"):
-        self.threshold, self.language = threshold, language
+    threshold = 0.28  # part of the definition, not an option: `--threshold` belongs to clip_score
+
+    def __init__(self, language: str = "en"):
+        self.language = language
 
     def params(self) -> dict:
         return {"language": self.language, "column": "clip_b32_similarity_score", "threshold": self.threshold}

@@ -1,22 +1,52 @@
-"""Filters by name, and building them from command-line options."""
+"""Filters by name: every `Filter` subclass with a `name` in the modules of this package.
+
+A new filter is a new class in a module here; nothing else to register. Building one from options
+passes only the options its constructor takes, so `--fraction` reaches clip_score and not basic.
+"""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
+import filters
 from filters.base import Filter, FilterConfigError
-from filters.datacomp import Basic, ClipScore, Laion2B, NoFilter
-
-FILTERS: dict[str, type[Filter]] = {cls.name: cls for cls in (NoFilter, Basic, ClipScore, Laion2B)}
 
 
-def build_filter(name: str, *, arch: str = "l14", fraction: float | None = None, threshold: float | None = None) -> Filter:
-    """One filter from CLI-style options.
+def _discover() -> dict[str, type[Filter]]:
+    found: dict[str, type[Filter]] = {}
+    for info in pkgutil.iter_modules(filters.__path__):
+        if info.name in ("base", "registry", "rules"):
+            continue
+        mod = importlib.import_module(f"filters.{info.name}")
+        for obj in vars(mod).values():
+            if inspect.isclass(obj) and issubclass(obj, Filter) and obj is not Filter and obj.name and obj.__module__ == mod.__name__:
+                if obj.name in found and found[obj.name] is not obj:
+                    raise RuntimeError(f"two filters named {obj.name!r}: {found[obj.name]} and {obj}")
+                found[obj.name] = obj
+    return found
 
-    --fraction/--threshold/--arch parametrise clip_score; laion2b's B/32 >= 0.28 is part of its definition.
-    """
+
+FILTERS: dict[str, type[Filter]] = _discover()
+
+
+def filter_parameters(cls: type[Filter]) -> dict[str, object]:
+    """Constructor parameters and their defaults (inspect.Parameter.empty when required)."""
+    sig = inspect.signature(cls.__init__)
+    return {n: p.default for n, p in sig.parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+
+
+def build_filter(name: str, **options) -> Filter:
+    """One filter from CLI-style options; options (None = not given) its constructor does not take are ignored."""
     if name not in FILTERS:
         raise FilterConfigError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS))}")
-    if name == "clip_score":
-        if fraction is None and threshold is None:
-            raise FilterConfigError("clip_score needs --fraction F (e.g. 0.3) or --threshold T (e.g. 0.25)")
-        return ClipScore(arch=arch, fraction=fraction, threshold=threshold)
-    return FILTERS[name]()
+    cls = FILTERS[name]
+    accepted = filter_parameters(cls)
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    if name == "clip_score" and kwargs.get("fraction") is None and kwargs.get("threshold") is None:
+        raise FilterConfigError("clip_score needs --fraction F (e.g. 0.3) or --threshold T (e.g. 0.25)")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise FilterConfigError(f"filter {name!r}: {e}") from e

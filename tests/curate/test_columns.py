@@ -51,3 +51,19 @@ def test_join_aligns_by_uid_with_nulls_for_absent(tmp_path):
     pq.write_table(pa.table({"uid": ["c" * 32], "v": [3]}), d / "00000001.parquet")
     out = join_store_columns(tmp_path, pa.array(["c" * 32, "z" * 32, "a" * 32, "b" * 32]), ["v"], "p")
     assert out.column("v").to_pylist() == [3, None, 1, 2]
+
+
+def test_datacomp_npz_embeddings_beside_the_metadata(tmp_path):
+    from curate.columns import embeddings_to_numpy, read_columns
+
+    (tmp_path / "pool" / "metadata").mkdir(parents=True)
+    part = tmp_path / "pool" / "metadata" / "00000000.parquet"
+    pq.write_table(pa.table({"uid": [f"{i:032x}" for i in range(5)]}), part)
+    emb = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float16)
+    np.savez(part.with_suffix(".npz"), l14_img=emb, b32_img=emb[:, :4])
+    t = read_columns(tmp_path / "pool", str(part), ["uid", "l14_img", "b32_img"])
+    assert np.array_equal(embeddings_to_numpy(t.column("l14_img")), emb)
+    assert embeddings_to_numpy(t.column("b32_img")).shape == (5, 4)
+    np.savez(part.with_suffix(".npz"), l14_img=emb[:3])
+    with pytest.raises(MissingColumnError, match="3 rows"):
+        read_columns(tmp_path / "pool", str(part), ["uid", "l14_img"])
