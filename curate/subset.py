@@ -24,7 +24,7 @@ def write_subset(path: str | os.PathLike, pairs: np.ndarray) -> Path:
     pairs = np.asarray(pairs)
     if pairs.dtype != UID_DTYPE:
         raise SubsetFileError(f"subset rows must have dtype {UID_DTYPE}, got {pairs.dtype}")
-    pairs = np.sort(pairs, kind="stable")
+    pairs = sort_pairs(pairs)
     path = Path(path)
     with atomic_open(path, "wb") as f:
         np.save(f, pairs, allow_pickle=False)
@@ -57,6 +57,14 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     if len(arr) > 1 and not _is_sorted(arr):
         raise SubsetFileError(f"{path}: rows are not sorted; DataComp's resharder binary-searches them (sort with np.sort)")
     return arr
+
+
+def sort_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Sort uid pairs as np.sort would, fast: numpy sorts two-field structured arrays through a slow
+    generic comparison (11 s for 3.8M uids), lexsort on the two words takes a fraction of that."""
+    if len(pairs) < 2:
+        return pairs.copy()
+    return pairs[np.lexsort((pairs["f1"], pairs["f0"]))]
 
 
 def subset_counts(subset: np.ndarray, pairs: np.ndarray) -> np.ndarray:

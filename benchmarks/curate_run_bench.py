@@ -1,0 +1,455 @@
+"""`curate run --filter clip_score --fraction 0.3` next to the naive way, in one run, on a generated pool.
+
+    .venv/bin/python benchmarks/curate_run_bench.py [--rows 12800000] [--parts 32] [--workdir benchmarks/_work]
+                                                     [--processes 2 [1 ...]] [--naive-columns all|needed]
+
+1. Makes (once; reused while its manifest matches) a metadata-only pool of --rows rows in DataComp's schema,
+   split into --parts parquet files under WORKDIR/pool-<rows>x<parts>/metadata/. The generator here is
+   vectorised (arrow compute, no per-row Python); the columns are those of `curate.demo.metadata.generate_metadata`
+   (DataComp's names): uid (32 hex), url, text, original_width, original_height, clip_b32_similarity_score and
+   clip_l14_similarity_score (float32, ~1% null), sha256. Captions are word salads drawn per row so that
+   strings are (nearly) all distinct, as real captions are: pyarrow's to_pandas shares equal strings between
+   rows, which would flatter the naive way's memory on a pool of a few repeated captions.
+2. Runs, each as a subprocess, side by side:
+     curate  `curate run --pool POOL --filter clip_score --fraction 0.3 --arch l14 --output OUT --processes K`
+             (once per value of --processes);
+     naive   what DataComp's baseline script does, in one process: pandas reads the whole pool into one
+             DataFrame (all columns by default; --naive-columns needed reads only uid and the score, as
+             DataComp's clip_score path actually does), threshold = -np.sort(-scores)[int(N*f)],
+             uid.apply(lambda x: int(x, 16)) of the kept rows into a `u8,u8` array, sort, np.save.
+   For each: wall time; peak memory of the whole process tree (sum of RSS, and sum of PSS, which counts
+   pages shared between processes once, sampled with psutil every 50 ms and 200 ms); and the largest single
+   process's peak RSS as the kernel reports it (`/usr/bin/time -v`, else getrusage in a wrapper).
+3. Checks that every subset file is byte-identical to the naive one (same rule, so they must be), and
+   prints a markdown table with the machine (CPU model, cores, memory) and the date on stdout.
+
+The pool's files are read once before the runs, so every run starts with them in the page cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+GENERATOR_VERSION = 1
+SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
+REPO = Path(__file__).resolve().parent.parent
+
+# --------------------------------------------------------------------------------------------------------
+# The pool: a vectorised generator in DataComp's schema
+# --------------------------------------------------------------------------------------------------------
+
+EN_VOCAB = ("a an the of in on with at by and photo picture image view close up red blue green yellow white black "
+            "old new small large big little beautiful modern vintage dog cat car house tree street park city beach "
+            "mountain river lake sky sunset night morning woman man child people girl boy family wedding food table "
+            "kitchen room bedroom garden flower flowers bird birds horse boat boats train road bridge church tower "
+            "building window door wall floor chair sofa bed book cake fruit bowl plate cup coffee wine bottle shirt "
+            "dress shoes bag hat logo icon vector illustration design pattern background texture art painting "
+            "drawing poster print card sign map stock isolated portrait landscape aerial winter summer spring autumn "
+            "snow rain clouds sun moon star light dark wooden metal glass stone brick paper plastic two three four "
+            "playing sitting standing walking running riding holding looking near under over front behind top side "
+            "for sale best cheap free custom 2019 2020 2021 hd 4k wallpaper jpg png").split()
+OTHER_VOCAB = ("une photo voiture rouge dans la rue zwei Hunde spielen im Park un cuenco de fruta fresca sobre mesa "
+               "paesaggio di montagna al tramonto con nuvole кошка спит на диване 公园 里 玩耍 的 两只 狗 "
+               "maison jardin fleur ville strand haus baum fiesta playa ciudad gato perro città mare sole").split()
+SHORT_VOCAB = ("img", "photo 1", "DSC_0042", "", "IMG_2231.JPG", "untitled", "1", "image")
+DOMAINS = ("https://i.pinimg.com/originals/", "http://cdn.shopify.com/s/files/1/0123/products/",
+           "https://images.example-news.co.uk/media/2019/07/", "https://upload.wikimedia.org/wikipedia/commons/thumb/",
+           "http://static.blog.example.net/wp-content/uploads/", "https://img.alicdn.com/imgextra/i4/")
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", "_1024x1024.jpg", ".JPG?w=640")
+_HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex_strings(rng: np.random.Generator, n: int, n_bytes: int):
+    """n random lowercase hex strings of 2*n_bytes characters, as an arrow string array (no per-row Python)."""
+    import pyarrow as pa
+
+    raw = rng.integers(0, 256, size=(n, n_bytes), dtype=np.uint8)
+    chars = np.empty((n, 2 * n_bytes), dtype=np.uint8)
+    chars[:, 0::2] = _HEX[raw >> 4]
+    chars[:, 1::2] = _HEX[raw & 15]
+    offsets = np.arange(0, 2 * n_bytes * (n + 1), 2 * n_bytes, dtype=np.int32)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(chars.tobytes()))
+
+
+def fast_metadata(n: int, seed: int, null_rate: float = 0.01):
+    """n rows in DataComp's metadata schema, vectorised; same columns and types as generate_metadata()."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(seed)
+    uid = _hex_strings(rng, n, 16)
+    url = pc.binary_join_element_wise(
+        pa.array(DOMAINS).take(pa.array(rng.integers(0, len(DOMAINS), n))),
+        uid,
+        pa.array(EXTENSIONS).take(pa.array(rng.integers(0, len(EXTENSIONS), n))),
+        "",
+    )
+    # captions: 75% English word salad (2..18 words), 12% other languages, 10% short/empty, 3% null
+    kind = rng.choice(4, size=n, p=[0.75, 0.12, 0.10, 0.03])
+    words = np.where(kind == 0, rng.integers(2, 19, n), np.where(kind == 1, rng.integers(2, 12, n), 1))
+    vocab = [*EN_VOCAB, *OTHER_VOCAB, *SHORT_VOCAB]
+    base = np.array([0, len(EN_VOCAB), len(EN_VOCAB) + len(OTHER_VOCAB), 0])
+    size = np.array([len(EN_VOCAB), len(OTHER_VOCAB), len(SHORT_VOCAB), 1])
+    per_word_kind = np.repeat(kind, words)
+    flat = base[per_word_kind] + (rng.random(per_word_kind.size) * size[per_word_kind]).astype(np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(words, out=offsets[1:])
+    lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vocab).take(pa.array(flat)))
+    text = pc.binary_join(lists, " ")
+    text = pc.if_else(pa.array(kind == 3), pa.scalar(None, pa.string()), text)
+    # sizes and scores exactly as generate_metadata() draws them
+    side = rng.choice([64, 150, 199, 200, 256, 320, 512, 640, 1024], size=n)
+    aspect = rng.choice([1.0, 1.33, 1.5, 2.0, 3.0, 3.01, 5.0], size=n, p=[0.4, 0.2, 0.15, 0.1, 0.05, 0.05, 0.05])
+    width = side.astype(np.int64)
+    height = np.round(side * aspect).astype(np.int64)
+    swap = rng.random(n) < 0.5
+    width, height = np.where(swap, height, width), np.where(swap, width, height)
+    b32 = rng.normal(0.27, 0.05, n).astype(np.float32)
+    l14 = (b32 * 0.9 + rng.normal(0.0, 0.02, n)).astype(np.float32)
+    return pa.table({
+        "uid": uid,
+        "url": url,
+        "text": text,
+        "original_width": pa.array(width, mask=rng.random(n) < null_rate / 2),
+        "original_height": pa.array(height),
+        "clip_b32_similarity_score": pa.array(b32, mask=rng.random(n) < null_rate),
+        "clip_l14_similarity_score": pa.array(l14, mask=rng.random(n) < null_rate),
+        "sha256": _hex_strings(rng, n, 32),
+    })
+
+
+def ensure_pool(workdir: Path, rows: int, parts: int, seed: int) -> Path:
+    """The pool folder for (rows, parts, seed): generated once, reused while its manifest matches."""
+    import pyarrow.parquet as pq
+
+    pool = workdir / f"pool-{rows}x{parts}"
+    meta = pool / "metadata"
+    manifest_path = pool / "manifest.json"
+    want = {"rows": rows, "parts": parts, "seed": seed, "generator": GENERATOR_VERSION}
+    names = [f"{i:08d}.parquet" for i in range(parts)]
+    if manifest_path.exists():
+        try:
+            have = json.loads(manifest_path.read_text())
+        except ValueError:
+            have = None
+        if have and {k: have.get(k) for k in want} == want and all((meta / f).exists() for f in names):
+            log(f"pool: reusing {pool} ({rows:,} rows in {parts} files)")
+            return pool
+    if pool.exists():
+        shutil.rmtree(pool)
+    meta.mkdir(parents=True)
+    start = time.perf_counter()
+    sizes = [len(a) for a in np.array_split(np.arange(rows), parts)]
+    for i, (name, n) in enumerate(zip(names, sizes)):
+        table = fast_metadata(n, seed=seed * 1_000_003 + i)
+        tmp = meta / f".{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, meta / name)
+        log(f"pool: wrote {name} ({n:,} rows) [{i + 1}/{parts}, {time.perf_counter() - start:.0f} s]")
+    manifest_path.write_text(json.dumps({**want, "seconds": round(time.perf_counter() - start, 1)}, indent=2) + "\n")
+    return pool
+
+
+def warm_page_cache(pool: Path) -> int:
+    total = 0
+    for p in sorted((pool / "metadata").glob("*.parquet")):
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                total += len(chunk)
+    return total
+
+
+# --------------------------------------------------------------------------------------------------------
+# The naive way, as DataComp's baseline script does it (run in a child process: `--naive-child`)
+# --------------------------------------------------------------------------------------------------------
+
+
+def naive_child(pool: str, output: str, fraction: float, column: str, columns: str) -> None:
+    import pandas as pd
+
+    phases = {}
+    t = time.perf_counter()
+    paths = sorted(str(p) for p in (Path(pool) / "metadata").glob("*.parquet"))
+    read_columns = None if columns == "all" else ["uid", column]
+    df = pd.concat([pd.read_parquet(p, columns=read_columns) for p in paths], ignore_index=True)
+    phases["read"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    scores = df[column].values
+    n = int(len(df) * fraction)
+    threshold = -np.sort(-scores)[n]
+    phases["threshold"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    kept = df[df[column] >= threshold]["uid"]
+    ints = kept.apply(lambda x: int(x, 16))
+    uids = np.array([(i >> 64, i & 0xFFFFFFFFFFFFFFFF) for i in ints], np.dtype("u8,u8"))
+    phases["uids"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    uids.sort()
+    Path(output).mkdir(parents=True, exist_ok=True)
+    np.save(Path(output) / "subset.npy", uids)
+    phases["sort+save"] = time.perf_counter() - t
+    stats = {"rows_in": len(df), "rank": n, "threshold": float(threshold), "kept": len(uids),
+             "phases": {k: round(v, 3) for k, v in phases.items()}}
+    (Path(output) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Measuring a command: wall time, process-tree memory, largest process
+# --------------------------------------------------------------------------------------------------------
+
+_RUSAGE_WRAPPER = (
+    "import json, resource, subprocess, sys\n"
+    "rc = subprocess.call(sys.argv[2:])\n"
+    "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+    "json.dump({'max_rss_kb': ru.ru_maxrss, 'rc': rc}, open(sys.argv[1], 'w'))\n"
+    "sys.exit(rc)\n"
+)
+
+
+class TreeSampler(threading.Thread):
+    """Peak over time of the summed RSS (every 50 ms) and PSS (every 4th sample) of a process's descendants."""
+
+    def __init__(self, pid: int, interval: float = 0.05, pss_every: int = 4):
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.pss_every = pid, interval, pss_every
+        self.peak_rss = self.peak_pss = 0
+        self.max_procs = 0
+        self.samples = 0
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while not self._done.is_set():
+            try:
+                procs = root.children(recursive=True)
+            except psutil.NoSuchProcess:
+                break
+            rss = pss = 0
+            with_pss = self.samples % self.pss_every == 0
+            for p in procs:
+                try:
+                    if with_pss:
+                        info = p.memory_full_info()
+                        pss += info.pss
+                    else:
+                        info = p.memory_info()
+                    rss += info.rss
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            if with_pss:
+                self.peak_pss = max(self.peak_pss, pss)
+            self.max_procs = max(self.max_procs, len(procs))
+            self.samples += 1
+            self._done.wait(self.interval)
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+
+def measure(cmd: list[str], log_path: Path) -> dict:
+    """Run cmd under /usr/bin/time -v (or a getrusage wrapper), sampling its process tree."""
+    report = log_path.with_suffix(".rusage")
+    gnu_time = shutil.which("time", path="/usr/bin:/bin")
+    if gnu_time:
+        wrapped = [gnu_time, "-v", "-o", str(report), *cmd]
+    else:
+        wrapped = [sys.executable, "-c", _RUSAGE_WRAPPER, str(report), *cmd]
+    with open(log_path, "w") as logf:
+        start = time.perf_counter()
+        proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+        sampler = TreeSampler(proc.pid)
+        sampler.start()
+        rc = proc.wait()
+        wall = time.perf_counter() - start
+        sampler.stop()
+    if gnu_time:
+        text = report.read_text()
+        max_rss_kb = next(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if "Maximum resident set size" in line)
+    else:
+        max_rss_kb = json.loads(report.read_text())["max_rss_kb"]
+    if rc != 0:
+        raise SystemExit(f"command failed (exit {rc}): {' '.join(cmd)}\n--- {log_path} ---\n{log_path.read_text()[-4000:]}")
+    return {
+        "wall_s": wall,
+        "tree_rss_mb": sampler.peak_rss / 2**20,
+        "tree_pss_mb": sampler.peak_pss / 2**20,
+        "largest_process_mb": max_rss_kb / 1024,
+        "processes": sampler.max_procs,
+        "samples": sampler.samples,
+        "peak_from": "/usr/bin/time -v" if gnu_time else "getrusage(RUSAGE_CHILDREN)",
+    }
+
+
+# --------------------------------------------------------------------------------------------------------
+# The benchmark
+# --------------------------------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line() -> str:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        import psutil
+
+        mem = f"{psutil.virtual_memory().total / 2**30:.0f} GiB RAM"
+    except ImportError:
+        mem = "RAM unknown"
+    return f"{cpu_model()}, {cores} cores usable ({os.cpu_count()} online), {mem}"
+
+
+def versions() -> str:
+    import pandas
+    import pyarrow
+
+    return f"Python {platform.python_version()}, numpy {np.__version__}, pandas {pandas.__version__}, pyarrow {pyarrow.__version__}"
+
+
+def curate_executable() -> str:
+    local = Path(sys.executable).parent / "curate"
+    return str(local) if local.exists() else (shutil.which("curate") or "curate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=12_800_000, help="pool rows (DataComp small: 12.8M)")
+    ap.add_argument("--parts", type=int, default=32, help="parquet files in the pool")
+    ap.add_argument("--workdir", default="benchmarks/_work", help="scratch folder (pools, outputs, logs)")
+    ap.add_argument("--processes", type=int, nargs="+", default=[2], help="curate --processes; several values run curate once each")
+    ap.add_argument("--fraction", type=float, default=0.3)
+    ap.add_argument("--arch", choices=sorted(SCORE_COLUMNS), default="l14")
+    ap.add_argument("--naive-columns", choices=["all", "needed"], default="all",
+                    help="naive reads every column (default) or only uid and the score (DataComp's clip_score path)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-outputs", action="store_true", help="keep the subset files (the pool is always kept)")
+    ap.add_argument("--naive-child", nargs=2, metavar=("POOL", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    column = SCORE_COLUMNS[args.arch]
+
+    if args.naive_child:
+        naive_child(*args.naive_child, args.fraction, column, args.naive_columns)
+        return 0
+
+    workdir = Path(args.workdir)
+    if not workdir.is_absolute():
+        workdir = (REPO / workdir) if not workdir.exists() else workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now().astimezone()
+    load_before = os.getloadavg()
+
+    t = time.perf_counter()
+    pool = ensure_pool(workdir, args.rows, args.parts, args.seed)
+    gen_s = time.perf_counter() - t
+    pool_bytes = warm_page_cache(pool)
+    log(f"pool: {pool_bytes / 2**20:,.0f} MiB on disk, read once to warm the page cache")
+
+    runs_dir = workdir / f"runs-{args.rows}x{args.parts}-naive-{args.naive_columns}"
+    if runs_dir.exists():
+        shutil.rmtree(runs_dir)
+    runs_dir.mkdir(parents=True)
+
+    results = []
+    naive_out = runs_dir / "naive"
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--naive-child", str(pool), str(naive_out),
+           "--fraction", str(args.fraction), "--arch", args.arch, "--naive-columns", args.naive_columns]
+    log(f"naive: pandas reads {args.naive_columns} columns of the pool ...")
+    m = measure(cmd, runs_dir / "naive.log")
+    naive_stats = json.loads((naive_out / "stats.json").read_text())
+    results.append({"method": f"naive (pandas, {args.naive_columns} columns)", "k": 1, **m,
+                    "subset": naive_out / "subset.npy", "kept": naive_stats["kept"], "threshold": naive_stats["threshold"],
+                    "detail": ", ".join(f"{k} {v:.1f} s" for k, v in naive_stats["phases"].items())})
+    log(f"naive: {m['wall_s']:.1f} s, tree PSS {m['tree_pss_mb']:.0f} MB ({results[-1]['detail']})")
+
+    for k in args.processes:
+        out = runs_dir / f"curate-p{k}"
+        cmd = [curate_executable(), "run", "--pool", str(pool), "--filter", "clip_score", "--fraction", str(args.fraction),
+               "--arch", args.arch, "--output", str(out), "--processes", str(k)]
+        log(f"curate: {' '.join(cmd[1:])}")
+        m = measure(cmd, runs_dir / f"curate-p{k}.log")
+        stats = json.loads((out / "stats.json").read_text())
+        thr = stats["thresholds"][0]["threshold"] if stats["thresholds"] else float("nan")
+        results.append({"method": "curate run", "k": k, **m, "subset": out / "subset.npy", "kept": stats["kept"],
+                        "threshold": thr, "detail": f"in-process {stats['seconds']:.1f} s"})
+        log(f"curate --processes {k}: {m['wall_s']:.1f} s, tree PSS {m['tree_pss_mb']:.0f} MB")
+
+    ref_hash = sha256(results[0]["subset"])
+    identical = all(sha256(r["subset"]) == ref_hash for r in results)
+    for r in results:
+        r["identical"] = sha256(r["subset"]) == ref_hash
+
+    naive = results[0]
+    lines = [
+        f"### `curate run --filter clip_score --fraction {args.fraction} --arch {args.arch}` vs the naive way, "
+        f"{args.rows:,} rows",
+        "",
+        f"- date: {started:%Y-%m-%d %H:%M %Z}; machine: {machine_line()}; load average before/after: "
+        f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
+        f"- {versions()}",
+        f"- pool: {args.rows:,} rows in {args.parts} parquet files ({pool_bytes / 2**20:,.0f} MiB, page cache warm), "
+        f"generated in {gen_s:.0f} s (0 when reused)",
+        f"- subset: {naive['kept']:,} uids kept, threshold {naive['threshold']:.9g}; all subset files byte-identical: "
+        f"**{'yes' if identical else 'NO'}** (sha256 {ref_hash[:16]}...)",
+        "- peak memory: *tree PSS* sums the proportional set size of every process in the tree (shared pages counted "
+        "once), *tree RSS* sums RSS (shared pages counted in each process), both sampled every 200/50 ms; "
+        f"*largest process* is the kernel's peak RSS of the biggest single process ({naive['peak_from']}).",
+        "",
+        "| rows | method | processes | wall s | peak MB (tree PSS) | peak MB (tree RSS) | largest process MB "
+        "| naive/this wall | naive/this memory (PSS) | identical | detail |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {args.rows:,} | {r['method']} | {r['k']} (tree: {r['processes']}) | {r['wall_s']:.1f} | {r['tree_pss_mb']:,.0f} "
+            f"| {r['tree_rss_mb']:,.0f} | {r['largest_process_mb']:,.0f} | {naive['wall_s'] / r['wall_s']:.1f}x "
+            f"| {naive['tree_pss_mb'] / max(r['tree_pss_mb'], 1e-9):.1f}x | {'yes' if r['identical'] else 'NO'} | {r['detail']} |"
+        )
+    print("\n".join(lines), flush=True)
+    (runs_dir / "results.md").write_text("\n".join(lines) + "\n")
+
+    if not args.keep_outputs:
+        for r in results:
+            r["subset"].unlink(missing_ok=True)
+    return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
