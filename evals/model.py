@@ -41,8 +41,13 @@ def _state_dict(path: Path) -> dict:
     return obj
 
 
+PROJECT_MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
+
+
 def load_model(arch: str, checkpoint: str | None, device: str = "cpu"):
     """(model, preprocess, tokenizer) for `arch` with weights from a local file or an open_clip pretrained tag."""
+    if arch not in open_clip.list_models() and PROJECT_MODELS.is_dir():
+        open_clip.add_model_config(PROJECT_MODELS)  # the project's own configs (e.g. datacomp-tiny, which `train` uses)
     if arch not in open_clip.list_models():
         raise CheckpointError(f"unknown architecture {arch!r} (not in open_clip.list_models(); "
                               f"pass --model-config FILE.json for a custom one)")
