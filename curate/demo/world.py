@@ -68,7 +68,7 @@ KIND_P = {"ok": 0.55, "mismatched": 0.17, "foreign": 0.07, "short": 0.04, "dead"
           "truncated": 0.02, "scheme": 0.03, "redirect": 0.01, "tiny": 0.02, "wide": 0.02}
 
 
-def build_world(web_dir: str | Path, n: int, seed: int, url_for) -> pa.Table:
+def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[str, float] | None = None) -> pa.Table:
     """Write the images under `web_dir` and return the URL list (DataComp schema plus the demo's scores).
 
     `url_for(name)` gives the served URL of a file in `web_dir`.
@@ -77,7 +77,8 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for) -> pa.Table:
     web_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     uids = random_uids(rng, n)
-    kinds = rng.choice(list(KIND_P), size=n, p=list(KIND_P.values()))
+    kind_p = kind_p or KIND_P
+    kinds = rng.choice(list(kind_p), size=n, p=np.array(list(kind_p.values())) / sum(kind_p.values()))
     rows = {k: [] for k in ("uid", "url", "text", "original_width", "original_height", "clip_b32_similarity_score",
                             "clip_l14_similarity_score", "demo_kind")}
     color_names = list(COLORS)
