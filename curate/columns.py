@@ -20,6 +20,10 @@ from curate.atomic import is_temporary
 PRODUCERS = {
     "phash": "curate stage --signals phash",
     "sha256": "curate stage --signals sha256",
+    "dedup_phash_keep": "curate dedup --method phash --max-distance D",
+    "dedup_sha256_keep": "curate dedup --method sha256",
+    "dedup_semantic_keep": "curate dedup --method semantic --eps E",
+    "contaminated": "curate decontaminate --eval-dir EVALS",
 }
 
 

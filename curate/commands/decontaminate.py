@@ -1,0 +1,42 @@
+"""`curate decontaminate`: mark pool samples whose image is a (near) copy of an evaluation image."""
+
+from __future__ import annotations
+
+import json
+
+NAME = "decontaminate"
+ORDER = 26
+HELP = "mark pool images that match evaluation images (pHash within D bits, optionally CLIP cosine)"
+DESCRIPTION = ("Hashes every image of the eval sets under --eval-dir (wds_<task>_test/test/*.tar), matches them "
+               "against the pool's pHash column, and writes POOL/columns/decontam/ (uid, contaminated) for the "
+               "`decontaminated` filter and POOL/decontamination_report.parquet (one row per match).")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--pool", required=True)
+    p.add_argument("--eval-dir", required=True, help="folder holding wds_<task>_test eval sets")
+    p.add_argument("--max-distance", type=int, default=4, metavar="D", help="pHash Hamming distance in bits (default 4)")
+    p.add_argument("--min-cosine", type=float, default=None, metavar="C", help="with --eval-embeddings: cosine >= C is a match")
+    p.add_argument("--eval-embeddings", default=None, metavar="NPZ",
+                   help="eval image embeddings from the pool's CLIP model: npz with embeddings, eval_set, eval_key")
+    p.add_argument("--arch", choices=["l14", "b32"], default="l14", help="which pool embeddings to compare with")
+
+
+def main(args) -> int:
+    from curate.decontaminate import run_decontaminate
+
+    s = run_decontaminate(args.pool, args.eval_dir, max_distance=args.max_distance, min_cosine=args.min_cosine,
+                          eval_embeddings=args.eval_embeddings, arch=args.arch)
+    print(f"decontaminate: {s['eval_images']} eval images vs {s['pool_rows_checked']} pool pHashes "
+          f"(D={s['max_distance']}): {s['contaminated']} contaminated pool samples, {s['phash_matches']} pHash matches, "
+          f"{s['cosine_matches']} cosine matches ({s['seconds']} s)")
+    for name, c in s["per_eval_set"].items():
+        if c["matches"]:
+            print(f"  {name:24s} {c['pool_samples']} pool samples, {c['matches']} matches")
+    if s["eval_images_failed"]:
+        print(f"  eval images that failed to decode: {json.dumps(s['eval_images_failed'])}")
+    if s["pool_rows_without_phash"] or s["pool_rows_malformed_phash"]:
+        print(f"  not checked: {s['pool_rows_without_phash']} pool rows without a pHash, "
+              f"{s['pool_rows_malformed_phash']} with a malformed one (contaminated is null)")
+    print(f"  report: {s['report']}")
+    return 0

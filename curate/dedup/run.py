@@ -1,0 +1,262 @@
+"""`curate dedup`: group a pool's duplicates and write `POOL/columns/dedup_<method>/`.
+
+Methods:
+- `phash`: every pair within `max_distance` bits of pHash, exactly (curate.dedup.hamming; on Dask or
+  Spark as a dataframe join, curate.dedup.frames), grouped transitively;
+- `sha256`: identical image bytes;
+- `semantic`: SemDeDup-style: faiss k-means over L2-normalised CLIP image embeddings, then pairs within
+  one cluster with cosine > 1 - eps, grouped transitively.
+
+Output, one file per input file (the stage's column files for phash/sha256, the pool's partitions for
+semantic): `uid`, `dedup_<method>_group` (int64: the smallest row index among the group's members, rows
+numbered over the input files in name order) and `dedup_<method>_keep` (one True per group by the keep
+rule). Rows without a usable value (no image, failed decode, malformed hash) get nulls, and the `dedup`
+filter rejects them. The whole folder is written beside the store and swapped in when complete, so a
+killed run leaves the previous result or none, never a mix. Statistics go to
+`POOL/columns/dedup_<method>_stats.json`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from curate.atomic import is_temporary, write_json
+from curate.dedup.groups import group_ids, keep_representatives
+from curate.dedup.hamming import distinct_pairs, make_plan, parse_hex64
+
+METHODS = ("phash", "sha256", "semantic")
+KEEP_RULES = ("first", "highest_clip_score")
+SCORE_COLUMNS = ("clip_l14_similarity_score", "clip_b32_similarity_score")
+EMBEDDING_COLUMNS = {"l14": "l14_img", "b32": "b32_img"}
+
+
+class DedupError(ValueError):
+    """Missing inputs (no phash columns, no embeddings, no scores) or bad options."""
+
+
+def column_names(method: str) -> tuple[str, str]:
+    return f"dedup_{method}_group", f"dedup_{method}_keep"
+
+
+@dataclass
+class Rows:
+    """A signal's values over the pool, in file order, with where each file's rows start."""
+
+    names: list[str]  # output file stems
+    sizes: list[int]
+    uid: pa.ChunkedArray
+    value: pa.ChunkedArray
+    status: pa.ChunkedArray | None
+
+
+def read_store_signal(pool_root: Path, signal: str) -> Rows:
+    d = pool_root / "columns" / signal
+    files = sorted(p for p in d.glob("*.parquet") if not is_temporary(p)) if d.is_dir() else []
+    if not files:
+        raise DedupError(f"{pool_root}: no '{signal}' columns in {d}; run `curate stage --pool {pool_root} --signals {signal}` first")
+    tables = []
+    for f in files:
+        t = pq.read_table(f)
+        if signal not in t.column_names or "uid" not in t.column_names:
+            raise DedupError(f"{f}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
+        tables.append(t)
+    status = [t.column("status") if "status" in t.column_names else pa.chunked_array([pa.nulls(t.num_rows, pa.string())]) for t in tables]
+    return Rows(
+        names=[f.stem for f in files],
+        sizes=[t.num_rows for t in tables],
+        uid=pa.chunked_array([c for t in tables for c in t.column("uid").chunks], pa.string()),
+        value=pa.chunked_array([c for t in tables for c in t.column(signal).cast(pa.string()).chunks], pa.string()),
+        status=pa.chunked_array([c for s in status for c in s.cast(pa.string()).chunks], pa.string()),
+    )
+
+
+# --- scores for --keep highest_clip_score --------------------------------------------------------------------
+
+
+def read_scores(pool_root: Path, uids: pa.ChunkedArray, column: str | None = None) -> tuple[np.ndarray, str]:
+    """The CLIP score of each uid (NaN where none), from the metadata or the column store."""
+    from curate.columns import MissingColumnError, read_columns
+    from curate.pool import Pool, PoolError
+
+    pool = Pool(pool_root)
+    candidates = [column] if column else list(SCORE_COLUMNS)
+    errors = []
+    for col in candidates:
+        try:
+            tables = [read_columns(pool_root, p.path, ["uid", col]) for p in pool.partitions()]
+        except (MissingColumnError, PoolError) as e:
+            errors.append(str(e))
+            continue
+        table = pa.concat_tables(tables)
+        idx = pc.index_in(uids, value_set=table.column("uid"))
+        scores = pc.take(table.column(col).cast(pa.float64()), idx)
+        return np.asarray(scores.to_numpy(zero_copy_only=False), dtype=np.float64), col
+    raise DedupError("--keep highest_clip_score needs a CLIP score column (" + " or ".join(candidates) + "): " + "; ".join(errors))
+
+
+# --- methods -------------------------------------------------------------------------------------------------
+
+
+def _hash_pairs(values: np.ndarray, max_distance: int, engine, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among DISTINCT hash values on the engine's terms."""
+    plan = make_plan(len(values), max_distance)
+    stats["plan"] = plan.describe()
+    name = getattr(engine, "name", "local")
+    if name == "dask":
+        from curate.dedup.frames import dask_pairs
+
+        return dask_pairs(engine.client, values, plan)
+    if name == "spark":
+        from curate.dedup.frames import spark_pairs
+
+        return spark_pairs(engine.spark, values, plan)
+    i, j, _ = distinct_pairs(values, max_distance, plan, stats)
+    return i, j
+
+
+def phash_groups(rows: Rows, max_distance: int, engine, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, group id per valid row)."""
+    values, valid = parse_hex64(rows.value)
+    present = np.asarray(pc.is_valid(rows.value).to_numpy(zero_copy_only=False), dtype=bool)
+    malformed = present & ~valid
+    stats["malformed"] = int(malformed.sum())
+    if malformed.any():
+        at = np.flatnonzero(malformed)[:5]
+        stats["malformed_examples"] = [{"uid": rows.uid[int(k)].as_py(), "phash": rows.value[int(k)].as_py()} for k in at]
+    missing = ~present
+    stats["without_value"] = int(missing.sum())
+    if missing.any() and rows.status is not None:
+        stats["without_value_by_status"] = dict(Counter(s if s is not None else "null" for s in pc.filter(rows.status, pa.array(missing)).to_pylist()))
+    index = np.flatnonzero(valid)
+    uniq, first, inverse = np.unique(values[index], return_index=True, return_inverse=True)
+    stats["distinct_hashes"] = int(len(uniq))
+    i, j = _hash_pairs(uniq, max_distance, engine, stats)
+    stats["pairs_of_distinct_hashes"] = int(len(i))
+    group_of_distinct = group_ids(len(uniq), i, j, index[first])
+    return valid, group_of_distinct[inverse]
+
+
+def sha256_groups(rows: Rows, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    value = pc.utf8_lower(rows.value)
+    ok = pc.and_(pc.is_valid(value), pc.match_substring_regex(value, r"^[0-9a-f]{64}$"))
+    valid = np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
+    present = np.asarray(pc.is_valid(rows.value).to_numpy(zero_copy_only=False), dtype=bool)
+    malformed = present & ~valid
+    stats["malformed"] = int(malformed.sum())
+    if malformed.any():
+        stats["malformed_examples"] = [{"uid": rows.uid[int(k)].as_py(), "sha256": rows.value[int(k)].as_py()} for k in np.flatnonzero(malformed)[:5]]
+    stats["without_value"] = int((~present).sum())
+    index = np.flatnonzero(valid)
+    codes = value.filter(pa.array(valid)).combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    smallest = np.full(int(codes.max()) + 1 if len(codes) else 0, np.iinfo(np.int64).max, np.int64)
+    np.minimum.at(smallest, codes, index)
+    stats["distinct_hashes"] = int(len(smallest))
+    return valid, smallest[codes]
+
+
+def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, group_valid, keep_valid) -> Path:
+    gcol, kcol = column_names(method)
+    n = len(valid)
+    group = np.zeros(n, np.int64)
+    keep = np.zeros(n, bool)
+    group[valid] = group_valid
+    keep[valid] = keep_valid
+    target = pool_root / "columns" / f"dedup_{method}"
+    # staged outside columns/ so that the column store never sees a half-written folder
+    staging = pool_root / f".dedup_{method}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    start = 0
+    nulls = pa.array(~valid)
+    for name, size in zip(rows_names, sizes):
+        sl = slice(start, start + size)
+        table = pa.table({
+            "uid": uid.slice(start, size),
+            gcol: pa.array(group[sl], pa.int64(), mask=nulls[sl].to_numpy(zero_copy_only=False)),
+            kcol: pa.array(keep[sl], pa.bool_(), mask=nulls[sl].to_numpy(zero_copy_only=False)),
+        })
+        pq.write_table(table, staging / f"{name}.parquet")
+        start += size
+    old = pool_root / f".dedup_{method}.old"
+    if old.exists():
+        shutil.rmtree(old)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)
+    return target
+
+
+def run_dedup(
+    pool_root: str | os.PathLike,
+    method: str = "phash",
+    *,
+    engine=None,
+    max_distance: int = 4,
+    keep: str = "first",
+    score_column: str | None = None,
+    eps: float = 0.05,
+    clusters: int | None = None,
+    arch: str = "l14",
+    seed: int = 0,
+) -> dict:
+    """Group the pool's duplicates by `method`, write the dedup columns, and return the statistics."""
+    pool_root = Path(pool_root)
+    if method not in METHODS:
+        raise DedupError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    if keep not in KEEP_RULES:
+        raise DedupError(f"unknown keep rule {keep!r}; choose one of {', '.join(KEEP_RULES)}")
+    start = time.perf_counter()
+    stats: dict = {"pool": str(pool_root), "method": method, "keep": keep, "engine": getattr(engine, "name", "local")}
+    if method == "phash":
+        stats["max_distance"] = max_distance
+        rows = read_store_signal(pool_root, "phash")
+        valid, group = phash_groups(rows, max_distance, engine, stats)
+        names, sizes, uid = rows.names, rows.sizes, rows.uid
+    elif method == "sha256":
+        rows = read_store_signal(pool_root, "sha256")
+        valid, group = sha256_groups(rows, stats)
+        names, sizes, uid = rows.names, rows.sizes, rows.uid
+    else:
+        from curate.dedup.semantic import semantic_groups
+
+        stats.update({"eps": eps, "arch": arch})
+        names, sizes, uid, valid, group = semantic_groups(pool_root, eps=eps, clusters=clusters, arch=arch, seed=seed, stats=stats)
+    index = np.flatnonzero(valid)
+    scores = None
+    if keep == "highest_clip_score":
+        all_scores, col = read_scores(pool_root, uid, score_column)
+        scores = all_scores[index]
+        stats["score_column"] = col
+    keep_valid = keep_representatives(group, index, scores)
+    out = _write_outputs(pool_root, method, names, sizes, uid, valid, group, keep_valid)
+    sizes_of_groups = np.bincount(np.unique(group, return_inverse=True)[1]) if len(group) else np.zeros(0, np.int64)
+    stats.update({
+        "rows": int(len(valid)),
+        "rows_grouped": int(valid.sum()),
+        "groups": int(len(sizes_of_groups)),
+        "groups_with_duplicates": int((sizes_of_groups > 1).sum()),
+        "largest_group": int(sizes_of_groups.max()) if len(sizes_of_groups) else 0,
+        "kept": int(keep_valid.sum()),
+        "removed_as_duplicates": int(len(keep_valid) - keep_valid.sum()),
+        "output": str(out),
+        "seconds": round(time.perf_counter() - start, 3),
+    })
+    write_json(pool_root / "columns" / f"dedup_{method}_stats.json", stats)
+    return stats
+
+
+__all__ = ["DedupError", "KEEP_RULES", "METHODS", "column_names", "read_store_signal", "run_dedup"]
