@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/curate demo --workdir demo_out
 
 test: $(STAMP)
-	bash scripts/ensure-java.sh
+	bash scripts/ensure-system-deps.sh
 	$(VENV)/bin/python -m pytest -q
 
 clean:
