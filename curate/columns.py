@@ -24,6 +24,11 @@ PRODUCERS = {
     "dedup_sha256_keep": "curate dedup --method sha256",
     "dedup_semantic_keep": "curate dedup --method semantic --eps E",
     "contaminated": "curate decontaminate --eval-dir EVALS",
+    "clip_b32_similarity_score": "curate stage --signals clip --model ViT-B-32 --pretrained openai",
+    "clip_l14_similarity_score": "curate stage --signals clip --model ViT-L-14 --pretrained openai",
+    "l14_img": "curate stage --signals clip --model ViT-L-14 --pretrained openai",
+    "b32_img": "curate stage --signals clip --model ViT-B-32 --pretrained openai",
+    "aesthetic_score": "curate stage --signals aesthetic --aesthetic-weights FILE",
 }
 
 
@@ -131,10 +136,20 @@ def embeddings_to_arrow(arr) -> pa.FixedSizeListArray:
 
 
 def embeddings_to_numpy(col) -> "np.ndarray":
-    """A fixed-size-list column back to an (N, D) array (nulls are not allowed here)."""
+    """A fixed-size-list column back to an (N, D) array, row for row; a null row becomes a row of NaN.
+
+    (pyarrow's `flatten()` drops null rows, which would shift every row after a failed image.)
+    """
     import numpy as np
 
     if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
+        col = col.combine_chunks() if col.num_chunks else pa.array([], col.type)
     width = col.type.list_size
-    return np.asarray(col.flatten().to_numpy(zero_copy_only=False)).reshape(-1, width)
+    n = len(col)
+    values = col.values.slice(col.offset * width, n * width)
+    if col.null_count == 0 and values.null_count == 0:
+        return np.asarray(values.to_numpy(zero_copy_only=False)).reshape(n, width)
+    dense = pc.fill_null(pc.cast(values, pa.float32()), float("nan")).to_numpy(zero_copy_only=False).reshape(n, width).copy()
+    rows_null = np.asarray(col.is_null().to_numpy(zero_copy_only=False), dtype=bool)
+    dense[rows_null] = np.nan
+    return dense

@@ -67,3 +67,15 @@ def test_datacomp_npz_embeddings_beside_the_metadata(tmp_path):
     np.savez(part.with_suffix(".npz"), l14_img=emb[:3])
     with pytest.raises(MissingColumnError, match="3 rows"):
         read_columns(tmp_path / "pool", str(part), ["uid", "l14_img"])
+
+
+def test_embeddings_keep_their_rows_when_some_are_null():
+    from curate.columns import embeddings_to_arrow, embeddings_to_numpy
+
+    emb = np.arange(12, dtype=np.float16).reshape(4, 3)
+    col = embeddings_to_arrow(emb)
+    taken = pa.compute.take(col, pa.array([2, None, 0, 3]))  # a uid join leaves a null row
+    out = embeddings_to_numpy(pa.chunked_array([taken]))
+    assert out.shape == (4, 3)
+    assert np.array_equal(out[[0, 2, 3]], emb[[2, 0, 3]].astype(np.float32)) and np.isnan(out[1]).all()
+    assert np.array_equal(embeddings_to_numpy(col.slice(1, 2)), emb[1:3])

@@ -40,7 +40,7 @@ def test_phash_and_sha256_columns(tmp_path):
         stats = run_stage(Pool(root), ["phash", "sha256"], engine)
     assert stats["samples"] == 15 and stats["per_signal"]["phash"]["ok"] == 11
     assert stats["per_signal"]["phash"]["failed"] == {"unidentified": 1, "empty": 1, "no_image": 1, "too_many_pixels": 1}
-    assert stats["per_signal"]["sha256"] == {"ok": 14, "failed": {"no_image": 1}}
+    assert stats["per_signal"]["sha256"] == {"samples": 15, "ok": 14, "failed": {"no_image": 1}}
     ph = read_signal(Pool(root), "phash").to_pylist()
     sh = read_signal(Pool(root), "sha256").to_pylist()
     by_uid = {}
