@@ -1,13 +1,21 @@
 """`curate run`: filter a pool into a DataComp subset file, a stats file, and (with shards) new shards.
 
-Partitions are filtered independently on the chosen engine; the only pool-wide step is resolving
-fraction thresholds (curate.rank). Results come back in partition order and the subset is sorted, so every
-engine writes the same bytes.
+Partitions are filtered independently on the chosen engine. What a filter needs from the whole pool (a
+fraction threshold, k-means centroids, MetaCLIP entry counts, a file the user named) it asks for with a pool
+request (filters.base); `resolve_filters` computes each request once, on the engine, and binds the values,
+repeating while bound filters ask for more. Results come back in partition order and the subset is sorted,
+so every engine writes the same bytes.
+
+Besides the subset, each partition reports exact score ranges, a uid-hash sample of every thresholded score
+(for the report's histograms) and uid-hash-chosen examples kept and rejected by each step; a threshold
+outside its score's observed range is a warning (stats.json and stderr). OUT/report.html shows it all.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +32,8 @@ from curate.signals.language import LANGUAGE_COLUMNS
 from curate.signals.text_columns import language_columns, text_as_utf8
 from curate.subset import write_subset
 from curate.uids import UID_DTYPE, uids_to_pairs, valid_uid_mask
-from filters.base import Filter, RankRequest
+from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
+from filters.rules import float_column, uid_hash
 
 SIGNAL_COLUMNS = set(LANGUAGE_COLUMNS)
 
@@ -36,9 +45,25 @@ class PartitionJob:
     language_cache: str | None
     fasttext_model: str | None
     pool_root: str = ""
+    score_columns: tuple[str, ...] = ()
+    examples: int = 0  # kept and rejected examples per step (0: none)
+    score_sample: int = 0  # values per thresholded score, for histograms
 
 
-def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
+@dataclass(frozen=True)
+class GatherJob:
+    partition: Partition
+    request: GatherRequest
+    language_cache: str | None
+    fasttext_model: str | None
+    pool_root: str = ""
+
+
+EXAMPLE_SEED = 0x5EED
+SAMPLE_SEED = 0x5C0E
+
+
+def load_table(job, columns: list[str]) -> pa.Table:
     """The partition's `uid` and `columns`, with computed signals joined in when the metadata lacks them."""
     present = set(partition_schema(job.partition.path).names)
     wanted_signals = [c for c in columns if c in SIGNAL_COLUMNS and c not in present]
@@ -57,27 +82,98 @@ def load_table(job: PartitionJob, columns: list[str]) -> pa.Table:
     return table
 
 
+def gather_partition(job: GatherJob):
+    """One partition's part of a GatherRequest: its `map` on the rows with a valid uid."""
+    table = load_table(job, ["uid", *job.request.columns])
+    valid = valid_uid_mask(table.column("uid"))
+    if not valid.all():
+        table = table.filter(pa.array(valid))
+    return job.request.step.map(table)
+
+
+def _has_text(path: str) -> bool:
+    names = set(partition_schema(path).names)
+    return "text" in names or "caption" in names
+
+
 def filter_partition(job: PartitionJob) -> dict:
-    """Apply the filter steps in order to one partition; return the kept uids and per-step counts."""
-    columns = sorted({c for f in job.filters for c in f.columns})
+    """Apply the filter steps in order to one partition; return the kept uids, per-step counts, score
+    summaries and examples."""
+    columns = sorted({c for f in job.filters for c in f.columns} | set(job.score_columns))
+    if job.examples and "text" not in columns and _has_text(job.partition.path):
+        columns.append("text")
     table = load_table(job, columns)
     n = table.num_rows
     steps = []
     valid = valid_uid_mask(table.column("uid"))
     steps.append(_step_counts("valid_uid", n, valid, {"invalid_uid": ~valid}, {"invalid_uid": int((~valid).sum())}))
     keep = valid
+    hashes = uid_hash(table.column("uid").filter(pa.array(valid)), EXAMPLE_SEED) if job.examples else None
+    examples = []
     for f in job.filters:
         rows_in = int(keep.sum())
+        idx = np.flatnonzero(keep)
         sub = table.filter(pa.array(keep))
         result = f.apply(sub)
-        kept_sub = result.keep
+        kept_sub = np.asarray(result.keep, dtype=bool)
         failed = {rule: mask for rule, mask in result.failed.items()}
-        steps.append(_step_counts(f.name, rows_in, kept_sub, failed, result.first_failed_rule()))
-        idx = np.flatnonzero(keep)
+        step = _step_counts(f.name or f.label(), rows_in, kept_sub, failed, result.first_failed_rule())
+        step["label"] = f.label()
+        if result.parts:
+            step["parts"] = result.parts
+        steps.append(step)
+        if job.examples:
+            examples.append(_examples(job, f, sub, result, hashes[np.searchsorted(np.flatnonzero(valid), idx)]))
         keep = np.zeros(n, dtype=bool)
         keep[idx[kept_sub]] = True
     kept_uids = uids_to_pairs(table.column("uid").filter(pa.array(keep))) if keep.any() else np.zeros(0, UID_DTYPE)
-    return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids}
+    scores = {c: _score_summary(table.filter(pa.array(valid)), c, job.score_sample) for c in job.score_columns}
+    return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids, "scores": scores,
+            "examples": examples}
+
+
+def _score_summary(table: pa.Table, column: str, sample: int) -> dict:
+    values = float_column(table.column(column))
+    ok = ~np.isnan(values)
+    out = {"rows": int(len(values)), "missing": int((~ok).sum()),
+           "min": float(values[ok].min()) if ok.any() else None, "max": float(values[ok].max()) if ok.any() else None}
+    if sample:
+        h = uid_hash(table.column("uid"), SAMPLE_SEED)[ok]
+        order = np.argsort(h, kind="stable")[:sample]
+        out["sample_hash"], out["sample"] = h[order], values[ok][order]
+    return out
+
+
+def _example_columns(f: Filter, table: pa.Table) -> list[str]:
+    cols = [c for c, _ in f.score_thresholds()]
+    for c in f.columns:
+        if c in table.column_names and c not in cols and c not in ("text", "uid"):
+            t = table.schema.field(c).type
+            if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t) or pa.types.is_string(t):
+                cols.append(c)
+    return cols
+
+
+def _examples(job: PartitionJob, f: Filter, sub: pa.Table, result, hashes: np.ndarray) -> dict:
+    """Up to job.examples kept and rejected rows of this step, those with the smallest uid hashes."""
+    keep = np.asarray(result.keep, dtype=bool)
+    cols = _example_columns(f, sub)
+    out = {}
+    for kind, mask in (("kept", keep), ("rejected", ~keep)):
+        rows = np.flatnonzero(mask)
+        rows = rows[np.argsort(hashes[rows], kind="stable")[: job.examples]]
+        items = []
+        for r in rows:
+            reason = next((rule for rule, m in result.failed.items() if np.asarray(m)[r]), None) if kind == "rejected" else None
+            values = {}
+            for c in cols:
+                v = sub.column(c)[int(r)].as_py()
+                values[c] = None if isinstance(v, float) and math.isnan(v) else v
+            items.append({"hash": int(hashes[r]), "uid": sub.column("uid")[int(r)].as_py(),
+                          "text": sub.column("text")[int(r)].as_py() if "text" in sub.column_names else None,
+                          "values": values, "reason": reason})
+        out[kind] = items
+    return out
 
 
 def _step_counts(name: str, rows_in: int, keep: np.ndarray, failed: dict, first: dict) -> dict:
@@ -92,18 +188,85 @@ def _step_counts(name: str, rows_in: int, keep: np.ndarray, failed: dict, first:
     }
 
 
-def resolve_filters(engine: Engine, paths: list[str], filters: list[Filter], pool_root: str = "") -> tuple[list[Filter], list[dict]]:
-    """Resolve every pool-wide rank the filters ask for, and bind them."""
-    resolved: dict[RankRequest, float] = {}
-    notes = []
-    for f in filters:
-        for req in f.rank_requests():
-            if req in resolved:
-                continue
-            value, rank, total = value_at_descending_rank(engine, paths, req.column, req.fraction, pool_root)
-            resolved[req] = value
-            notes.append({"column": req.column, "fraction": req.fraction, "rank": rank, "pool_rows": total, "threshold": value})
-    return [f.bind(resolved) for f in filters], notes
+# --------------------------------------------------------------------------------------------------------
+# Pool requests
+# --------------------------------------------------------------------------------------------------------
+
+MAX_ROUNDS = 8
+
+
+def read_file_request(req: FileRequest):
+    """What a FileRequest names: a numpy array, or the non-comment lines of a text file."""
+    path = Path(req.path)
+    if not path.is_file():
+        raise FilterConfigError(f"{path}: file not found")
+    try:
+        if req.kind == "npy":
+            return np.load(path, allow_pickle=False)
+        if req.kind == "lines":
+            return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        raise FilterConfigError(f"{path}: cannot read as {req.kind}: {e}") from e
+    raise FilterConfigError(f"unknown file request kind {req.kind!r}")
+
+
+def resolve_filters(engine: Engine, paths_or_partitions: list, filters: list[Filter], pool_root: str = "",
+                    language_cache: str | None = None, fasttext_model: str | None = None) -> tuple[list[Filter], list[dict]]:
+    """Resolve every pool request the filters make, bind the values, and repeat while bound filters ask for more.
+
+    Returns the bound filters and notes: one per fraction threshold (column, fraction, rank, pool rows,
+    threshold), and one per other request (kind, key).
+    """
+    partitions = [p if isinstance(p, Partition) else Partition(Path(p).stem, str(p)) for p in paths_or_partitions]
+    paths = [p.path for p in partitions]
+    resolved: dict = {}
+    notes: list[dict] = []
+    filters = list(filters)
+    for _ in range(MAX_ROUNDS):
+        pending = []
+        for f in filters:
+            for req in f.requests():
+                if req not in resolved and req not in pending:
+                    pending.append(req)
+        if not pending and resolved:
+            break
+        for req in pending:
+            if isinstance(req, RankRequest):
+                value, rank, total = value_at_descending_rank(engine, paths, req.column, req.fraction, pool_root)
+                resolved[req] = value
+                notes.append({"column": req.column, "fraction": req.fraction, "rank": rank, "pool_rows": total, "threshold": value})
+            elif isinstance(req, FileRequest):
+                resolved[req] = read_file_request(req)
+                notes.append({"kind": "file", "key": req.path})
+            elif isinstance(req, GatherRequest):
+                jobs = [GatherJob(p, req, language_cache, fasttext_model, pool_root) for p in partitions]
+                parts = engine.map(gather_partition, jobs, desc=f"pool step {req.key}")
+                resolved[req] = req.step.reduce(parts)
+                notes.append({"kind": "gather", "key": req.key})
+            else:
+                raise TypeError(f"unknown pool request {req!r}")
+        filters = [f.bind(resolved) for f in filters]
+        if not pending:
+            break
+    else:
+        raise RuntimeError(f"filters still ask for pool values after {MAX_ROUNDS} rounds")
+    return filters, notes
+
+
+# --------------------------------------------------------------------------------------------------------
+# Merging partition results
+# --------------------------------------------------------------------------------------------------------
+
+
+def _merge_parts(into: list[dict], parts: list[dict]) -> list[dict]:
+    if not into:
+        return [{**{k: v for k, v in p.items() if k != "parts"}, **({"parts": _merge_parts([], p["parts"])} if "parts" in p else {})} for p in parts]
+    for m, p in zip(into, parts):
+        m["rows_in"] += p["rows_in"]
+        m["kept"] += p["kept"]
+        if "parts" in p:
+            m["parts"] = _merge_parts(m.get("parts", []), p["parts"])
+    return into
 
 
 def merge_steps(results: list[dict]) -> list[dict]:
@@ -112,13 +275,75 @@ def merge_steps(results: list[dict]) -> list[dict]:
         for i, step in enumerate(res["steps"]):
             if i == len(merged):
                 merged.append({"filter": step["filter"], "rows_in": 0, "kept": 0, "rejected": 0, "rejected_by_first_rule": {}, "failed_rule": {}})
+                if "label" in step:
+                    merged[i]["label"] = step["label"]
             m = merged[i]
             for k in ("rows_in", "kept", "rejected"):
                 m[k] += step[k]
             for key in ("rejected_by_first_rule", "failed_rule"):
                 for rule, count in step[key].items():
                     m[key][rule] = m[key].get(rule, 0) + count
+            if "parts" in step:
+                m["parts"] = _merge_parts(m.get("parts", []), step["parts"])
     return merged
+
+
+def merge_scores(results: list[dict], sample: int) -> dict:
+    out = {}
+    columns = list(results[0]["scores"]) if results else []
+    for c in columns:
+        parts = [r["scores"][c] for r in results]
+        mins = [p["min"] for p in parts if p["min"] is not None]
+        maxs = [p["max"] for p in parts if p["max"] is not None]
+        entry = {"rows": sum(p["rows"] for p in parts), "missing": sum(p["missing"] for p in parts),
+                 "min": min(mins) if mins else None, "max": max(maxs) if maxs else None}
+        if sample:
+            h = np.concatenate([p["sample_hash"] for p in parts])
+            v = np.concatenate([p["sample"] for p in parts])
+            entry["sample"] = v[np.argsort(h, kind="stable")[:sample]]
+        out[c] = entry
+    return out
+
+
+def merge_examples(results: list[dict], per_kind: int) -> list[dict]:
+    steps: list[dict] = []
+    for res in results:
+        for i, ex in enumerate(res.get("examples", [])):
+            if i == len(steps):
+                steps.append({"kept": [], "rejected": []})
+            for kind in ("kept", "rejected"):
+                steps[i][kind].extend(ex[kind])
+    for st in steps:
+        for kind in ("kept", "rejected"):
+            st[kind] = sorted(st[kind], key=lambda e: e["hash"])[:per_kind]
+    return steps
+
+
+def range_warnings(filters: list[Filter], scores: dict, thresholds: list[dict]) -> list[str]:
+    """A threshold outside its score's observed range (or not a number) keeps all or nothing: say so."""
+    out = []
+    for t in thresholds:
+        if "fraction" in t and isinstance(t.get("threshold"), float) and math.isnan(t["threshold"]):
+            out.append(f"{t['column']}: the top {t['fraction']:.0%} reaches past the rows that have a score "
+                       f"(rank {t['rank']} of {t['pool_rows']}); the threshold is NaN and keeps nothing, as DataComp's")
+    seen = set()
+    for f in filters:
+        for column, thr in f.score_thresholds():
+            if (column, thr) in seen or column not in scores:
+                continue
+            seen.add((column, thr))
+            s = scores[column]
+            if thr is None or (isinstance(thr, float) and math.isnan(thr)):
+                continue
+            if s["min"] is None:
+                out.append(f"{f.label()}: {column} has no values in the pool; the threshold {thr:g} keeps nothing")
+            elif thr > s["max"]:
+                out.append(f"{f.label()}: threshold {thr:g} is above every {column} in the pool "
+                           f"(observed range {s['min']:.4g} .. {s['max']:.4g}); it keeps nothing")
+            elif thr <= s["min"]:
+                out.append(f"{f.label()}: threshold {thr:g} is at or below every {column} in the pool "
+                           f"(observed range {s['min']:.4g} .. {s['max']:.4g}); it rejects only missing scores")
+    return out
 
 
 def run_filters(
@@ -129,21 +354,33 @@ def run_filters(
     *,
     fasttext_model: str | None = None,
     cache_signals: bool = True,
+    report: bool = True,
+    recipe: dict | None = None,
+    examples: int = 6,
+    score_sample: int = 20000,
 ) -> dict:
-    """Filter the pool and write OUT/subset.npy and OUT/stats.json; return the stats."""
+    """Filter the pool and write OUT/subset.npy, OUT/stats.json and (with `report`) OUT/report.html; return the stats."""
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     partitions = pool.partitions()
-    paths = [p.path for p in partitions]
-    bound, thresholds = resolve_filters(engine, paths, filters, str(pool.root))
     language_cache = str(pool.column_dir("language")) if cache_signals else None
-    jobs = [PartitionJob(p, tuple(bound), language_cache, fasttext_model, str(pool.root)) for p in partitions]
+    bound, thresholds = resolve_filters(engine, partitions, filters, str(pool.root), language_cache, fasttext_model)
+    resolve_s = time.perf_counter() - start
+    score_columns = tuple(dict.fromkeys(c for f in bound for c, _ in f.score_thresholds()))
+    n_examples = examples if report else 0
+    sample = score_sample if report else 0
+    jobs = [PartitionJob(p, tuple(bound), language_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
+            for p in partitions]
     results = engine.map(filter_partition, jobs, desc="filter partitions")
     uids = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
     subset_path = write_subset(output / "subset.npy", uids)
     steps = merge_steps(results)
     rows = sum(r["rows"] for r in results)
+    scores = merge_scores(results, sample)
+    warnings = range_warnings(bound, scores, [t for t in thresholds if "fraction" in t])
+    for w in warnings:
+        print(f"curate run: warning: {w}", file=sys.stderr)
     stats = {
         "pool": str(pool.root),
         "engine": engine.name,
@@ -151,12 +388,28 @@ def run_filters(
         "rows_in": rows,
         "kept": int(len(uids)),
         "rejected": rows - int(len(uids)),
-        "filters": [{"name": f.name, **f.params()} for f in bound],
-        "thresholds": thresholds,
+        "filters": [{"name": f.name or f.label(), **f.params()} for f in bound],
+        "thresholds": [t for t in thresholds if "fraction" in t],
+        "pool_steps": [t for t in thresholds if "fraction" not in t],
         "steps": steps,
+        "scores": {c: {k: v for k, v in s.items() if k != "sample"} for c, s in scores.items()},
+        "warnings": warnings,
         "subset_file": str(subset_path),
         "subset_sha256": hashlib.sha256(subset_path.read_bytes()).hexdigest(),
         "seconds": round(time.perf_counter() - start, 3),
     }
+    if recipe:
+        stats["recipe"] = recipe
+    # stats.json is the same on every engine except `engine`, `seconds` and `subset_file`; the time each
+    # phase took goes to timings.json beside it.
+    timings = {"pool_steps": round(resolve_s, 3), "filter_partitions": round(time.perf_counter() - start - resolve_s, 3)}
+    if report:
+        from curate.report import write_report
+
+        t = time.perf_counter()
+        stats["report"] = write_report(output, stats, bound, scores, merge_examples(results, examples), pool)
+        timings["report"] = round(time.perf_counter() - t, 3)
+    timings["total"] = round(time.perf_counter() - start, 3)
+    write_json(output / "timings.json", timings)
     write_json(output / "stats.json", stats)
     return stats

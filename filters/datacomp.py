@@ -91,6 +91,13 @@ class ClipScore(Filter):
     def rank_requests(self) -> list[RankRequest]:
         return [RankRequest(self.column, self.fraction)] if self.threshold is None else []
 
+    def score_thresholds(self) -> list[tuple[str, float]]:
+        return [(self.column, self.threshold)] if self.threshold is not None else []
+
+    def label(self) -> str:
+        what = f"top {self.fraction:.0%}" if self.fraction is not None else f">= {self.threshold:g}"
+        return f"clip_score[{self.arch} {what}]"
+
     def bind(self, resolved: dict[RankRequest, float]) -> "ClipScore":
         if self.threshold is not None:
             return self
@@ -116,6 +123,9 @@ class Laion2B(Filter):
 
     def params(self) -> dict:
         return {"language": self.language, "column": "clip_b32_similarity_score", "threshold": self.threshold}
+
+    def score_thresholds(self) -> list[tuple[str, float]]:
+        return [("clip_b32_similarity_score", self.threshold)]
 
     def apply(self, table: pa.Table) -> FilterResult:
         rules = {"not_english": not_language(table.column("language"), self.language)}

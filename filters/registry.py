@@ -17,7 +17,7 @@ from filters.base import Filter, FilterConfigError
 def _discover() -> dict[str, type[Filter]]:
     found: dict[str, type[Filter]] = {}
     for info in pkgutil.iter_modules(filters.__path__):
-        if info.name in ("base", "registry", "rules"):
+        if info.name in ("base", "registry", "rules", "compose"):
             continue
         mod = importlib.import_module(f"filters.{info.name}")
         for obj in vars(mod).values():
@@ -34,13 +34,43 @@ FILTERS: dict[str, type[Filter]] = _discover()
 def filter_parameters(cls: type[Filter]) -> dict[str, object]:
     """Constructor parameters and their defaults (inspect.Parameter.empty when required)."""
     sig = inspect.signature(cls.__init__)
-    return {n: p.default for n, p in sig.parameters.items() if n != "self" and p.kind is not p.VAR_KEYWORD}
+    return {n: p.default for n, p in sig.parameters.items()
+            if n != "self" and not n.startswith("_") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def unknown_filter_error(name: str) -> FilterConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(name, FILTERS, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return FilterConfigError(f"unknown filter {name!r}{hint}; known filters: {', '.join(sorted(FILTERS))}")
+
+
+def build_filter_strict(name: str, params: dict | None = None) -> Filter:
+    """One filter from a recipe: every parameter must be one its constructor takes."""
+    if name not in FILTERS:
+        raise unknown_filter_error(name)
+    cls = FILTERS[name]
+    accepted = filter_parameters(cls)
+    params = dict(params or {})
+    for key in params:
+        if key not in accepted:
+            import difflib
+
+            close = difflib.get_close_matches(key, accepted, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise FilterConfigError(f"filter {name!r} has no parameter {key!r}{hint}; its parameters: "
+                                    f"{', '.join(accepted) or '(none)'}")
+    try:
+        return cls(**params)
+    except TypeError as e:
+        raise FilterConfigError(f"filter {name!r}: {e}") from e
 
 
 def build_filter(name: str, **options) -> Filter:
     """One filter from CLI-style options; options (None = not given) its constructor does not take are ignored."""
     if name not in FILTERS:
-        raise FilterConfigError(f"unknown filter {name!r}; known filters: {', '.join(sorted(FILTERS))}")
+        raise unknown_filter_error(name)
     cls = FILTERS[name]
     accepted = filter_parameters(cls)
     kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}

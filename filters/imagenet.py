@@ -1,0 +1,416 @@
+"""DataComp's ImageNet-anchored baselines: text_based, image_based and image_based ∩ clip_score.
+
+text_based
+    English caption, and some caption word names an ImageNet class. DataComp's rule looks each
+    whitespace-separated word up in WordNet (`wordnet.synsets(word)[0].offset()`) and keeps the caption
+    when that synset is one of ImageNet-21k's; that rule runs here when the user gives the list of WordNet
+    ids (`wordnet_ids: FILE`, one `n01440764`-style id a line, as DataComp's `imagenet21k_wordnet_ids.txt`)
+    and nltk with its WordNet data is installed. Without it the rule is offline: some run of 1-5 words of
+    the normalised caption (lowercase, punctuation as spaces) equals an ImageNet-1k class name as open_clip
+    ships them (`open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES`; "a / b" names both, parentheses
+    dropped), or its plural.
+
+image_based
+    English caption of more than 1 word and more than 5 characters (DataComp's caption_filter); then each
+    sample's L/14 image embedding goes to the nearest (largest inner product) of k pool centroids, and the
+    sample is kept when its centroid is the nearest centroid of some ImageNet target. The centroids come
+    from faiss k-means on a deterministic sample of the pool's embeddings (chosen by uid hash, so the same on
+    every partitioning), computed once by the runner; k = pool rows / 128, at most 100,000 (DataComp's
+    100,000 clusters at 12.8M rows and above), unless given. Targets are a .npy the user names: ImageNet-1k
+    image features (`targets_kind: image`, DataComp's rule) or text embeddings of ImageNet class prompts
+    (`targets_kind: text`, a stand-in when no image features are at hand; it is labelled
+    `image_based[text targets]` everywhere).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from filters.base import Filter, FilterConfigError, FilterResult, FileRequest, GatherRequest
+from filters.datacomp import ClipScore
+from filters.compose import AllOf
+from filters.rules import char_count, embedding_matrix, missing_text, ngram_hits, not_language, uid_hash, word_count
+
+# --------------------------------------------------------------------------------------------------------
+# ImageNet class names, from open_clip without importing torch
+# --------------------------------------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def imagenet_classnames() -> tuple[str, ...]:
+    """open_clip's 1000 ImageNet-1k class names (its zero_shot_metadata module has no imports of its own)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise FilterConfigError("text_based needs open_clip_torch (for its ImageNet class names)")
+    path = os.path.join(list(spec.submodule_search_locations)[0], "zero_shot_metadata.py")
+    mod_spec = importlib.util.spec_from_file_location("_open_clip_zero_shot_metadata", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return tuple(mod.IMAGENET_CLASSNAMES)
+
+
+def _normalize(name: str) -> str:
+    import re
+
+    return re.sub(r"[^\w]+|_", " ", name.lower()).strip()
+
+
+def _plurals(phrase: str) -> list[str]:
+    words = phrase.split(" ")
+    last = words[-1]
+    forms = {last, last + "s"}
+    if last.endswith(("s", "x", "z", "ch", "sh")):
+        forms.add(last + "es")
+    if last.endswith("y") and len(last) > 1 and last[-2] not in "aeiou":
+        forms.add(last[:-1] + "ies")
+    return [" ".join(words[:-1] + [f]) for f in sorted(forms)]
+
+
+@lru_cache(maxsize=1)
+def imagenet_phrases() -> tuple[frozenset, int]:
+    """Normalised ImageNet class names and their plurals; and the longest one in words."""
+    import re
+
+    phrases: set[str] = set()
+    for name in imagenet_classnames():
+        name = re.sub(r"\([^)]*\)", " ", name)
+        for alt in name.split("/"):
+            norm = _normalize(alt)
+            if norm:
+                phrases.update(_plurals(norm))
+    return frozenset(phrases), max(len(p.split(" ")) for p in phrases)
+
+
+# --------------------------------------------------------------------------------------------------------
+# text_based
+# --------------------------------------------------------------------------------------------------------
+
+
+class TextBased(Filter):
+    name = "text_based"
+    description = (
+        "English caption in which some word names an ImageNet class (DataComp's text-based baseline): "
+        "DataComp's WordNet rule with `wordnet_ids` (needs nltk + WordNet data), else offline with open_clip's "
+        "ImageNet-1k class names."
+    )
+    columns = ("text", "language")
+    path_params = ("wordnet_ids",)
+
+    def __init__(self, language: str = "en", wordnet_ids: str | None = None):
+        self.language = language
+        self.wordnet_ids = wordnet_ids
+        self._synsets: frozenset | None = None
+
+    def params(self) -> dict:
+        rule = "wordnet synsets (DataComp)" if self.wordnet_ids else "ImageNet-1k class names (open_clip), offline"
+        return {"language": self.language, "rule": rule, "wordnet_ids": self.wordnet_ids}
+
+    def requests(self) -> list:
+        return [FileRequest(self.wordnet_ids, "lines")] if self.wordnet_ids and self._synsets is None else []
+
+    def bind(self, resolved: dict) -> "TextBased":
+        if not self.wordnet_ids or self._synsets is not None:
+            return self
+        lines = resolved[FileRequest(self.wordnet_ids, "lines")]
+        try:
+            offsets = frozenset(int(x.strip()[1:]) for x in lines)
+        except ValueError as e:
+            raise FilterConfigError(f"{self.wordnet_ids}: expected WordNet ids like n01440764, one a line ({e})") from None
+        _wordnet()  # fail here, once, when nltk or its data is missing
+        bound = TextBased(self.language, self.wordnet_ids)
+        bound._synsets = offsets
+        return bound
+
+    def apply(self, table: pa.Table) -> FilterResult:
+        text = table.column("text")
+        if self.wordnet_ids:
+            if self._synsets is None:
+                raise FilterConfigError("text_based with wordnet_ids must be bound first")
+            hits = wordnet_hits(text, self._synsets)
+        else:
+            phrases, longest = imagenet_phrases()
+            hits = ngram_hits(text, set(phrases), longest)
+        rules = {
+            "missing_caption": missing_text(text),
+            "not_english": not_language(table.column("language"), self.language),
+            "no_imagenet_class": ~hits,
+        }
+        return FilterResult.from_rules(table.num_rows, rules)
+
+
+def _wordnet():
+    try:
+        from nltk.corpus import wordnet
+
+        wordnet.ensure_loaded()
+    except ImportError:
+        raise FilterConfigError("text_based with wordnet_ids needs nltk (pip install nltk)") from None
+    except LookupError:
+        raise FilterConfigError("text_based with wordnet_ids needs nltk's WordNet data (python -m nltk.downloader wordnet)") from None
+    return wordnet
+
+
+def wordnet_hits(text: pa.ChunkedArray, synsets: frozenset) -> np.ndarray:
+    """DataComp's does_contain_text_entity: some `text.split()` word's first synset is in `synsets`."""
+    wn = _wordnet()
+    words_list = pc.split_pattern_regex(pc.fill_null(text, ""), r"\s+")
+    if isinstance(words_list, pa.ChunkedArray):
+        words_list = words_list.combine_chunks()
+    words = pc.list_flatten(words_list)
+    parent = np.asarray(pc.list_parent_indices(words_list).to_numpy(zero_copy_only=False))
+    uniq = pc.unique(words)
+    good = np.zeros(len(uniq), dtype=bool)
+    for i, w in enumerate(uniq.to_pylist()):
+        if not w:
+            continue
+        syn = wn.synsets(w)
+        good[i] = bool(syn) and syn[0].offset() in synsets
+    idx = np.asarray(pc.index_in(words, value_set=uniq).to_numpy(zero_copy_only=False))
+    hits = np.zeros(len(text), dtype=bool)
+    hits[parent[good[idx]]] = True
+    return hits
+
+
+# --------------------------------------------------------------------------------------------------------
+# image_based: k-means over the pool, computed once by the runner
+# --------------------------------------------------------------------------------------------------------
+
+
+class CountRows:
+    """Gather step: rows with a valid uid in each partition, summed."""
+
+    columns: tuple[str, ...] = ()
+
+    def map(self, table: pa.Table) -> int:
+        return table.num_rows
+
+    def reduce(self, parts: list[int]) -> int:
+        return int(sum(parts))
+
+
+class KMeansSample:
+    """Gather step: a uid-hash sample of `column`'s vectors from every partition, then faiss k-means on it.
+
+    Every row with a vector gets hash h(uid, seed); partitions send the rows with h below a cutoff (a
+    rate a little above sample/N), and the reduce keeps the `sample` smallest hashes: the same sample,
+    in the same order, however the pool is partitioned.
+    """
+
+    def __init__(self, column: str, k: int, sample: int, rate: float, seed: int, niter: int):
+        self.column, self.k, self.sample, self.rate, self.seed, self.niter = column, k, sample, rate, seed, niter
+        self.columns = (column,)
+
+    def map(self, table: pa.Table):
+        x, present = embedding_matrix(table.column(self.column))
+        h = uid_hash(table.column("uid"), self.seed)
+        sel = present
+        if self.rate < 1.0:
+            sel = sel & (h < np.uint64(min(int(self.rate * 2.0**64), 2**64 - 1)))
+        return h[sel], x[sel]
+
+    def reduce(self, parts):
+        hashes = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.uint64)
+        if len(hashes) == 0:
+            raise FilterConfigError(f"image_based: no row of the pool has a {self.column!r} embedding")
+        vectors = np.concatenate([p[1] for p in parts])
+        order = np.argsort(hashes, kind="stable")[: self.sample]
+        return train_kmeans(np.ascontiguousarray(vectors[order]), self.k, self.niter, self.seed)
+
+
+def train_kmeans(x: np.ndarray, k: int, niter: int, seed: int) -> np.ndarray:
+    """faiss k-means centroids (k, d), float32; k is capped at the number of points."""
+    import faiss
+
+    k = max(1, min(k, len(x)))
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False,
+                      max_points_per_centroid=max(1, -(-len(x) // k)), min_points_per_centroid=1)
+    km.train(np.ascontiguousarray(x, dtype=np.float32))
+    return np.asarray(km.centroids, dtype=np.float32)
+
+
+def nearest_centroid(x: np.ndarray, centroids: np.ndarray, batch: int = 65536) -> np.ndarray:
+    """Index of the centroid with the largest inner product (DataComp's get_centroid_ids_gpu), via faiss."""
+    import faiss
+
+    index = faiss.IndexFlatIP(centroids.shape[1])
+    index.add(np.ascontiguousarray(centroids, dtype=np.float32))
+    out = np.empty(len(x), dtype=np.int64)
+    for i in range(0, len(x), batch):
+        _, labels = index.search(np.ascontiguousarray(x[i : i + batch], dtype=np.float32), 1)
+        out[i : i + batch] = labels[:, 0]
+    return out
+
+
+def auto_k(rows: int) -> int:
+    return int(min(100_000, max(1, rows // 128)))
+
+
+class ImageBased(Filter):
+    name = "image_based"
+    description = (
+        "English caption of more than 1 word and more than 5 characters; then keep samples whose nearest "
+        "pool centroid (faiss k-means over l14_img, k = rows/128 up to 100,000) is nearest to an ImageNet target "
+        "(`targets` .npy: ImageNet image features, or with targets_kind: text, class-prompt text embeddings)."
+    )
+    path_params = ("targets",)
+    columns = ("text", "language", "l14_img")
+
+    def __init__(self, targets: str | None = None, targets_kind: str = "image", k: int | str = "auto",
+                 points_per_centroid: int = 64, niter: int = 20, seed: int = 0, column: str = "l14_img",
+                 language: str = "en", min_words: int = 1, min_chars: int = 5):
+        if not targets:
+            raise FilterConfigError(
+                "image_based needs `targets`: a .npy of ImageNet-1k L/14 image features (targets_kind: image), or of "
+                "ImageNet class-prompt text embeddings (targets_kind: text; `curate filters targets` writes one); "
+                "in a recipe, or on the command line as --set image_based.targets=FILE")
+        if targets_kind not in ("image", "text"):
+            raise FilterConfigError(f"targets_kind must be image or text, got {targets_kind!r}")
+        if not (k == "auto" or (isinstance(k, int) and not isinstance(k, bool) and k >= 1)):
+            raise FilterConfigError(f"k must be 'auto' or a positive integer, got {k!r}")
+        for pname, v in (("points_per_centroid", points_per_centroid), ("niter", niter)):
+            if not isinstance(v, int) or v < 1:
+                raise FilterConfigError(f"{pname} must be a positive integer, got {v!r}")
+        self.targets, self.targets_kind, self.k = str(targets), targets_kind, k
+        self.points_per_centroid, self.niter, self.seed, self.column = points_per_centroid, niter, int(seed), column
+        self.language, self.min_words, self.min_chars = language, min_words, min_chars
+        self.columns = ("text", "language", column)
+        self._targets: np.ndarray | None = None
+        self._rows: int | None = None
+        self._centroids: np.ndarray | None = None
+        self._target_ids: np.ndarray | None = None
+
+    # -- what the runner computes --
+    def _copy(self) -> "ImageBased":
+        new = ImageBased.__new__(ImageBased)
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def k_for(self, rows: int) -> int:
+        return auto_k(rows) if self.k == "auto" else int(self.k)
+
+    def _sample_request(self) -> GatherRequest:
+        k = self.k_for(self._rows)
+        sample = min(self._rows, k * self.points_per_centroid)
+        rate = 1.0 if sample >= self._rows else min(1.0, 1.2 * sample / self._rows + 1e-4)
+        key = f"kmeans:{self.column}:k={k}:sample={sample}:seed={self.seed}:niter={self.niter}:rows={self._rows}"
+        return GatherRequest(key, KMeansSample(self.column, k, sample, rate, self.seed, self.niter))
+
+    def requests(self) -> list:
+        if self._target_ids is not None:
+            return []
+        if self._targets is None or self._rows is None:
+            return [FileRequest(self.targets, "npy"), GatherRequest("rows", CountRows())]
+        return [self._sample_request()]
+
+    def bind(self, resolved: dict) -> "ImageBased":
+        if self._target_ids is not None:
+            return self
+        new = self._copy()
+        if new._targets is None or new._rows is None:
+            file_req, rows_req = FileRequest(self.targets, "npy"), GatherRequest("rows", CountRows())
+            if file_req not in resolved or rows_req not in resolved:
+                return new
+            targets = np.asarray(resolved[file_req])
+            if targets.ndim != 2 or not len(targets) or not np.issubdtype(targets.dtype, np.number):
+                raise FilterConfigError(f"{self.targets}: targets must be a 2-D numeric array (rows of embeddings), "
+                                        f"got shape {targets.shape} {targets.dtype}")
+            new._targets = targets.astype(np.float32)
+            new._rows = int(resolved[rows_req])
+            if new._rows == 0:
+                raise FilterConfigError("image_based: the pool has no rows")
+        req = new._sample_request()
+        if req not in resolved:
+            return new
+        centroids = np.asarray(resolved[req], dtype=np.float32)
+        if centroids.shape[1] != new._targets.shape[1]:
+            raise FilterConfigError(f"{self.targets}: targets have {new._targets.shape[1]} dimensions, "
+                                    f"the pool's {self.column} {centroids.shape[1]}")
+        new._centroids = centroids
+        new._target_ids = np.unique(nearest_centroid(new._targets, centroids))
+        return new
+
+    # -- reporting --
+    def label(self) -> str:
+        return "image_based[text targets]" if self.targets_kind == "text" else "image_based"
+
+    def params(self) -> dict:
+        out = {
+            "targets": self.targets,
+            "targets_kind": self.targets_kind,
+            "variant": "ImageNet text-embedding targets (not DataComp's image features)" if self.targets_kind == "text"
+                       else "ImageNet image-feature targets (DataComp)",
+            "k": self.k, "points_per_centroid": self.points_per_centroid, "niter": self.niter, "seed": self.seed,
+            "column": self.column, "language": self.language,
+            "words_more_than": self.min_words, "chars_more_than": self.min_chars,
+        }
+        if self._centroids is not None:
+            out.update({"pool_rows": self._rows, "k_used": int(len(self._centroids)),
+                        "target_clusters": int(len(self._target_ids)), "targets_rows": int(len(self._targets))})
+        return out
+
+    def apply(self, table: pa.Table) -> FilterResult:
+        if self._target_ids is None:
+            raise FilterConfigError("image_based must be bound to its pool centroids first")
+        text = table.column("text")
+        caption_rules = {
+            "missing_caption": missing_text(text),
+            "not_english": not_language(table.column("language"), self.language),
+            "too_few_words": word_count(text) <= self.min_words,
+            "too_few_chars": char_count(text) <= self.min_chars,
+        }
+        ok = np.ones(table.num_rows, dtype=bool)
+        for m in caption_rules.values():
+            ok &= ~m
+        x, present = embedding_matrix(table.column(self.column))
+        if x.shape[1] and x.shape[1] != self._centroids.shape[1]:
+            raise FilterConfigError(f"{self.column}: {x.shape[1]} dimensions, the centroids {self._centroids.shape[1]}")
+        near = np.zeros(table.num_rows, dtype=bool)
+        idx = np.flatnonzero(ok & present)
+        if len(idx):
+            near[idx] = np.isin(nearest_centroid(x[idx], self._centroids), self._target_ids)
+        rules = dict(caption_rules)
+        rules["missing_embedding"] = ~present
+        rules["cluster_not_near_imagenet"] = ok & present & ~near
+        return FilterResult.from_rules(table.num_rows, rules)
+
+
+class ImageBasedClipScore(Filter):
+    name = "image_based_clip_score"
+    description = ("image_based ∩ clip_score (L/14, top 30% of the whole pool by default): DataComp's best "
+                   "published baseline at medium scale and above.")
+    path_params = ("targets",)
+    columns = ("text", "language", "l14_img", "clip_l14_similarity_score")
+
+    def __init__(self, targets: str | None = None, targets_kind: str = "image", k: int | str = "auto",
+                 points_per_centroid: int = 64, niter: int = 20, seed: int = 0, arch: str = "l14",
+                 fraction: float | None = 0.3, threshold: float | None = None, _inner: AllOf | None = None):
+        if _inner is None:
+            clip = ClipScore(arch, fraction=None if threshold is not None else fraction, threshold=threshold)
+            image = ImageBased(targets, targets_kind, k, points_per_centroid, niter, seed)
+            _inner = AllOf([clip, image])  # the cheap step first; an intersection either way
+        self.inner = _inner
+        self.columns = _inner.columns
+
+    def label(self) -> str:
+        return f"image_based_clip_score[{' ∩ '.join(p.label() for p in self.inner.parts)}]"
+
+    def params(self) -> dict:
+        return {p.name: p.params() for p in self.inner.parts}
+
+    def requests(self) -> list:
+        return self.inner.requests()
+
+    def bind(self, resolved: dict) -> "ImageBasedClipScore":
+        return ImageBasedClipScore(_inner=self.inner.bind(resolved))
+
+    def score_thresholds(self) -> list[tuple[str, float]]:
+        return self.inner.score_thresholds()
+
+    def apply(self, table: pa.Table) -> FilterResult:
+        return self.inner.apply(table)
