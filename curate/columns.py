@@ -64,8 +64,14 @@ def find_store_signal(pool_root: str, column: str) -> str | None:
     return None
 
 
-def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, columns: list[str], where: str) -> pa.Table:
-    """The stored values of `columns` for each of `uids`, in that order (null where none was stored)."""
+def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, columns: list[str], where: str,
+                       same_split: str | None = None) -> pa.Table:
+    """The stored values of `columns` for each of `uids`, in that order (null where none was stored).
+
+    `same_split` names the store file that most likely holds these uids (a stage that ran over the same
+    partitioning writes `<partition stem>.parquet`); when it holds them all, no other file is read, which
+    keeps a pool-wide filter linear in the pool instead of partitions x store files.
+    """
     out: dict[str, pa.ChunkedArray] = {}
     by_signal: dict[str, list[str]] = {}
     for col in columns:
@@ -80,13 +86,24 @@ def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, 
     uids = pa.chunked_array([uids]) if isinstance(uids, pa.Array) else uids
     wanted = pc.unique(uids)
     for signal, cols in by_signal.items():
-        dataset = ds.dataset(store_files(pool_root, signal), format="parquet")
-        stored = dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
+        stored = _stored_rows(pool_root, signal, cols, wanted, same_split)
         # First value per uid wins (a uid appears once per stage; upsampled copies share it).
         idx = pc.index_in(uids, value_set=stored.column("uid"))
         for col in cols:
             out[col] = pc.take(stored.column(col), idx)
     return pa.table({c: out[c] for c in columns})
+
+
+def _stored_rows(pool_root, signal: str, cols: list[str], wanted: pa.Array, same_split: str | None) -> pa.Table:
+    if same_split:
+        guess = Path(pool_root) / "columns" / signal / f"{same_split}.parquet"
+        if guess.exists():
+            t = pq.ParquetFile(guess).read(columns=["uid", *cols])
+            t = t.filter(pc.is_in(t.column("uid"), value_set=wanted))
+            if len(pc.unique(t.column("uid"))) == len(wanted):
+                return t
+    dataset = ds.dataset(store_files(pool_root, signal), format="parquet")
+    return dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
 
 
 def read_columns(pool_root: str | Path, partition_path: str, columns: list[str]) -> pa.Table:
@@ -101,7 +118,7 @@ def read_columns(pool_root: str | Path, partition_path: str, columns: list[str])
     key = ["uid"] if from_store or "uid" in columns else []  # the join key, only when needed
     table = read_partition(partition_path, list(dict.fromkeys([*key, *from_meta])))
     if from_store:
-        joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path)
+        joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path, same_split=Path(partition_path).stem)
         for c in from_store:
             table = table.append_column(c, joined.column(c))
     for c, arr in npz.items():

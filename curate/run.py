@@ -75,7 +75,10 @@ def load_table(job, columns: list[str]) -> pa.Table:
         table = table.set_column(table.column_names.index("text"), "text", text_as_utf8(table.column("text")))
     if wanted_signals:
         # Named by partition kind, so metadata parts never collide with per-shard column files.
-        cache = f"{job.language_cache}/{job.partition.kind}-{job.partition.name}.parquet" if job.language_cache else None
+        # `shard-<id>` belongs to `curate stage` (rows of the tar); a downloader parquet partition has
+        # failed rows too, so its cache gets a name of its own.
+        prefix = "metadata" if job.partition.kind == "metadata" else "downloader"
+        cache = f"{job.language_cache}/{prefix}-{job.partition.name}.parquet" if job.language_cache else None
         lang = language_columns(table.column("uid"), table.column("text"), cache, job.fasttext_model)
         for c in LANGUAGE_COLUMNS:
             table = table.append_column(c, lang.column(c))
