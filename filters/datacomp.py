@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pyarrow as pa
 
@@ -12,10 +14,12 @@ CLIP_SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_simil
 
 
 def score_column(arch: str) -> str:
-    try:
+    """DataComp's OpenAI score columns for b32/l14; any other tag names the column `curate stage --clip-tag TAG` writes."""
+    if arch in CLIP_SCORE_COLUMNS:
         return CLIP_SCORE_COLUMNS[arch]
-    except KeyError:
-        raise FilterConfigError(f"unknown --arch {arch!r}; choose one of {', '.join(CLIP_SCORE_COLUMNS)}") from None
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_]*", str(arch)):
+        raise FilterConfigError(f"--arch {arch!r}: use b32, l14 or a lower-case tag given to `curate stage --clip-tag`")
+    return f"clip_{arch}_similarity_score"
 
 
 class NoFilter(Filter):

@@ -24,7 +24,12 @@ def add_arguments(p) -> None:
                    help="set a filter parameter (recipe or --filter), e.g. image_based.targets=feats.npy")
     p.add_argument("--fraction", type=float, default=None, help="clip_score/aesthetic: keep the top fraction of the whole pool")
     p.add_argument("--threshold", type=float, default=None, help="clip_score/aesthetic: keep scores >= this")
-    p.add_argument("--arch", choices=["b32", "l14"], default="l14", help="clip_score: which CLIP score column")
+    p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 (DataComp's OpenAI score columns), or the tag of "
+                   "a model scored with `curate stage --clip-tag TAG` (reads clip_TAG_similarity_score)")
+    p.add_argument("--no-compute", action="store_true",
+                   help="do not compute signals the filters need and the pool lacks (phash, sha256, clip, aesthetic, language)")
+    p.add_argument("--clip-checkpoint", action="append", default=[], metavar="TAG=PATH",
+                   help="local weights for a CLIP signal computed on the fly, e.g. l14=ViT-L-14.pt (default: the pretrained tag)")
     p.add_argument("--fasttext-model", default=None, metavar="LID176_BIN", help="fastText lid.176.bin for language ID (default: py3langid, offline)")
     p.add_argument("--output", required=True)
     p.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
@@ -70,6 +75,15 @@ def main(args) -> int:
     steps, recipe = build_steps(args)
     pool = Pool(args.pool)
     with engine_from_args(args) as engine:
+        if pool.has_shards() and not args.no_compute:
+            from curate.stage import ensure_columns
+
+            checkpoints = dict(item.split("=", 1) for item in args.clip_checkpoint)
+            # language is computed (and cached) by the filtering pass itself, from the metadata captions
+            needed = sorted({c for step in steps for c in step.columns} - {"language", "language_score"})
+            computed = ensure_columns(pool, needed, engine, {"checkpoints": checkpoints} if checkpoints else None)
+            if computed:
+                print(f"computed missing signals first: {', '.join(computed)}")
         stats = run_filters(pool, steps, args.output, engine, fasttext_model=args.fasttext_model,
                             report=not args.no_report, recipe=recipe)
         print_summary(stats)

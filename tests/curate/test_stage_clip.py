@@ -355,3 +355,24 @@ def test_killed_clip_stage_resumes_to_the_same_files(tmp_path, models):
     assert _column_rows(root) == _column_rows(ref)
     for folder in ("phash", "sha256", "language", "clip_tiny_a"):
         assert len(read_signal(Pool(root), folder)) == 10 * 16
+
+
+def test_curate_run_computes_the_score_it_filters_on(tmp_path, models, monkeypatch, capsys):
+    """`curate run --filter clip_score` on a pool without scores runs the clip stage first, then filters."""
+    from curate.cli import main
+    from curate.stage import COLUMN_PRODUCERS
+    from curate.subset import read_subset
+
+    root = tmp_path / "pool"
+    _pool(root, bad=False)
+    monkeypatch.setitem(COLUMN_PRODUCERS, "clip_tiny_a_similarity_score",
+                        ("clip", {"model": TINY, "pretrained": models["a"].pretrained, "tag": "tiny_a", "torch_threads": 1}))
+    args = ["run", "--pool", str(root), "--filter", "clip_score", "--arch", "tiny_a", "--fraction", "0.5",
+            "--output", str(tmp_path / "out"), "--processes", "1", "--no-report", "--no-reshard"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "computed missing signals first: clip_tiny_a_similarity_score" in out
+    scores = read_signal(Pool(root), "clip_tiny_a").column("clip_tiny_a_similarity_score").to_numpy(zero_copy_only=False)
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["kept"] == len(read_subset(tmp_path / "out" / "subset.npy")) >= int(len(scores) * 0.5) > 0
+    assert main(args) == 0 and "computed missing signals" not in capsys.readouterr().out  # nothing left to compute
