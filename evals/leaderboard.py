@@ -44,7 +44,7 @@ def run_row(run: Path, tasks) -> dict:
     mm = summary["main_metrics"]
     retr = [mm[k] for k in RETRIEVAL_KEYS if k in mm]
     info = _info(run)
-    return {"run": info["name"], "scale": info["scale"], "subset_size": info["subset_size"],
+    return {"run": info["name"], "scale": info["scale"], "subset_size": info["subset_size"], **{f"task:{k}": v for k, v in mm.items()},
             "imagenet": mm.get("imagenet1k"), "retrieval": sum(retr) / len(retr) if retr else None,
             "retrieval_partial": 0 < len(retr) < len(RETRIEVAL_KEYS),
             "average": summary["average"], "partial": summary["partial"],
@@ -84,7 +84,7 @@ def _cell(row: dict, col: str) -> str:
     v = row.get(col)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–" if row["reference"] and col not in ("scale",) else ""
-    if col in ("imagenet", "retrieval", "average"):
+    if col in ("imagenet", "retrieval", "average") or col.startswith("task:"):
         star = "*" if (col == "average" and row["partial"]) or (col == "retrieval" and row["retrieval_partial"]) else ""
         return f"{100 * v:.1f}{star}"
     if col == "subset_size":
@@ -93,11 +93,22 @@ def _cell(row: dict, col: str) -> str:
 
 
 HEADERS = {"rank": "#", "run": "run", "scale": "scale", "subset_size": "subset size", "imagenet": "ImageNet",
-           "retrieval": "retrieval", "average": "avg (38)", "tasks": "tasks"}
+           "retrieval": "retrieval", "average": "average", "tasks": "tasks"}
 NOTE = "Scores in %. * = average over fewer tasks than the full set (partial). DataComp rows: published ImageNet only."
 
 
+def columns_for(rows: list[dict]) -> tuple[str, ...]:
+    """DataComp's columns; for a small task list of its own (no ImageNet), one column per task instead."""
+    task_cols = sorted({k for r in rows for k in r if k.startswith("task:")})
+    if any(r.get("imagenet") is not None for r in rows) or not task_cols or len(task_cols) > 6:
+        return COLUMNS
+    for c in task_cols:
+        HEADERS.setdefault(c, c[len("task:"):])
+    return ("rank", "run", "scale", "subset_size", *task_cols, "average", "tasks")
+
+
 def render(rows: list[dict], fmt: str = "md") -> str:
+    COLUMNS = columns_for(rows)  # noqa: N806 - shadows the module default for this table
     if fmt == "csv":
         buf = io.StringIO()
         w = csv.writer(buf)

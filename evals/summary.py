@@ -22,7 +22,7 @@ def read_results(path: str | Path) -> list[dict]:
 
 
 def summarize(results: list[dict], tasks: list[Task]) -> dict:
-    """Average over scored tasks, which are missing, and whether the average covers all 38."""
+    """Average over the list's scored tasks (DataComp's list has 38), which are missing, and whether it is partial."""
     by_key = {r["key"]: r for r in results}
     scored = [t for t in tasks if t.scored]
     present, missing = {}, []
@@ -37,8 +37,8 @@ def summarize(results: list[dict], tasks: list[Task]) -> dict:
     return {
         "average": avg,
         "n_tasks": len(present),
-        "n_scored": N_SCORED,
-        "partial": len(present) < N_SCORED,
+        "n_scored": len(scored),
+        "partial": len(present) < len(scored),
         "missing": missing,
         "main_metrics": present,
     }

@@ -1,9 +1,10 @@
 """A CommonPool in miniature: generated images with captions, and the kinds of breakage real pools have.
 
 Each image is a coloured shape on a background; a caption either describes it ("a photo of a red circle"),
-describes another image (mismatched), is in another language, or is too short. Some URLs are dead, some
-files corrupt or truncated, some URLs use schemes we must never fetch. CLIP-like scores in the metadata
-follow whether the caption matches, so CLIP-score filtering has something real to find.
+describes another image (mismatched), is in another language, or is too short. Floods of near-identical
+copies of a few images eat the training budget; blank and noise images carry random captions. Some URLs
+are dead, some files corrupt or truncated, some URLs use schemes we must never fetch. The metadata's
+CLIP-like scores follow whether the caption matches (the full demo computes its own with a trained model).
 """
 
 from __future__ import annotations
@@ -64,8 +65,18 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-KIND_P = {"ok": 0.55, "mismatched": 0.17, "foreign": 0.07, "short": 0.04, "dead": 0.04, "corrupt": 0.03,
-          "truncated": 0.02, "scheme": 0.03, "redirect": 0.01, "tiny": 0.02, "wide": 0.02}
+KIND_P = {"ok": 0.30, "mismatched": 0.38, "flood": 0.10, "blank": 0.05, "foreign": 0.04, "short": 0.02,
+          "dead": 0.03, "corrupt": 0.02, "truncated": 0.01, "scheme": 0.02, "redirect": 0.01, "tiny": 0.01,
+          "wide": 0.01}
+FLOOD_SOURCES = 4  # a flood is many near-copies of one of this many images
+
+
+def blank(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A flat grey or a noise image: nothing a caption could describe."""
+    w, h = size
+    if rng.random() < 0.5:
+        return Image.new("RGB", (w, h), (int(rng.integers(100, 160)),) * 3)
+    return Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
 
 
 def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[str, float] | None = None) -> pa.Table:
@@ -82,9 +93,15 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
     rows = {k: [] for k in ("uid", "url", "text", "original_width", "original_height", "clip_b32_similarity_score",
                             "clip_l14_similarity_score", "demo_kind")}
     color_names = list(COLORS)
+    flood_rng = np.random.default_rng(seed + 7919)
+    floods = [(color_names[flood_rng.integers(len(color_names))], SHAPES[flood_rng.integers(len(SHAPES))],
+               (int(flood_rng.integers(150, 320)), int(flood_rng.integers(150, 320))), int(flood_rng.integers(1 << 30)))
+              for _ in range(FLOOD_SOURCES)]
     for uid, kind in zip(uids, kinds):
         color, shape = color_names[rng.integers(len(color_names))], SHAPES[rng.integers(len(SHAPES))]
-        size = (int(rng.integers(96, 200)), int(rng.integers(96, 200)))
+        size = (int(rng.integers(120, 360)), int(rng.integers(120, 360)))
+        if kind == "flood":
+            color, shape, size, flood_seed = floods[rng.integers(FLOOD_SOURCES)]
         if kind == "tiny":
             size = (12, 12)
         elif kind == "wide":
@@ -101,8 +118,15 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
             caption = FOREIGN[rng.integers(len(FOREIGN))].format(color=color, shape=shape)
         elif kind == "short":
             caption = SHORT[rng.integers(len(SHORT))]
-        img = draw(color, shape, size, rng)
-        data = jpeg(img)
+        if kind == "flood":  # the same drawing, re-encoded at another quality: a near-duplicate
+            img = draw(color, shape, size, np.random.default_rng(flood_seed))
+            data = jpeg(img, quality=int(rng.integers(70, 96)))
+        elif kind == "blank":
+            img = blank(size, rng)
+            data = jpeg(img)
+        else:
+            img = draw(color, shape, size, rng)
+            data = jpeg(img)
         if kind == "corrupt":
             data = rng.bytes(len(data))
         elif kind == "truncated":
@@ -115,7 +139,7 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
             url = ["file:///etc/passwd", f"ftp://127.0.0.1/{name}", f"gopher://127.0.0.1/{name}"][rng.integers(3)]
         elif kind == "redirect":
             url = url_for("").rsplit("/img/", 1)[0] + "/redirect/file//etc/passwd"  # 302 to file:///etc/passwd
-        base = 0.31 if matched and kind not in ("short",) else 0.17
+        base = 0.31 if matched and kind not in ("short", "blank") else 0.17
         b32 = float(rng.normal(base, 0.025))
         rows["uid"].append(uid)
         rows["url"].append(url)
@@ -129,3 +153,28 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
     for col in ("clip_b32_similarity_score", "clip_l14_similarity_score"):
         table = table.set_column(table.column_names.index(col), col, table.column(col).cast(pa.float32()))
     return table
+
+
+def write_clean_set(out_dir: str | Path, n: int, seed: int, shard_size: int = 500) -> int:
+    """A separate, clean image-text set (matching captions only) as webdataset shards, for training the
+    demo's scoring CLIP, as Data Filtering Networks train their filter on curated data."""
+    import json
+
+    from curate.atomic import atomic_path
+    from curate.wds import TarSampleWriter
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    uids = random_uids(rng, n)
+    color_names = list(COLORS)
+    for start in range(0, n, shard_size):
+        with atomic_path(out_dir / f"{start // shard_size:08d}.tar") as tmp, open(tmp, "wb") as f:
+            writer = TarSampleWriter(f)
+            for uid in uids[start:start + shard_size]:
+                color, shape = color_names[rng.integers(len(color_names))], SHAPES[rng.integers(len(SHAPES))]
+                size = (int(rng.integers(120, 360)), int(rng.integers(120, 360)))
+                writer.write(uid, {"jpg": jpeg(draw(color, shape, size, rng)), "txt": f"a photo of a {color} {shape}".encode(),
+                                   "json": json.dumps({"uid": uid}).encode()})
+            writer.close()
+    return n

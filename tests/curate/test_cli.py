@@ -56,15 +56,33 @@ def test_filters_listing_and_help():
         assert h.returncode == 0 and "--engine" in h.stdout or cmd == "demo"
 
 
-def test_demo_runs_the_whole_foundation_loop(tmp_path):
-    out = curate("demo", "--workdir", tmp_path / "demo", "--samples", "300", "--seed", "1")
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "counts reconcile: True" in out.stdout and "reconcile: True" in out.stdout
-    summary = json.loads((tmp_path / "demo" / "pool" / "download_stats.json").read_text())
-    assert summary["refused"].get("scheme", 0) > 0 and summary["success"] > 0
-    subset = read_subset(tmp_path / "demo" / "clip_score_l14_30pct" / "subset.npy")
-    assert len(subset) >= int(300 * 0.3)  # ties at the threshold may add rows, never remove them
-    line = next(l for l in out.stdout.splitlines() if l.startswith("what clip_score kept"))
-    kept = json.loads(line.split(": ", 1)[1])
-    assert kept["mismatched"].startswith("0/")  # the scores single out captions that do not match
-    assert list((tmp_path / "demo" / "clip_score_l14_30pct" / "shards").glob("*.tar"))
+def test_demo_runs_the_whole_loop_small(tmp_path):
+    """`curate demo`, scaled down: download, scoring model, signals, dedup, two recipes, training, evaluation, leaderboard."""
+    import pyarrow.parquet as pq
+
+    from curate.demo.run import leaderboard_scores
+    from curate.uids import uids_to_pairs
+    from curate.subset import subset_counts
+
+    work = tmp_path / "demo"
+    out = curate("demo", "--workdir", work, "--samples", "300", "--clean-samples", "512", "--scorer-samples", "2048", "--train-samples", "128",
+                 "--recipes", "no_filter", "clip_score_30pct", "--seed", "1", timeout=900)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-3000:]
+    assert "counts reconcile: True" in out.stdout
+    for cmd in ("curate download", "train --scale tiny", "curate stage", "curate dedup", "curate run", "evaluate --checkpoint",
+                "evaluate leaderboard"):
+        assert f"$ {cmd}" in out.stdout
+    summary = json.loads((work / "pool" / "download_stats.json").read_text())
+    assert summary["refused"].get("scheme", 0) > 0 and summary["success"] > 0 and summary["reconciled"]
+    # the leaderboard names both recipes, with scores read back from each run's eval_results.jsonl
+    scores = leaderboard_scores(work)
+    assert set(scores) == {"no_filter", "clip_score_30pct"}
+    assert all(set(s) == {"demo/shapes", "demo/retrieval"} for s in scores.values())
+    assert "clip_score_30pct" in out.stdout.split("[7/7]")[1] and (work / "leaderboard.html").exists()
+    # the scoring model's CLIP score keeps fewer mismatched captions than the pool holds
+    table = pq.read_table(work / "url_list.parquet", columns=["uid", "demo_kind"]).to_pydict()
+    kept = subset_counts(read_subset(work / "subsets" / "clip_score_30pct" / "subset.npy"), uids_to_pairs(table["uid"])) > 0
+    kinds = np.array(table["demo_kind"])
+    assert kept.sum() > 0
+    assert (kinds[kept] == "mismatched").mean() < (kinds == "mismatched").mean()
+    assert (work / "subsets" / "clip_score_30pct" / "report.html").exists()
