@@ -31,7 +31,7 @@ from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_COLUMNS
 from curate.signals.text_columns import language_columns, text_as_utf8
 from curate.subset import write_subset
-from curate.uids import UID_DTYPE, uids_to_pairs, valid_uid_mask
+from curate.uids import UID_DTYPE, parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
 from filters.rules import float_column, uid_hash
 
@@ -108,15 +108,16 @@ def filter_partition(job: PartitionJob) -> dict:
     table = load_table(job, columns)
     n = table.num_rows
     steps = []
-    valid = valid_uid_mask(table.column("uid"))
+    valid, pairs = parse_uids(table.column("uid"))  # one parse: the mask now, the kept pairs at the end
+    valid_table = table if valid.all() else table.filter(pa.array(valid))
     steps.append(_step_counts("valid_uid", n, valid, {"invalid_uid": ~valid}, {"invalid_uid": int((~valid).sum())}))
     keep = valid
-    hashes = uid_hash(table.column("uid").filter(pa.array(valid)), EXAMPLE_SEED) if job.examples else None
+    hashes = uid_hash(valid_table.column("uid"), EXAMPLE_SEED) if job.examples else None
     examples = []
     for f in job.filters:
         rows_in = int(keep.sum())
         idx = np.flatnonzero(keep)
-        sub = table.filter(pa.array(keep))
+        sub = table if rows_in == n else table.filter(pa.array(keep))
         result = f.apply(sub)
         kept_sub = np.asarray(result.keep, dtype=bool)
         failed = {rule: mask for rule, mask in result.failed.items()}
@@ -129,8 +130,8 @@ def filter_partition(job: PartitionJob) -> dict:
             examples.append(_examples(job, f, sub, result, hashes[np.searchsorted(np.flatnonzero(valid), idx)]))
         keep = np.zeros(n, dtype=bool)
         keep[idx[kept_sub]] = True
-    kept_uids = uids_to_pairs(table.column("uid").filter(pa.array(keep))) if keep.any() else np.zeros(0, UID_DTYPE)
-    scores = {c: _score_summary(table.filter(pa.array(valid)), c, job.score_sample) for c in job.score_columns}
+    kept_uids = pairs[keep]
+    scores = {c: _score_summary(valid_table, c, job.score_sample) for c in job.score_columns}
     return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids, "scores": scores,
             "examples": examples}
 

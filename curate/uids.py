@@ -36,6 +36,14 @@ def uids_to_pairs(uids) -> np.ndarray:
     return _pack(nibbles)
 
 
+def parse_uids(uids) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, `u8,u8` pairs for every row) from one parse; invalid rows hold (0, 0)."""
+    mask, nibbles = _nibbles(uids)
+    pairs = _pack(nibbles)
+    pairs[~mask] = (0, 0)
+    return mask, pairs
+
+
 def valid_uid_mask(uids) -> np.ndarray:
     """True where the uid is exactly 32 hex characters."""
     return _nibbles(uids)[0]
