@@ -1,8 +1,9 @@
 """A CommonPool in miniature: generated images with captions, and the kinds of breakage real pools have.
 
-Each image is a coloured shape on a background; a caption either describes it ("a photo of a red circle"),
-describes another image (mismatched), is in another language, or is too short. Floods of near-identical
-copies of a few images eat the training budget; blank and noise images carry random captions. Some URLs
+Each image is a coloured shape on a softly shaded background; a caption either describes it ("a photo of a
+red circle"), describes another image (mismatched), is in another language, or is too short. Floods of
+near-copies of a few stock images, reposted under other listings' captions, eat the training budget and
+teach wrong pairs; blank and noise images carry random captions. Some URLs
 are dead, some files corrupt or truncated, some URLs use schemes we must never fetch. The metadata's
 CLIP-like scores follow whether the caption matches (the full demo computes its own with a trained model).
 """
@@ -34,10 +35,18 @@ class WorldSample:
     shape: str
 
 
+def _backdrop(base: np.ndarray, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
+    """A base colour with soft random shading, as photos have: without it, two different flat drawings of
+    similar layout share a perceptual hash and pHash dedup would merge distinct images."""
+    shade = rng.normal(0.0, 28.0, (4, 4, 3))
+    field = np.clip(base + shade, 0, 255).astype(np.uint8)
+    return Image.fromarray(field, "RGB").resize(size, Image.Resampling.BICUBIC)
+
+
 def draw(color: str, shape: str, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     w, h = size
-    bg = tuple(int(x) for x in rng.integers(60, 200, 3)) if rng.random() < 0.5 else (128, 128, 128)
-    img = Image.new("RGB", (w, h), bg)
+    bg = rng.integers(60, 200, 3) if rng.random() < 0.5 else np.full(3, 128)
+    img = _backdrop(bg, (w, h), rng)
     d = ImageDraw.Draw(img)
     s = min(w, h)
     cx, cy = w // 2 + int(rng.integers(-s // 8, s // 8 + 1)), h // 2 + int(rng.integers(-s // 8, s // 8 + 1))
@@ -65,10 +74,20 @@ def jpeg(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-KIND_P = {"ok": 0.30, "mismatched": 0.38, "flood": 0.10, "blank": 0.05, "foreign": 0.04, "short": 0.02,
+KIND_P = {"ok": 0.30, "mismatched": 0.33, "flood": 0.15, "blank": 0.05, "foreign": 0.04, "short": 0.02,
           "dead": 0.03, "corrupt": 0.02, "truncated": 0.01, "scheme": 0.02, "redirect": 0.01, "tiny": 0.01,
           "wide": 0.01}
 FLOOD_SOURCES = 4  # a flood is many near-copies of one of this many images
+
+
+def near_copy(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """A repost of the same picture: rescaled by a few percent, slightly brighter or darker (then re-encoded
+    by the caller). Its bytes differ from every other copy; its perceptual hash stays within a few bits."""
+    w, h = img.size
+    f = rng.uniform(0.9, 1.1)
+    img = img.resize((max(8, round(w * f)), max(8, round(h * f))), Image.Resampling.BILINEAR)
+    gain = rng.uniform(0.93, 1.07)
+    return img.point(lambda v: min(255, int(v * gain)))
 
 
 def blank(size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
@@ -100,8 +119,9 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
     for uid, kind in zip(uids, kinds):
         color, shape = color_names[rng.integers(len(color_names))], SHAPES[rng.integers(len(SHAPES))]
         size = (int(rng.integers(120, 360)), int(rng.integers(120, 360)))
-        if kind == "flood":
+        if kind == "flood":  # a stock image reposted under other listings' captions
             color, shape, size, flood_seed = floods[rng.integers(FLOOD_SOURCES)]
+            caption_of = (color_names[rng.integers(len(color_names))], SHAPES[rng.integers(len(SHAPES))])
         if kind == "tiny":
             size = (12, 12)
         elif kind == "wide":
@@ -109,7 +129,9 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
         name = f"{uid}.jpg"
         url = url_for(name)
         caption = f"a photo of a {color} {shape}"
-        matched = kind not in ("mismatched",)
+        if kind == "flood":
+            caption = f"a photo of a {caption_of[0]} {caption_of[1]}"
+        matched = kind != "mismatched" and (kind != "flood" or caption_of == (color, shape))
         if kind == "mismatched":
             other = (color_names[(color_names.index(color) + 1 + rng.integers(len(color_names) - 1)) % len(color_names)],
                      SHAPES[(SHAPES.index(shape) + 1 + rng.integers(len(SHAPES) - 1)) % len(SHAPES)])
@@ -118,8 +140,8 @@ def build_world(web_dir: str | Path, n: int, seed: int, url_for, kind_p: dict[st
             caption = FOREIGN[rng.integers(len(FOREIGN))].format(color=color, shape=shape)
         elif kind == "short":
             caption = SHORT[rng.integers(len(SHORT))]
-        if kind == "flood":  # the same drawing, re-encoded at another quality: a near-duplicate
-            img = draw(color, shape, size, np.random.default_rng(flood_seed))
+        if kind == "flood":
+            img = near_copy(draw(color, shape, size, np.random.default_rng(flood_seed)), rng)
             data = jpeg(img, quality=int(rng.integers(70, 96)))
         elif kind == "blank":
             img = blank(size, rng)
