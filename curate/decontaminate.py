@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from curate.atomic import atomic_path, write_json
 from curate.dedup.hamming import cross_pairs, parse_hex64
 from curate.dedup.run import DedupError, read_store_signal
+from curate.wds import member_key
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
@@ -70,14 +71,10 @@ def iter_eval_images(folder: Path):
             for m in tf:
                 if not m.isfile():
                     continue
-                d, base = os.path.split(m.name)
-                if "." not in base or base.startswith("."):
+                named = member_key(m.name)
+                if named is None or named[1] not in IMAGE_EXTS:
                     continue
-                stem, ext = base.split(".", 1)
-                ext = ext.lower()
-                if ext not in IMAGE_EXTS:
-                    continue
-                key = os.path.join(d, stem)
+                key, ext = named
                 if key not in samples:
                     samples[key] = {}
                     order.append(key)

@@ -33,6 +33,15 @@ class ReadReport:
     error: str | None = None
 
 
+def member_key(name: str) -> tuple[str, str] | None:
+    """(sample key, lower-case extension) of a tar member by webdataset's rule, or None for a name that is
+    no sample file (no dot, a hidden file, an extension that is not plain)."""
+    m = _MEMBER.match(name)
+    if not m or not SAFE_EXT.match(m.group(2)):
+        return None
+    return m.group(1), m.group(2).lower()
+
+
 def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
     """Yield whole samples from a tar; a read error ends the stream and is recorded in `report`.
 
@@ -46,11 +55,11 @@ def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
                     if not member.isdir():
                         report.skipped_members += 1
                     continue
-                m = _MEMBER.match(member.name)
-                if not m or not SAFE_EXT.match(m.group(2)):
+                named = member_key(member.name)
+                if named is None:
                     report.skipped_members += 1
                     continue
-                key, ext = m.group(1), m.group(2).lower()
+                key, ext = named
                 f = tar.extractfile(member)
                 data = f.read() if f is not None else b""
                 if current is not None and current.key != key:

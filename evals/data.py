@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.wds import member_key
+
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's preference order
 
 
@@ -110,11 +112,10 @@ def iter_tar_samples(path: Path, keep: Callable[[int], bool] = lambda i: True) -
         for m in tf:
             if not m.isfile():
                 continue
-            d, base = os.path.split(m.name)
-            if "." not in base or base.startswith("."):
+            named = member_key(m.name)
+            if named is None:
                 continue
-            stem, ext = base.split(".", 1)
-            key = os.path.join(d, stem)
+            key, ext = named
             if key != cur_key:
                 if cur is not None:
                     yield cur
@@ -122,7 +123,7 @@ def iter_tar_samples(path: Path, keep: Callable[[int], bool] = lambda i: True) -
                 cur_key = key
                 cur = {"__key__": key, "__index__": idx} if keep(idx) else None
             if cur is not None:
-                cur[ext.lower()] = tf.extractfile(m).read()
+                cur[ext] = tf.extractfile(m).read()
         if cur is not None:
             yield cur
 
