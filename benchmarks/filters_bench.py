@@ -101,6 +101,17 @@ def add_embeddings(pool: Path, seed: int = 2, centres: int = 4096) -> Path:
     return targets
 
 
+def language_cached(pool: Path, fasttext_model: str | None) -> bool:
+    """Whether the pool's language cache was filled by this detector (`curate run` recomputes otherwise)."""
+    import pyarrow.parquet as pq
+
+    from curate.signals.text_columns import _DETECTOR_KEY, _detector_name
+
+    files = sorted((pool / "columns" / "language").glob("*.parquet"))
+    return bool(files) and all((pq.read_schema(f).metadata or {}).get(_DETECTOR_KEY) == _detector_name(fasttext_model).encode()
+                               for f in files)
+
+
 def run_recipe(name: str, pool: Path, out: Path, processes: int, extra: list[str], report: bool, logs: Path) -> dict:
     cmd = [curate_executable(), "run", "--pool", str(pool), "--config", str(REPO / "configs" / "filters" / f"{name}.yaml"),
            "--output", str(out), "--processes", str(processes), *extra]
@@ -124,6 +135,8 @@ def main(argv=None) -> int:
     ap.add_argument("--k", default="1000", help="image_based k (an integer, or auto)")
     ap.add_argument("--only", nargs="*", default=None, help="baselines to run (default: all)")
     ap.add_argument("--report", action="store_true", help="also time one run of basic with the HTML report")
+    ap.add_argument("--fasttext-model", default=None, metavar="LID176",
+                    help="fastText lid.176.bin/.ftz for the English filters, as DataComp uses (default: py3langid)")
     ap.add_argument("--workdir", default=str(REPO / "benchmarks" / "_work"))
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -146,15 +159,19 @@ def main(argv=None) -> int:
         log(f"embeddings: {time.perf_counter() - t:.0f} s")
         extra = ["--set", f"image_based.targets={targets}", "--set", f"image_based.k={args.k}"]
         groups.append((pool, [b for b in IMAGE_BASELINES if b in wanted], extra))
+    if args.fasttext_model:
+        groups = [(pool, names, [*extra, "--fasttext-model", str(Path(args.fasttext_model).resolve())])
+                  for pool, names, extra in groups]
 
     for pool, names, extra in groups:
         warm_page_cache(pool)
         logs = pool / "logs"
         logs.mkdir(exist_ok=True)
-        cold = not (pool / "columns" / "language").is_dir()
+        cold = not language_cached(pool, args.fasttext_model)
         for name in names:
             needs_lang = name in ("basic", "laion2b", "text_based", "image_based", "image_based_clip_score")
-            note = "language cold (py3langid, cached after)" if needs_lang and cold else ("language cached" if needs_lang else "")
+            detector = f"fastText {Path(args.fasttext_model).name}" if args.fasttext_model else "py3langid"
+            note = f"language cold ({detector}, cached after)" if needs_lang and cold else (f"language cached ({detector})" if needs_lang else "")
             if needs_lang:
                 cold = False
             r = run_recipe(name, pool, pool / "out" / name, args.processes, extra, False, logs)
