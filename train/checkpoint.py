@@ -3,6 +3,7 @@
 A training checkpoint `RUN/checkpoints/step_XXXXXXXX.pt` holds everything to continue the same run: model
 (under "state_dict", so open_clip can load it too), optimiser, grad scaler, step, samples seen, every rank's
 RNG states and data position. `final.pt` holds the weights and what they were trained on, nothing else.
+`--keep N` deletes all but the newest N training checkpoints, each time after a new one is written whole.
 """
 
 from __future__ import annotations
@@ -42,13 +43,31 @@ def load(path: str | Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def latest(run: str | Path) -> Path | None:
-    """The training checkpoint with the highest step (temporary leftovers are never matched)."""
+def _steps(run: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the run's training checkpoints, by step (temporary leftovers and final.pt never match)."""
     folder = checkpoint_dir(run)
     if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_NAME.match(p.name))]
-    return max(found)[1] if found else None
+        return []
+    return sorted((int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_NAME.match(p.name)))
+
+
+def latest(run: str | Path) -> Path | None:
+    """The training checkpoint with the highest step."""
+    found = _steps(run)
+    return found[-1][1] if found else None
+
+
+def prune(run: str | Path, keep: int, newest: int) -> list[Path]:
+    """Delete all but the `keep` newest step checkpoints up to step `newest`, the one just written whole.
+
+    Checkpoints past `newest` (an earlier attempt that went further before an explicit --resume PATH) are left
+    alone, so the one just written is never deleted for them. Returns the deleted paths.
+    """
+    found = [p for s, p in _steps(run) if s <= newest]
+    removed = found[:-max(1, keep)]  # the newest is what --resume latest needs
+    for path in removed:
+        path.unlink()
+    return removed
 
 
 def resolve(run: str | Path, resume: str | None) -> Path | None:

@@ -16,6 +16,7 @@ examples:
   train --scale tiny --data shards/ --output runs/tiny                  # CPU demo, about a minute
   torchrun --nproc_per_node 8 -m train.cli --scale medium --data 'pool/{00000000..00003199}.tar' --output runs/m
   train --scale small --data a/::b/ --output runs/s --resume latest     # continue after a crash
+  train --scale large --data shards/ --output runs/l --accum-freq 4 --keep 2   # less GPU memory and disk
 
 --data takes a folder (all its *.tar), a brace pattern, a glob or one .tar; join several with '::'.
 Each sample needs {key}.jpg|png|webp and {key}.txt; others are skipped and counted.
@@ -31,6 +32,13 @@ def _scale_help() -> str:
     return "one of: " + "; ".join(rows)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,17 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=4, help="data loading processes per rank (0: in the main process)")
     p.add_argument("--seed", type=int, default=0, help="seeds model init, shard sampling and augmentation")
     p.add_argument("--batch-size", type=int, default=None,
-                   help="per-rank batch override (non-standard: changes the global batch)")
+                   help="per-rank batch of one forward pass; the global batch becomes batch x accum-freq x ranks "
+                        "(non-standard: changes the global batch)")
+    p.add_argument("--accum-freq", type=_positive, default=1, metavar="K",
+                   help="run each step's batch as K micro-batches with cached features, as open_clip_train: the "
+                        "same loss and gradients as one pass, in less memory (recorded, not non-standard)")
     p.add_argument("--samples", type=int, default=None,
                    help="samples seen override (non-standard: for tests and demos)")
     p.add_argument("--checkpoint-every", type=int, default=None,
                    help="steps between checkpoints (default: five per run, as DataComp); one is always written at the end")
+    p.add_argument("--keep", type=_positive, default=None, metavar="N",
+                   help="keep only the newest N step checkpoints, pruned after each new one is written whole "
+                        "(default: all, as DataComp); final.pt is never deleted")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     p.add_argument("--mix", type=int, default=4, help="shards each worker reads at once, interleaved (shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-every", type=int, default=1,
                    help="steps per log.jsonl record (throughput and data wait are averaged over them)")
-    ns = p.add_argument_group("beyond DataComp (non-standard: recorded in info.json and checkpoints)")
+    ns = p.add_argument_group("beyond DataComp (non-standard: recorded in info.json, log.jsonl and checkpoints)")
     ns.add_argument("--model", default=None, help="any open_clip model name instead of the scale's (e.g. convnext_base)")
     ns.add_argument("--patch-dropout", type=float, default=None, help="FLIP: fraction of image patches dropped")
     ns.add_argument("--image-size", type=int, default=None, help="CLIPA: train at a reduced image resolution")
@@ -87,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(scale=scale, data=args.data, output=args.output, resume=args.resume,
                    precision=args.precision, workers=args.workers, seed=args.seed, batch_size=args.batch_size,
                    samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
-                   mix=args.mix, progress=not args.no_progress, log_every=max(1, args.log_every), model=args.model,
+                   mix=args.mix, progress=not args.no_progress, log_every=max(1, args.log_every), keep=args.keep,
+                   accum_freq=args.accum_freq, model=args.model,
                    patch_dropout=args.patch_dropout, image_size=args.image_size,
                    aug_scale=tuple(args.aug_scale) if args.aug_scale else None, re_prob=args.re_prob,
                    siglip=args.siglip, compile=args.torch_compile,

@@ -11,11 +11,11 @@ rules as webdataset (`{key}.{ext}` members, a sample = consecutive members shari
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import io
 import json
-import os
 import random
 import tarfile
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 
 import torch
 from PIL import Image
+
+from curate.wds import member_key
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
@@ -92,17 +94,16 @@ def iter_raw_samples(url: str, on_error: Callable[[Exception], None] | None = No
             for member in tar:
                 if not member.isfile():
                     continue
-                dirname, base = os.path.split(member.name)
-                if "." not in base or base.startswith("."):
+                named = member_key(member.name)
+                if named is None:
                     continue
-                key, ext = base.split(".", 1)
-                key = f"{dirname}/{key}" if dirname else key
+                key, ext = named
                 data = tar.extractfile(member).read()
                 if key != current_key:
                     if current is not None:
                         yield current
                     current_key, current = key, {"__key__": key}
-                current[ext.lower()] = data
+                current[ext] = data
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
         if on_error is None:
             raise
@@ -251,8 +252,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
                     continue
                 found_usable = True
                 image, caption = decoded
-                with torch.random.fork_rng(devices=[]):  # augmentation seeded per sample: resumable
-                    torch.manual_seed(derive_seed(self.seed, self.rank, role, index))
+                with seeded(derive_seed(self.seed, self.rank, role, index)):  # resumable augmentation
                     images.append(self.preprocess(image))
                 texts.append(caption)
             yield {
@@ -261,6 +261,22 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 "role": role,
                 "state": json.dumps(stream.state()),
             }
+
+
+@contextlib.contextmanager
+def seeded(seed: int):
+    """Torch's and Python's RNGs seeded for one sample's augmentation, restored after.
+
+    Python's too: timm's transforms (used by open_clip for --re-prob) draw crops and erasing from `random`.
+    """
+    state = random.getstate()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        random.seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(state)
 
 
 def _nonzero(counts: dict) -> dict:

@@ -42,13 +42,15 @@ class Options:
     precision: str | None = None  # None: the scale's
     workers: int = 4
     seed: int = 0
-    batch_size: int | None = None  # per-rank override (changes the global batch: non-standard)
+    batch_size: int | None = None  # per-rank batch of one forward pass; global: x accum_freq x ranks (non-standard)
     samples: int | None = None  # override of samples seen (non-standard; tests and demos)
     checkpoint_every: int | None = None  # steps; None: five checkpoints per run, as DataComp saves
     device: str | None = None
     mix: int = 4
     progress: bool = True
     log_every: int = 1  # steps per JSONL record (each record averages its window)
+    keep: int | None = None  # newest step checkpoints kept; None: all (as DataComp)
+    accum_freq: int = 1  # micro-batches per step; same gradients as one pass, so not non-standard
     # beyond DataComp (off by default; recorded as non-standard)
     model: str | None = None  # any open_clip model name instead of the scale's
     grad_checkpointing: bool | None = None
@@ -62,8 +64,8 @@ class Options:
     def non_standard(self) -> dict:
         """Options that depart from DataComp's protocol for the scale, recorded in info.json and logs."""
         out = {}
-        if self.batch_size is not None:
-            out["batch_size_per_rank"] = self.batch_size
+        if self.batch_size is not None:  # per optimizer step: what changes the protocol (accumulation does not)
+            out["batch_size_per_rank"] = self.batch_size * self.accum_freq
         if self.samples is not None:
             out["samples_seen"] = self.samples
         if self.precision is not None and self.precision != self.scale.precision:
@@ -80,6 +82,10 @@ class Options:
         if self.compile:
             out["torch_compile"] = True
         return out
+
+    def equivalent(self) -> dict:
+        """Options that trade memory for time but give the standard run's gradients (recorded, not non-standard)."""
+        return {"accum_freq": self.accum_freq} if self.accum_freq > 1 else {}
 
     def aug_cfg(self) -> dict:
         cfg = {}
@@ -99,24 +105,82 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def forward_backward(model, loss_fn, images, texts, sizes, world, precision="fp32", scaler=None):
+FEATURES = ("image_features", "text_features")
+
+
+def forward_backward(model, loss_fn, images, texts, sizes, world, precision="fp32", scaler=None, accum_freq=1):
     """Loss of this rank's share of the global batch, and its gradients (averaged over ranks by DDP).
 
     The local loss is weighted by world_size * n_rank / n_global so that DDP's plain average of gradients is
     the gradient of the global batch's loss even when ranks hold different numbers of samples. Returns the
     unweighted local loss, detached.
+
+    With accum_freq K > 1 the share runs as K micro-batches, as open_clip_train's --accum-freq does: a no-grad
+    pass caches every micro-batch's features, then each micro-batch is recomputed with grad and the loss of the
+    whole share is taken with the others' cached features, so only one micro-batch's activations are alive at
+    a time. Unlike open_clip, the logit scale and bias take their gradient in one pass, not K, and each
+    recomputation replays its cached pass's RNG (same patch dropout): the gradients are the whole batch's.
     """
-    with autocast(precision, images.device):
-        out = model(images, texts)
-        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"],
-                       out.get("logit_bias"), sizes=sizes)
+    device = images.device
     weight = world.world_size * sizes[world.rank] / sum(sizes)
-    scaled = loss * weight
-    if scaler is not None:
-        scaler.scale(scaled).backward()
-    else:
-        scaled.backward()
+    k = max(1, min(accum_freq, min(sizes)))  # the same on every rank: the loss's gathers must pair up
+    chunks = list(zip(images.tensor_split(k), texts.tensor_split(k)))
+    cached, rngs = _cache_features(model, chunks, precision) if k > 1 else (None, None)
+    for j, (chunk_images, chunk_texts) in enumerate(chunks):
+        last = j == k - 1
+        with contextlib.nullcontext() if last else _no_sync(model):
+            with _replay(rngs[j] if rngs else None, device), autocast(precision, device):
+                out = model(chunk_images, chunk_texts)
+                features = [out[key] if cached is None else
+                            torch.cat(cached[key][:j] + [out[key]] + cached[key][j + 1:]) for key in FEATURES]
+                scale, bias = out["logit_scale"], out.get("logit_bias")
+                if not last:  # their gradient is taken once, in the last pass (DDP expects every parameter there)
+                    scale, bias = scale.detach(), None if bias is None else bias.detach()
+                loss = loss_fn(*features, scale, bias, sizes=sizes)
+            _backward(loss * weight, scaler)
     return loss.detach()
+
+
+def _backward(loss, scaler):
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+
+
+def _cache_features(model, chunks, precision):
+    """Every micro-batch's features without grad, and the RNG state each forward started from."""
+    device = chunks[0][0].device
+    cached, rngs = {key: [] for key in FEATURES}, []
+    with torch.no_grad(), autocast(precision, device):
+        for images, texts in chunks:
+            rngs.append(_rng_state(device))
+            out = model(images, texts)
+            for key in FEATURES:
+                cached[key].append(out[key])
+    return cached, rngs
+
+
+def _rng_state(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+@contextlib.contextmanager
+def _replay(state: tuple | None, device: torch.device):
+    """Run from a saved RNG state (the recomputed forward draws the cached one's dropout), then restore the RNG."""
+    if state is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], device)
+        yield
+
+
+def _no_sync(model):
+    """DDP's no_sync (around forward and backward) for the passes before the last: one gradient reduction a step."""
+    return model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
 def global_loss(local_loss: torch.Tensor, sizes: list[int], world) -> float:
@@ -152,8 +216,8 @@ def _run(opts: Options, world: distributed.World) -> dict:
     scale = opts.scale
     if opts.samples is not None:
         scale = scale.replace(samples_seen=opts.samples)
-    if opts.batch_size is not None:
-        scale = scale.replace(global_batch=opts.batch_size * world.world_size)
+    if opts.batch_size is not None:  # open_clip's meaning: the batch of one forward pass, of one rank
+        scale = scale.replace(global_batch=opts.batch_size * opts.accum_freq * world.world_size)
     if opts.model is not None:
         scale = scale.replace(model=opts.model)
     if opts.grad_checkpointing is not None:
@@ -220,10 +284,13 @@ def _run(opts: Options, world: distributed.World) -> dict:
         "precision": precision,
         "world_size": world.world_size,
         "batch_per_rank": local_batch,
+        "micro_batch_per_rank": math.ceil(local_batch / opts.accum_freq),
         "workers": opts.workers,
         "checkpoint_every": every,
+        "keep": opts.keep,
         "device": str(device),
         "non_standard": opts.non_standard(),
+        "equivalent_options": opts.equivalent(),
         "versions": logs.versions(),
         "command": logs.command_line(),
         "resumed_from": str(resume_from) if resume_from else None,
@@ -232,9 +299,13 @@ def _run(opts: Options, world: distributed.World) -> dict:
     if world.is_main:
         logs.write_info(run_dir, info)
         step_log = logs.StepLog(run_dir, resume_step=step if resume_from is not None else None)
+        opening = {"event": "start", "step": step, "samples_seen": samples_seen,
+                   "non_standard": info["non_standard"], "equivalent_options": info["equivalent_options"]}
         if resume_from is not None:
-            step_log.write({"event": "resume", "step": step, "samples_seen": samples_seen,
-                            "checkpoint": str(resume_from)})
+            opening.update(event="resume", checkpoint=str(resume_from))
+        step_log.write(opening)
+        if info["non_standard"]:
+            log.warning("non-standard run (beyond DataComp's protocol): %s", info["non_standard"])
 
     flops = model_lib.train_flops_per_sample(scale.model, opts.patch_dropout or 0.0, opts.image_size)
     peak = model_lib.peak_flops(device)
@@ -263,7 +334,8 @@ def _run(opts: Options, world: distributed.World) -> dict:
 
             lr = schedule(step)
             optimizer.zero_grad(set_to_none=True)
-            local = forward_backward(ddp_model, loss_fn, images, texts, sizes, world, precision, scaler)
+            local = forward_backward(ddp_model, loss_fn, images, texts, sizes, world, precision, scaler,
+                                     opts.accum_freq)
             if scaler is not None:
                 scaler.step(optimizer)
                 scaler.update()
@@ -296,10 +368,12 @@ def _run(opts: Options, world: distributed.World) -> dict:
                 bar.update(1)
             if step % every == 0 or step == steps:
                 saving = time.perf_counter()
-                _save(run_dir, step, samples_seen, steps, model, optimizer, scaler, position, scale, opts, world)
+                removed = _save(run_dir, step, samples_seen, steps, model, optimizer, scaler, position, scale, opts,
+                                world)
                 if step_log is not None:
                     step_log.write({"event": "checkpoint", "step": step, "samples_seen": samples_seen,
-                                    "path": str(checkpoint.step_path(run_dir, step))})
+                                    "path": str(checkpoint.step_path(run_dir, step)),
+                                    "removed": [str(p) for p in removed]})
                 window["start"] += time.perf_counter() - saving  # checkpoint time is not training throughput
         if bar is not None:
             bar.close()
@@ -310,7 +384,8 @@ def _run(opts: Options, world: distributed.World) -> dict:
                "final": str(checkpoint.final_path(run_dir)), "wall_s": time.time() - start}
     if world.is_main:
         checkpoint.save({"state_dict": model.state_dict(), "model": scale.model, "scale": scale.name,
-                         "step": step, "samples_seen": samples_seen}, checkpoint.final_path(run_dir))
+                         "step": step, "samples_seen": samples_seen, "options": opts.non_standard()},
+                        checkpoint.final_path(run_dir))
         info.update({"finished": True, "samples_seen": samples_seen, "steps_done": step, "skipped": skipped})
         logs.write_info(run_dir, info)
         step_log.write({"event": "end", **summary})
@@ -319,10 +394,14 @@ def _run(opts: Options, world: distributed.World) -> dict:
     return summary
 
 
-def _save(run_dir, step, samples_seen, steps, model, optimizer, scaler, position, scale, opts, world):
-    """Gather every rank's RNG and data position; rank 0 writes one whole checkpoint."""
+def _save(run_dir, step, samples_seen, steps, model, optimizer, scaler, position, scale, opts, world) -> list[Path]:
+    """Gather every rank's RNG and data position; rank 0 writes one whole checkpoint, then prunes older ones.
+
+    Returns the checkpoints `--keep` removed.
+    """
     rngs = distributed.all_gather_object(checkpoint.rng_state(world.device), world)
     positions = distributed.all_gather_object(position.to_dict(), world)
+    removed = []
     if world.is_main:
         checkpoint.save({
             "format": checkpoint.FORMAT,
@@ -339,7 +418,10 @@ def _save(run_dir, step, samples_seen, steps, model, optimizer, scaler, position
             "rng": [_cpu(r) for r in rngs],
             "data": positions,
         }, checkpoint.step_path(run_dir, step))
+        if opts.keep is not None:  # only now: the new checkpoint is whole on disk
+            removed = checkpoint.prune(run_dir, opts.keep, step)
     distributed.barrier(world)
+    return removed
 
 
 def _cpu(rng: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Fixtures for the trainer's tests: tiny shards written into tmp_path (nothing is downloaded)."""
+"""Fixtures for the trainer's tests: tiny shards written into tmp_path (nothing is downloaded), one CPU thread."""
 
 from __future__ import annotations
 
@@ -6,10 +6,20 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from train_shards import write_shards  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads, and on a busy shared CPU competing threads run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

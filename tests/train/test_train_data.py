@@ -1,6 +1,7 @@
 """The loader: shard lists, skipped samples, errors for unusable data, and an exactly resumable stream."""
 
 import json
+import random
 
 import pytest
 import torch
@@ -95,3 +96,21 @@ def test_loader_resumes_mid_run_with_workers(shards):
         assert batch["role"] == expected["role"]
         assert torch.equal(batch["images"], expected["images"])  # same samples and same augmentation
         assert torch.equal(batch["texts"], expected["texts"])
+
+
+def test_timm_augmentation_is_seeded_per_sample(shards):
+    """--re-prob uses open_clip's timm transforms, which draw from Python's `random`: seeded per sample too."""
+    from train.model import create
+
+    _, preprocess, tokenizer = create("datacomp-tiny", torch.device("cpu"),
+                                      aug_cfg={"scale": (0.2, 1.0), "re_prob": 0.5, "use_timm": True})
+
+    def first_batch(python_seed):
+        random.seed(python_seed)  # whatever drew from Python's RNG before must not matter
+        loader = make_loader(resolve_shards(str(shards)), 8, preprocess, tokenizer, 0, 0, 0, Position(0))
+        state = random.getstate()
+        images = next(iter(loader))["images"]
+        assert random.getstate() == state  # and augmentation leaves it as it was
+        return images
+
+    assert torch.equal(first_batch(1), first_batch(2))

@@ -30,12 +30,12 @@ def _ddp_worker(rank, world_size, port, out, cases):
     from train.loss import ExactClipLoss
 
     world = distributed.init("cpu")
-    for case, sizes in enumerate(cases):
+    for case, (sizes, accum_freq) in enumerate(cases):
         model, images, texts = _inputs()
         ddp = torch.nn.parallel.DistributedDataParallel(model)
         start = sum(sizes[:rank])
         local = forward_backward(ddp, ExactClipLoss(rank, world_size), images[start:start + sizes[rank]],
-                                 texts[start:start + sizes[rank]], sizes, world)
+                                 texts[start:start + sizes[rank]], sizes, world, accum_freq=accum_freq)
         loss = global_loss(local, sizes, world)
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         torch.save({"loss": loss, "grads": grads}, f"{out}.{case}.{rank}")
@@ -49,18 +49,19 @@ def _free_port():
 
 
 def test_two_processes_match_one(tmp_path):
-    """Local loss + gather-with-grad under DDP; also the trimmed last step where ranks hold 3 and 2 samples."""
+    """Local loss + gather-with-grad under DDP; also the trimmed last step where ranks hold 3 and 2 samples,
+    and gradient accumulation (no_sync, cached features across ranks, micro-batches of unequal sizes)."""
     from train.distributed import World
     from train.loop import forward_backward, global_loss
     from train.loss import ExactClipLoss
 
-    cases = [[4, 4], [3, 2]]
+    cases = [([4, 4], 1), ([3, 2], 1), ([4, 4], 2), ([3, 2], 3)]  # (sizes, accum_freq); 3 runs as 2 passes
     out = tmp_path / "ddp"
     # fork: the children reuse this process's imports (a spawn costs ~10 s of imports each on a busy CPU)
     mp.start_processes(_ddp_worker, args=(2, _free_port(), str(out), cases), nprocs=2, join=True,
                        start_method="fork")
 
-    for case, sizes in enumerate(cases):
+    for case, (sizes, _) in enumerate(cases):
         n = sum(sizes)
         model, images, texts = _inputs()
         world = World()
