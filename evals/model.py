@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from curate.signals.clip import encode_text as clip_text_features
+from curate.signals.clip import load_checked, model_kwargs, read_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -29,20 +30,6 @@ def register_model_config(path: str | Path) -> str:
     return path.stem
 
 
-def _state_dict(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise CheckpointError(f"cannot read checkpoint {path}: {e}") from None
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]  # open_clip / our trainer: {"epoch", "state_dict", "optimizer", ...}
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state dict of tensors")
-    if obj and all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}  # saved from DistributedDataParallel
-    return obj
-
-
 PROJECT_MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 
@@ -55,23 +42,9 @@ def load_model(arch: str, checkpoint: str | None, device: str = "cpu"):
                               f"pass --model-config FILE.json for a custom one)")
     local = checkpoint is not None and Path(checkpoint).exists()
     if local:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
-        sd = _state_dict(Path(checkpoint))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in own if k in sd and sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
-            if shapes:
-                parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
-            raise CheckpointError(f"checkpoint {checkpoint} does not match architecture {arch}: " + "; ".join(parts))
-        model.load_state_dict(sd, strict=True)
+        sd, options = read_checkpoint(Path(checkpoint), CheckpointError)
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, **model_kwargs(sd, options))
+        load_checked(model, sd, checkpoint, arch, CheckpointError)
     else:
         if checkpoint and ("/" in checkpoint or checkpoint.endswith((".pt", ".pth", ".bin", ".safetensors"))):
             raise CheckpointError(f"checkpoint file not found: {checkpoint}")

@@ -181,20 +181,54 @@ class LoadedClip:
     embed_dim: int | None  # width of the image and text features
 
 
-def _state_dict(path: Path) -> dict:
+def read_checkpoint(path: Path, error: type[Exception] = ClipModelError) -> tuple[dict, dict]:
+    """(state dict, the trainer's recorded non-standard options or {}) of a local checkpoint: open_clip's
+    {"state_dict": ...} layout, ours, a bare state dict, or one saved from DistributedDataParallel."""
     import torch
 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise ClipModelError(f"cannot read checkpoint {path}: {e}") from None
+        raise error(f"cannot read checkpoint {path}: {e}") from None
+    options = obj.get("options") if isinstance(obj, dict) else None
+    options = options if isinstance(options, dict) else {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ClipModelError(f"{path} holds no state dict of tensors")
+        raise error(f"{path} holds no state dict of tensors")
     if obj and all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    return obj
+    return obj, options
+
+
+def model_kwargs(sd: dict, options: dict) -> dict:
+    """What open_clip must be told to build the trained shape: a SigLIP bias, a reduced (CLIPA) image size."""
+    kwargs = {}
+    if "logit_bias" in sd:
+        kwargs["init_logit_bias"] = 0.0  # any value: the checkpoint's replaces it
+    size = options.get("image_size")
+    if isinstance(size, int) and size > 0:
+        kwargs["force_image_size"] = size
+    return kwargs
+
+
+def load_checked(model, sd: dict, path, arch: str, error: type[Exception] = ClipModelError) -> None:
+    """Load strictly, or raise naming the missing and unexpected keys and the shape mismatches."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own if k in sd and sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {'; '.join(shapes[:3])})")
+        raise error(f"checkpoint {path} does not match architecture {arch}: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
 
 
 def load_clip(spec: ClipSpec, device: str = "cpu", precision: str = "fp32") -> LoadedClip:
@@ -218,17 +252,9 @@ def _load_clip_cached(spec: ClipSpec, device: str, precision: str) -> LoadedClip
     if not pre:
         raise ClipModelError(f"clip model {spec.model!r} needs --pretrained (a tag such as 'openai' or a checkpoint path)")
     if Path(pre).is_file():
-        model = open_clip.create_model(spec.model, pretrained=None)
-        sd = _state_dict(Path(pre))
-        own = model.state_dict()
-        missing = sorted(set(own) - set(sd))
-        unexpected = sorted(set(sd) - set(own))
-        shapes = [k for k in own if k in sd and sd[k].shape != own[k].shape]
-        if missing or unexpected or shapes:
-            raise ClipModelError(
-                f"checkpoint {pre} does not fit {spec.model}: {len(missing)} missing keys {missing[:3]}, "
-                f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(shapes)} shape mismatches {shapes[:3]}")
-        model.load_state_dict(sd, strict=True)
+        sd, options = read_checkpoint(Path(pre))
+        model = open_clip.create_model(spec.model, pretrained=None, **model_kwargs(sd, options))
+        load_checked(model, sd, pre, spec.model)
     else:
         if _looks_like_path(pre) and not Path(pre).is_dir():
             raise ClipModelError(f"checkpoint file not found: {pre}")

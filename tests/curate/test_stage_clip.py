@@ -290,7 +290,7 @@ def test_bad_model_options_fail_clearly(tmp_path, models):
     with LocalEngine(1) as engine:
         for spec, msg in ((ClipSpec("no-such-arch", "x.pt", "x"), "unknown open_clip architecture"),
                           (ClipSpec(TINY, str(tmp_path / "missing.pt"), "x"), "checkpoint file not found"),
-                          (ClipSpec("tiny48", models["a"].pretrained, "x", models["c"].model_config), "does not fit")):
+                          (ClipSpec("tiny48", models["a"].pretrained, "x", models["c"].model_config), "does not match architecture")):
             with pytest.raises(ClipModelError, match=msg):
                 run_stage(Pool(root), ["clip"], engine, options=StageOptions(models=(spec,), device="cpu", torch_threads=1))
         with pytest.raises(StageError, match="both write columns/clip_x"):

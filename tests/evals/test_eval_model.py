@@ -51,3 +51,31 @@ def test_unreadable_and_missing_checkpoints(tmp_path):
         load_model(evalsynth.TINY_ARCH, str(tmp_path / "nope.pt"))
     with pytest.raises(CheckpointError, match="unknown architecture"):
         load_model("no-such-arch", str(bad))
+
+
+def test_siglip_and_reduced_size_checkpoints_of_the_trainer_load(tmp_path):
+    """`train --siglip --image-size 16` saves a logit bias and a smaller position table; both loaders
+    (evaluate, and curate stage's CLIP signal) rebuild that shape from the checkpoint instead of failing."""
+    import open_clip
+    from PIL import Image
+
+    from curate.signals.clip import ClipSpec, load_clip
+    from evals.model import PROJECT_MODELS
+
+    open_clip.add_model_config(PROJECT_MODELS)
+    trained = open_clip.create_model("datacomp-tiny", pretrained=None, init_logit_bias=-10.0, force_image_size=16)
+    with torch.no_grad():
+        trained.logit_bias.fill_(-7.5)
+    path = tmp_path / "final.pt"
+    torch.save({"state_dict": trained.state_dict(), "model": "datacomp-tiny",
+                "options": {"loss": "siglip", "image_size": 16}}, path)
+
+    model, preprocess, _ = load_model("datacomp-tiny", str(path))
+    assert model.logit_bias.item() == -7.5
+    assert tuple(preprocess(Image.new("RGB", (40, 30))).shape) == (3, 16, 16)
+    for (k, a), b in zip(model.state_dict().items(), trained.state_dict().values()):
+        assert torch.equal(a, b), k
+
+    loaded = load_clip(ClipSpec("datacomp-tiny", str(path), "t"), "cpu", "fp32")
+    assert loaded.model.visual.positional_embedding.shape[0] == (16 // 8) ** 2 + 1
+    assert loaded.preprocess_cfg["size"] in (16, (16, 16), [16, 16])
