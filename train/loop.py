@@ -229,6 +229,9 @@ def _run(opts: Options, world: distributed.World) -> dict:
     local_batch = scale.global_batch // world.world_size
     steps = scale.steps
     last_batch = scale.samples_seen - (steps - 1) * scale.global_batch
+    if last_batch < world.world_size:  # a rank with no sample cannot run the model's forward
+        raise ValueError(f"the last step holds {last_batch} samples, fewer than the {world.world_size} ranks; "
+                         f"choose --samples so every rank gets at least one")
     if opts.siglip and last_batch % world.world_size:
         raise ValueError(f"with --siglip the last batch ({last_batch} samples) must divide over {world.world_size} ranks; "
                          f"choose --samples so it does")

@@ -84,3 +84,14 @@ def test_corrupt_samples_are_counted_in_info(tmp_path):
     skipped = read_info(run)["skipped"]
     assert skipped["corrupt_image"] >= 1 and skipped["missing_image"] >= 1 and skipped["missing_caption"] >= 1
     assert read_info(run)["samples_seen"] == 64
+
+
+def test_a_last_step_too_small_for_every_rank_is_refused_before_work(tmp_path):
+    """66 samples at batch 64 on 4 ranks: the last step's 2 samples would leave two ranks with nothing to run."""
+    from train import distributed, loop
+    from train.scales import get_scale
+
+    opts = loop.Options(scale=get_scale("tiny"), data=str(tmp_path / "none"), output=str(tmp_path / "run"), samples=66)
+    with pytest.raises(ValueError, match="last step holds 2 samples, fewer than the 4 ranks"):
+        loop._run(opts, distributed.World(rank=0, world_size=4))
+    assert not (tmp_path / "run").exists()
