@@ -3,8 +3,8 @@
 The pool: DataComp-schema metadata (curate.demo.metadata) with captions that name ImageNet classes, L/14-like
 image embeddings in DataComp's .npz beside each parquet (clustered, float16), and `aesthetic_score` and
 `dedup_phash_keep` in the column store (as the aesthetic stage and `curate dedup` write them). Language
-comes from py3langid on both sides, so subsets must be equal exactly (the rate at which py3langid agrees
-with DataComp's fastText lid.176 cannot be measured offline: lid.176.bin is not on this machine).
+comes from py3langid on both sides, so subsets must be equal exactly (how often py3langid agrees with
+DataComp's fastText lid.176 is measured by benchmarks/langid_agreement.py, with the model given by path).
 """
 
 from __future__ import annotations
