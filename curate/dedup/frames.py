@@ -1,106 +1,444 @@
-"""The block-key join of curate.dedup.hamming as Dask and Spark dataframe jobs.
+"""pHash (and sha256) dedup as a dataframe job: the pieces that Dask (curate.dedup.dask_job) and Spark
+(curate.dedup.spark_job) share, so both compute exactly what the local search computes.
 
-Same plan (blocks, radii), same rule, so the same pairs: for block i with radius t, a pair differs in at
-most t bits of the block exactly when some key z is within ceil(t/2) bits of one hash's block value and
-within floor(t/2) of the other's (meet in the middle: z = one value with half the differing bits
-flipped). Each hash is exploded into (z, id, hash) rows for both radii, the two tables are joined on
-(z), and the join is verified (popcount of the XOR <= D) and kept only in the first block whose radius
-it meets, so each pair appears once. Exploding by half radii keeps the row count at
-ball(b, ceil(t/2)) + ball(b, floor(t/2)) per hash (22 + 22 for a 21-bit block at t = 2) instead of
-ball(b, t) = 232.
+The job, for pools that do not fit one machine (the driver only holds the plan, file list and counts):
+
+1. rows: each task reads one `POOL/columns/phash/*.parquet` file -> (row, file, uid, h, k, valid, present,
+   status, bad). `row` numbers rows over the files in name order, as the local engine does; `h` is the
+   64-bit hash as a signed int64 (same bits). For sha256 the key is `k`, the lower-case digest, and the
+   job stops after step 2: a row's group is its digest's node.
+2. nodes: one per distinct hash, named by the smallest row holding it (`node = min(row) group by h`).
+3. edges: the multi-index block plan as a join. For block i with radius t, a pair differs in at most t
+   bits of the block exactly when some key z is within ra = ceil(t/2) bits of one hash's block value
+   and within rb = floor(t/2) of the other's (meet in the middle). Every node is exploded into rows
+   (block, z = key ^ f) for each flip f of at most ra bits ("left") and at most rb bits ("right"), the
+   two tables are joined on (block, z), and a joined row is kept only if
+   - it is canonical: f_left equals the lowest min(ra, |d|) set bits of d = key_left ^ key_right. Every
+     pair (a, b) with block distance <= t has exactly one such z for a fixed orientation, so each
+     ordered pair meets once per block, without a distinct();
+   - node_left < node_right (one orientation);
+   - popcount(h_left ^ h_right) <= D (verification), and no earlier block has the pair within its
+     radius (so a pair is found in exactly one block).
+   The pigeonhole argument of curate.dedup.hamming (sum(t_i + 1) >= D + 1) makes this exact. The plan
+   comes from `join_plan`, whose cost model counts exploded rows and joined rows (blocks up to 32 bits).
+4. connected components of the edges, by alternating large-star and small-star steps (Kiveris et al.
+   2014, "Connected Components in MapReduce and Beyond") as groupby/join rounds until the edge set stops
+   changing. At that fixed point every component is a star around its smallest node: small-star leaves
+   each node at most one smaller neighbour, large-star moves every edge off a node that has one, so no
+   path longer than one edge survives. A node's group is its star's centre (or itself): the smallest row
+   of its component, the same id `curate.dedup.groups.group_ids` gives.
+5. keep: `first` keeps the row equal to its group id; `highest_clip_score` joins the score column by uid
+   (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
+6. output: rows are shuffled by file and each task writes its files' `uid, dedup_phash_group,
+   dedup_phash_keep` in row order (nulls where the row has no usable hash) into the staging folder.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-from curate.dedup.hamming import Plan, flip_masks
+from curate.dedup.hamming import BITS, Block, Plan, _radii, _split, ball_size, flip_masks, parse_hex64
+
+MAX_JOIN_BLOCK_BITS = 32  # block values are joined, not direct-addressed: any width up to 32 bits
 
 
-def _halves(radius: int) -> tuple[int, int]:
+@dataclass(frozen=True)
+class ColumnFile:
+    """One input file of the job (a phash or sha256 column file): its position in name order and its first
+    row number."""
+
+    index: int
+    path: str
+    offset: int
+    rows: int
+
+    @property
+    def stem(self) -> str:
+        return Path(self.path).stem
+
+
+ROW_COLUMNS = ["row", "file", "uid", "h", "k", "valid", "present", "status", "bad"]
+STR = "string[pyarrow]"  # Dask's own choice for text columns; declaring it keeps merges free of casts
+
+
+def halves(radius: int) -> tuple[int, int]:
     return (radius + 1) // 2, radius // 2
 
 
-def _explode(part, shift: int, mask: int, masks: np.ndarray):
+def join_plan(n: int, max_distance: int) -> Plan:
+    """The block plan with the fewest exploded plus joined rows for n distinct hashes."""
+    if not 0 <= max_distance < BITS:
+        raise ValueError(f"max distance must be in 0..{BITS - 1}, got {max_distance}")
+    best = None
+    for m in range(math.ceil(BITS / MAX_JOIN_BLOCK_BITS), min(BITS, max_distance + 1) + 1):
+        widths = _split(m)
+        radii = _radii(widths, max_distance)
+        cost = 0.0
+        for w, t in zip(widths, radii):
+            ra, rb = halves(t)
+            cost += n * (ball_size(w, ra) + ball_size(w, rb)) + n * n / 2 * ball_size(w, t) / 2.0 ** w
+        if best is None or cost < best[0]:
+            best = (cost, widths, radii)
+    if best is None:  # D = 0 with 2 blocks minimum
+        best = (0.0, _split(2), [0, 0])
+    _, widths, radii = best
+    blocks, shift = [], BITS
+    for w, t in zip(widths, radii):
+        shift -= w
+        blocks.append(Block(shift, w, t))
+    return Plan(max_distance, tuple(blocks))
+
+
+# --- 1. rows -----------------------------------------------------------------------------------------------
+
+
+def read_rows(f: ColumnFile, signal: str = "phash"):
+    """One column file of `signal` (phash or sha256) as the job's row frame (pandas). phash: `h` is the hash
+    as int64, `k` null; sha256: `k` is the lower-case digest, `h` 0."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(f.path)
+    if signal not in t.column_names or "uid" not in t.column_names:
+        from curate.dedup.run import DedupError
+
+        raise DedupError(f"{f.path}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
+    text = t.column(signal).cast(pa.string())
+    present = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
+    if signal == "phash":
+        values, valid = parse_hex64(text)
+        key = pa.nulls(t.num_rows, pa.string())
+    else:
+        lower = pc.utf8_lower(text)
+        ok = pc.and_(pc.is_valid(lower), pc.match_substring_regex(lower, r"^[0-9a-f]{64}$"))
+        valid = np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
+        values = np.zeros(t.num_rows, np.uint64)
+        key = pc.if_else(pa.array(valid), lower, pa.nulls(t.num_rows, pa.string()))
+    bad = pc.if_else(pa.array(present & ~valid), text, pa.nulls(len(text), pa.string()))
+    status = t.column("status").cast(pa.string()) if "status" in t.column_names else pa.nulls(t.num_rows, pa.string())
+    return pd.DataFrame({
+        "row": np.arange(f.offset, f.offset + t.num_rows, dtype=np.int64),
+        "file": np.full(t.num_rows, f.index, np.int32),
+        "uid": t.column("uid").cast(pa.string()).to_pandas().astype(STR),
+        "h": values.view(np.int64),
+        "k": key.to_pandas().astype(STR),
+        "valid": valid,
+        "present": present,
+        "status": status.to_pandas().astype(STR),
+        "bad": bad.to_pandas().astype(STR),
+    })
+
+
+def rows_meta():
     import pandas as pd
 
-    h = part["h"].to_numpy(dtype=np.int64)
-    keys = ((h.view(np.uint64) >> np.uint64(shift)) & np.uint64(mask)).astype(np.int64)
-    k = (keys[:, None] ^ masks[None, :]).ravel()
-    return pd.DataFrame({"k": k, "u": np.repeat(part["u"].to_numpy(dtype=np.int64), len(masks)), "h": np.repeat(h, len(masks))})
+    return pd.DataFrame({
+        "row": pd.Series(dtype="int64"), "file": pd.Series(dtype="int32"), "uid": pd.Series(dtype=STR),
+        "h": pd.Series(dtype="int64"), "k": pd.Series(dtype=STR), "valid": pd.Series(dtype="bool"),
+        "present": pd.Series(dtype="bool"), "status": pd.Series(dtype=STR), "bad": pd.Series(dtype=STR),
+    })
 
 
-def _verify(part, plan: Plan, upto: int):
+# --- 3. edges ----------------------------------------------------------------------------------------------
+
+
+def explode_tables(plan: Plan) -> dict[str, list[tuple[int, int, int, int]]]:
+    """(block, shift, block mask, flip) for the left (ceil half) and right (floor half) sides."""
+    out: dict[str, list] = {"left": [], "right": []}
+    for b, blk in enumerate(plan.blocks):
+        for side, r in zip(("left", "right"), halves(blk.radius)):
+            out[side].extend((b, blk.shift, blk.mask, int(f)) for f in flip_masks(blk.nbits, r))
+    return out
+
+
+def explode(nodes, flips: list[tuple[int, int, int, int]]):
+    """Per node (node, h) and flip (block, shift, mask, f): a row (b, z, node, h, f)."""
     import pandas as pd
 
-    ua, ub = part["u_a"].to_numpy(np.int64), part["u_b"].to_numpy(np.int64)
-    x = part["h_a"].to_numpy(np.int64).view(np.uint64) ^ part["h_b"].to_numpy(np.int64).view(np.uint64)
-    ok = (ua < ub) & (np.bitwise_count(x) <= plan.max_distance)
-    for blk in plan.blocks[:upto]:
-        ok &= np.bitwise_count((x >> np.uint64(blk.shift)) & np.uint64(blk.mask)) > blk.radius
-    return pd.DataFrame({"i": ua[ok], "j": ub[ok]})
+    node = nodes["node"].to_numpy(np.int64)
+    h = nodes["h"].to_numpy(np.int64)
+    hu = h.view(np.uint64)
+    parts = []
+    for b, shift, mask, f in flips:
+        key = ((hu >> np.uint64(shift)) & np.uint64(mask)).astype(np.int64)
+        parts.append(pd.DataFrame({"b": np.full(len(h), b, np.int8), "z": key ^ f, "node": node, "h": h,
+                                   "f": np.full(len(h), f, np.int64)}))
+    if not parts:
+        return explode_meta()
+    return pd.concat(parts, ignore_index=True)
 
 
-def dask_pairs(client, values: np.ndarray, plan: Plan, partitions: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (i < j) of distinct uint64 `values` within plan.max_distance, as a Dask dataframe job."""
-    import dask.dataframe as dd
+def explode_meta():
     import pandas as pd
 
-    n = len(values)
-    parts = partitions or max(1, min(64, n // 200_000 + 1))
-    base = dd.from_pandas(pd.DataFrame({"u": np.arange(n, dtype=np.int64), "h": np.asarray(values, np.uint64).view(np.int64)}), npartitions=parts)
-    meta_rows = pd.DataFrame({"k": pd.Series(dtype="int64"), "u": pd.Series(dtype="int64"), "h": pd.Series(dtype="int64")})
-    meta_pairs = pd.DataFrame({"i": pd.Series(dtype="int64"), "j": pd.Series(dtype="int64")})
-    found = []
-    for bi, blk in enumerate(plan.blocks):
-        ra, rb = _halves(blk.radius)
-        left = base.map_partitions(_explode, blk.shift, blk.mask, flip_masks(blk.nbits, ra), meta=meta_rows)
-        right = base.map_partitions(_explode, blk.shift, blk.mask, flip_masks(blk.nbits, rb), meta=meta_rows)
-        joined = left.merge(right, on="k", suffixes=("_a", "_b"))
-        found.append(joined.map_partitions(_verify, plan, bi, meta=meta_pairs).drop_duplicates())
-    out = client.compute(dd.concat(found)).result() if client is not None else dd.concat(found).compute()
-    return _sorted(out["i"].to_numpy(np.int64), out["j"].to_numpy(np.int64))
+    return pd.DataFrame({"b": pd.Series(dtype="int8"), "z": pd.Series(dtype="int64"), "node": pd.Series(dtype="int64"),
+                         "h": pd.Series(dtype="int64"), "f": pd.Series(dtype="int64")})
 
 
-def spark_pairs(spark, values: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
-    """The same job as Spark DataFrame joins (bit_count and XOR in Spark SQL; no Python UDFs)."""
-    n = len(values)
-    # Spark's default of 200 shuffle partitions is for big joins; a small pool would wait on empty tasks.
-    previous = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", str(max(2, min(2000, n // 50_000))))
+def lowest_bits(d: np.ndarray, k: np.ndarray | int) -> np.ndarray:
+    """The lowest min(k, popcount(d)) set bits of each d (int64, values below 2^32)."""
+    d = d.copy()
+    k = np.broadcast_to(np.asarray(k, np.int64), d.shape)
+    acc = np.zeros_like(d)
+    for step in range(int(k.max()) if len(k) else 0):
+        low = d & -d
+        acc |= np.where(step < k, low, 0)
+        d ^= low
+    return acc
+
+
+def keep_edges(joined, plan: Plan):
+    """Joined rows (b, z, node_l, h_l, f_l, node_r, h_r, f_r) -> the pairs (u, v) they establish, u < v."""
+    import pandas as pd
+
+    b = joined["b"].to_numpy(np.int64)
+    ul, ur = joined["node_l"].to_numpy(np.int64), joined["node_r"].to_numpy(np.int64)
+    hl, hr = joined["h_l"].to_numpy(np.int64).view(np.uint64), joined["h_r"].to_numpy(np.int64).view(np.uint64)
+    fl, fr = joined["f_l"].to_numpy(np.int64), joined["f_r"].to_numpy(np.int64)
+    x = hl ^ hr
+    ok = (ul < ur) & (np.bitwise_count(x) <= plan.max_distance)
+    ra = np.array([halves(blk.radius)[0] for blk in plan.blocks], np.int64)[b] if len(b) else np.zeros(0, np.int64)
+    ok &= fl == lowest_bits(fl ^ fr, ra)  # fl ^ fr = key_l ^ key_r, since key_l ^ fl = z = key_r ^ fr
+    for j, blk in enumerate(plan.blocks):
+        within = np.bitwise_count((x >> np.uint64(blk.shift)) & np.uint64(blk.mask)) <= blk.radius
+        ok &= ~(within & (j < b))
+    return pd.DataFrame({"u": ul[ok], "v": ur[ok]})
+
+
+def edges_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"u": pd.Series(dtype="int64"), "v": pd.Series(dtype="int64")})
+
+
+# --- 5. keep ------------------------------------------------------------------------------------------------
+
+
+def score_column(pool_root: Path, column: str | None) -> str:
+    """Which CLIP score column --keep highest_clip_score reads (checked on file schemas, not data)."""
+    import pyarrow.parquet as pq
+
+    from curate.columns import find_store_signal
+    from curate.dedup.run import SCORE_COLUMNS, DedupError
+    from curate.pool import Pool, PoolError
+
+    candidates = [column] if column else list(SCORE_COLUMNS)
     try:
-        return _spark_pairs(spark, values, plan)
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", previous)
+        parts = Pool(pool_root).partitions()
+    except PoolError as e:
+        raise DedupError(f"--keep highest_clip_score needs a CLIP score column: {e}") from e
+    for col in candidates:
+        if all(col in pq.read_schema(p.path).names for p in parts) or find_store_signal(str(pool_root), col):
+            return col
+    raise DedupError("--keep highest_clip_score needs a CLIP score column (" + " or ".join(candidates) + ")")
 
 
-def _spark_pairs(spark, values: np.ndarray, plan: Plan) -> tuple[np.ndarray, np.ndarray]:
+def read_scores(args: tuple[str, str, str]):
+    """(uid, score) of one pool partition; score NaN where missing."""
     import pandas as pd
-    from pyspark.sql import functions as F
+    import pyarrow as pa
 
-    n = len(values)
-    base = spark.createDataFrame(pd.DataFrame({"u": np.arange(n, dtype=np.int64), "h": np.asarray(values, np.uint64).view(np.int64)}))
-    result = None
-    for bi, blk in enumerate(plan.blocks):
-        sides = []
-        for tag, r in zip(("a", "b"), _halves(blk.radius)):
-            masks = spark.createDataFrame([(int(m),) for m in flip_masks(blk.nbits, r)], "m long")
-            key = F.shiftrightunsigned(F.col("h"), blk.shift).bitwiseAND(F.lit(blk.mask)).bitwiseXOR(F.col("m"))
-            sides.append(base.crossJoin(F.broadcast(masks)).select(key.alias("k"), F.col("u").alias(f"u_{tag}"), F.col("h").alias(f"h_{tag}")))
-        joined = sides[0].join(sides[1], "k").where(F.col("u_a") < F.col("u_b"))
-        x = F.col("h_a").bitwiseXOR(F.col("h_b"))
-        cond = F.bit_count(x) <= plan.max_distance
-        for prev in plan.blocks[:bi]:
-            cond = cond & (F.bit_count(F.shiftrightunsigned(x, prev.shift).bitwiseAND(F.lit(prev.mask))) > prev.radius)
-        pairs = joined.where(cond).select(F.col("u_a").alias("i"), F.col("u_b").alias("j")).distinct()
-        result = pairs if result is None else result.unionAll(pairs)
-    rows = result.collect()
-    return _sorted(np.array([r["i"] for r in rows], np.int64), np.array([r["j"] for r in rows], np.int64))
+    from curate.columns import read_columns
+
+    pool_root, path, col = args
+    t = read_columns(pool_root, path, ["uid", col])
+    s = t.column(col).cast(pa.float64()).to_numpy(zero_copy_only=False)
+    return pd.DataFrame({"uid": t.column("uid").cast(pa.string()).to_pandas().astype(STR), "score": np.asarray(s, np.float64)})
 
 
-def _sorted(i: np.ndarray, j: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    o = np.lexsort((j, i))
-    return i[o], j[o]
+def max_score_per_uid(part):
+    """(uid, score) rows holding whole uids -> one row per uid, its highest score (NaN only if all are)."""
+    return part.groupby("uid", as_index=False, sort=False).score.max()
 
 
-__all__ = ["dask_pairs", "spark_pairs"]
+def scores_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"uid": pd.Series(dtype=STR), "score": pd.Series(dtype="float64")})
+
+
+# --- 6. output ----------------------------------------------------------------------------------------------
+
+
+def write_files(part, files: dict[int, str], staging: str, group_col: str, keep_col: str):
+    """Write each file present in `part` (rows of one or more whole files: row, file, uid, group, keep with
+    group NaN/null where the row was not grouped). Returns (file, rows) of what was written."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = []
+    for fi, g in part.groupby("file", sort=True):
+        g = g.sort_values("row")
+        grouped = g["group"].notna().to_numpy()
+        group = np.where(grouped, g["group"].fillna(-1).to_numpy(), 0).astype(np.int64)
+        keep = np.where(grouped, pd.array(g["keep"].tolist(), dtype="boolean").fillna(False).to_numpy(bool), False)
+        table = pa.table({
+            "uid": pa.array(g["uid"].tolist(), pa.string()),
+            group_col: pa.array(group, pa.int64(), mask=~grouped),
+            keep_col: pa.array(keep, pa.bool_(), mask=~grouped),
+        })
+        pq.write_table(table, Path(staging) / f"{Path(files[int(fi)]).stem}.parquet")
+        out.append((int(fi), len(g)))
+    return pd.DataFrame({"file": pd.Series([f for f, _ in out], dtype="int64"), "rows": pd.Series([n for _, n in out], dtype="int64")})
+
+
+def written_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"file": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64")})
+
+
+def write_empty(path: Path, group_col: str, keep_col: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"uid": pa.array([], pa.string()), group_col: pa.array([], pa.int64()),
+                             keep_col: pa.array([], pa.bool_())}), path)
+
+
+def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
+    """The signal's column files with their row counts (parquet footers only)."""
+    import pyarrow.parquet as pq
+
+    from curate.atomic import is_temporary
+    from curate.dedup.run import DedupError
+
+    d = pool_root / "columns" / signal
+    paths = sorted(p for p in d.glob("*.parquet") if not is_temporary(p)) if d.is_dir() else []
+    if not paths:
+        raise DedupError(f"{pool_root}: no '{signal}' columns in {d}; run `curate stage --pool {pool_root} --signals {signal}` first")
+    out, offset = [], 0
+    for i, p in enumerate(paths):
+        meta = pq.ParquetFile(p)
+        names = meta.schema_arrow.names
+        if signal not in names or "uid" not in names:
+            raise DedupError(f"{p}: expected columns uid and {signal}, found {', '.join(names)}")
+        n = meta.metadata.num_rows
+        out.append(ColumnFile(i, str(p), offset, n))
+        offset += n
+    return out
+
+
+__all__ = ["ColumnFile", "join_plan", "keep_edges", "list_files", "read_rows", "write_files"]
+
+
+# --- per-partition steps of the Dask job (each after a shuffle that puts equal keys in one partition) ---------
+
+
+def min_row_per_key(part, key: str):
+    """Rows (row, key) of whole key groups -> nodes (key, node = smallest row)."""
+    return part.groupby(key, sort=False, as_index=False).row.min().rename(columns={"row": "node"})[[key, "node"]]
+
+
+def nodes_meta(key: str):
+    import pandas as pd
+
+    return pd.DataFrame({key: pd.Series(dtype="int64" if key == "h" else STR), "node": pd.Series(dtype="int64")})
+
+
+def large_star(part):
+    """Edges (u, v) listed from both ends, all of each u in this partition -> (v, m(u)) for every v > u,
+    m(u) the smallest of u and its neighbours."""
+    import pandas as pd
+
+    if not len(part):
+        return edges_meta()
+    m = part.groupby("u").v.transform("min").to_numpy(np.int64)
+    u, v = part.u.to_numpy(np.int64), part.v.to_numpy(np.int64)
+    m = np.minimum(m, u)
+    big = v > u
+    return pd.DataFrame({"u": v[big], "v": m[big]})
+
+
+def small_star(part):
+    """Edges oriented (u, v) with v < u, all of each u here -> (v, m(u)) for each v != m(u), and (u, m(u)),
+    m(u) = the smallest neighbour of u."""
+    import pandas as pd
+
+    if not len(part):
+        return edges_meta()
+    m = part.groupby("u").v.transform("min").to_numpy(np.int64)
+    u, v = part.u.to_numpy(np.int64), part.v.to_numpy(np.int64)
+    moved = v != m
+    return pd.DataFrame({"u": np.concatenate([v[moved], u]), "v": np.concatenate([m[moved], m])})
+
+
+def orient(part):
+    import pandas as pd
+
+    u, v = part.u.to_numpy(np.int64), part.v.to_numpy(np.int64)
+    return pd.DataFrame({"u": np.maximum(u, v), "v": np.minimum(u, v)})
+
+
+def both_ends(part):
+    import pandas as pd
+
+    u, v = part.u.to_numpy(np.int64), part.v.to_numpy(np.int64)
+    return pd.DataFrame({"u": np.concatenate([u, v]), "v": np.concatenate([v, u])})
+
+
+def distinct_edges(part):
+    return part.drop_duplicates(["u", "v"])
+
+
+def tagged_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"u": pd.Series(dtype="int64"), "v": pd.Series(dtype="int64"), "side": pd.Series(dtype="int8")})
+
+
+def count_unmatched(part):
+    """Rows (u, v, side) of two edge sets, equal edges in one partition -> how many edges are in only one."""
+    import pandas as pd
+
+    if not len(part):
+        return pd.Series([0], dtype="int64")
+    sides = part.groupby(["u", "v"]).side.nunique()
+    return pd.Series([int((sides < 2).sum())], dtype="int64")
+
+
+def pick_keepers(part, keep: str):
+    """Grouped rows (row, uid, group[, score]) holding whole groups -> with `keep`: the smallest row
+    (`first`), or the highest score with NaN last and ties to the smallest row."""
+    if not len(part):
+        out = part[["row", "uid", "group"]].copy()
+        out["keep"] = np.zeros(0, bool)
+        return out
+    row, group = part.row.to_numpy(np.int64), part.group.to_numpy(np.int64)
+    if keep == "first":
+        k = row == group
+    else:
+        s = part.score.to_numpy(np.float64)
+        s = np.where(np.isnan(s), -np.inf, s)
+        order = np.lexsort((row, -s, group))
+        g = group[order]
+        first = np.ones(len(g), bool)
+        first[1:] = g[1:] != g[:-1]
+        k = np.zeros(len(row), bool)
+        k[order[first]] = True
+    out = part[["row", "uid", "group"]].copy()
+    out["keep"] = k
+    return out
+
+
+def kept_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"row": pd.Series(dtype="int64"), "uid": pd.Series(dtype=STR),
+                         "group": pd.Series(dtype="int64"), "keep": pd.Series(dtype="bool")})
+
+
+def group_sizes(part):
+    """Grouped rows holding whole groups -> (groups, groups with 2+ rows, largest, kept) of this partition."""
+    import pandas as pd
+
+    sizes = part.groupby("group").row.count() if len(part) else pd.Series([], dtype="int64")
+    return pd.DataFrame({"groups": [len(sizes)], "dups": [int((sizes > 1).sum())],
+                         "largest": [int(sizes.max()) if len(sizes) else 0], "kept": [int(part.keep.sum()) if len(part) else 0]})

@@ -8,20 +8,43 @@ pairs among the candidates "block i within t_i" over all blocks: no pair is miss
 (popcount of the XOR) removes every false candidate. With t_i = 0 everywhere and m = D + 1 this is the
 plain D+1-block pigeonhole; that is fine for small D but at D = 8 its 7-bit blocks put ~N/128 hashes in
 each bucket (quadratic). Letting blocks stay ~21 bits wide and searching a small radius inside each
-keeps buckets near one hash each: at 1M hashes and D = 8 the plan is 3 blocks with radius 2
-(232 probes per bucket per block, ~280 candidates per hash) instead of 1M comparisons per hash.
+keeps buckets near one hash each: at 1M hashes and D = 8 the plan is 3 blocks with radius 2.
+
+How one block is searched (all of it vectorised numpy):
+
+- The distinct hashes are sorted by the block's value, so a bucket (all hashes with one block value k)
+  is a contiguous range start[k] .. start[k] + count[k] of the sorted array; start and count are
+  direct-addressed (blocks are at most 22 bits wide).
+- A pair (x, y) has block distance <= t exactly when key(y) = key(x) ^ m for a flip mask m with at most
+  t bits set. m = 0: both in one bucket; every pair inside each bucket is listed (by rank offset).
+  m != 0: let h be m's highest bit; exactly one of the two keys has bit h clear, call that hash x ("low
+  side"), and y lies in bucket key(x) ^ m. Each such pair is enumerated exactly once, in one of two
+  disjoint passes, with S = the table's slots per bucket (1 while buckets hold ~1 hash, as at 1M
+  hashes; 4-8 at 10M): (a) y is among the first S members of its bucket: every low-side x probes
+  bucket key(x) ^ m and is compared with the bucket's first S members, read as one row of a
+  direct-addressed table (one gather per probe, in key order, so the table is read as a few sequential
+  streams); (b) y is a later member (rank >= S, only in buckets holding more than S hashes): y probes
+  bucket key(y) ^ m and is compared with every member there. (a) covers rank(y) < S, (b) rank(y) >= S,
+  so nothing is missed or doubled.
+- The comparison in (a) and (b) first looks at 32 bits outside the block (a block has at most 22 bits,
+  so 42+ lie outside; the table stores 32 of them as uint32): a pair's distance is popcount(m) plus
+  the distance outside the block, so a candidate whose 32 outside bits already differ in more than
+  D - popcount(m) places cannot be a pair and is dropped (a necessary condition, never a false
+  negative). The few survivors are verified on all 64 bits.
+- A pair within D may qualify in several blocks; it is kept only in the first block where its block
+  distance is within that block's radius, so each pair comes out exactly once.
+
+At 1M hashes and D = 8 this probes ~420M (hash, mask) combinations and verifies ~0.75M survivors on all
+64 bits (`stats["candidates"]`); the previous bucket-by-bucket join (138M candidates gathered and verified
+through int64 position arrays) took 3.5-4.5x longer. Memory is O(n + 2^22 * S) per block; blocks are searched
+one after another, so 10M hashes need ~2 GB.
 
 Why not faiss IndexBinaryMultiHash: it is the same idea (nhash tables, nflip flips), but it probes a
-std::unordered_map per query hash and per flip pattern. Measured on this project's 2-core machine at
-100k hashes, one thread, same blocks and flips (3 x 21 bits): 2.4 s vs 0.8 s at D=4 and 23 s vs 3.5 s at
-D=8, with identical pairs. And the same block-key plan has to run as a Dask/Spark dataframe join
-(curate.dedup.frames), where a faiss index does not exist; one plan for all engines is what makes them
-agree pair for pair.
-
-The join is done per *bucket*, not per hash: blocks are at most 22 bits wide, so a block's buckets are
-direct-addressed (counting sort). For the self-join, probe mask m from bucket k only when k < k ^ m, so
-each unordered bucket pair is visited once. A pair within D is found in every block where it qualifies;
-it is kept only in the first such block, so each pair comes out exactly once.
+std::unordered_map per query hash and per flip pattern; at 100k hashes it was 3-7x slower than our
+previous (slower) search, with identical pairs. And the search also has to run as a Dask/Spark dataframe
+join (curate.dedup.frames), where a faiss index does not exist; that job uses the same pigeonhole cover
+(with its own cost model for exploded and joined rows), and since both are exact every engine finds the
+same pairs.
 
 Exact duplicates (identical hashes) are collapsed before the search: a placeholder image copied 100k times
 is one distinct hash, not 5e9 pairs.
@@ -36,7 +59,9 @@ from itertools import combinations
 import numpy as np
 
 BITS = 64
-MAX_BLOCK_BITS = 22  # direct-addressed buckets: 2^22 int64 = 32 MiB
+MAX_BLOCK_BITS = 22  # direct-addressed buckets: 2^22 starts, counts and first members
+_CHUNK = 1 << 15  # probes per numpy call in pass (a): its temporaries stay in L2
+_M32 = np.uint64(0xFFFFFFFF)
 
 
 @dataclass(frozen=True)
@@ -87,20 +112,25 @@ def _radii(widths: list[int], max_distance: int) -> list[int]:
     return radii
 
 
+def plan_cost(n: int, widths, radii) -> float:
+    """Estimated work of a plan for n distinct hashes, in probe units: per block a table build (~n + 2^w),
+    n/2 probes per non-zero flip mask, and one comparison per bucket member met (n^2/2 * ball / 2^w)."""
+    cost = 0.0
+    for w, t in zip(widths, radii):
+        ball = ball_size(w, t)
+        cost += 8.0 * n + 2.0 ** w / 4 + n / 2 * (ball - 1) + n * n / 2 * ball / 2.0 ** w
+    return cost
+
+
 def make_plan(n: int, max_distance: int) -> Plan:
-    """The block plan with the least estimated work for n distinct hashes (probes + candidates)."""
+    """The block plan with the least estimated work for n distinct hashes (plan_cost)."""
     if not 0 <= max_distance < BITS:
         raise ValueError(f"max distance must be in 0..{BITS - 1}, got {max_distance}")
     best = None
     for m in range(math.ceil(BITS / MAX_BLOCK_BITS), min(BITS, max_distance + 1) + 1):
         widths = _split(m)
         radii = _radii(widths, max_distance)
-        cost = 0.0
-        for w, t in zip(widths, radii):
-            buckets = 2.0 ** w
-            occupied = buckets * -math.expm1(-n / buckets)
-            probes = ball_size(w, t)
-            cost += occupied * probes + 2.0 * n * probes * (n / buckets)
+        cost = plan_cost(n, widths, radii)
         if best is None or cost < best[0]:
             best = (cost, widths, radii)
     if best is None:  # D = 0..1 with ceil(64/22) = 3 blocks: radii 0
@@ -114,29 +144,245 @@ def make_plan(n: int, max_distance: int) -> Plan:
     return Plan(max_distance, tuple(blocks))
 
 
-@dataclass
-class _BlockIndex:
-    order: np.ndarray  # hash positions sorted by block value
-    starts: np.ndarray  # bucket k holds order[starts[k]:starts[k+1]]
-    counts: np.ndarray  # hashes per bucket
-    occupied: np.ndarray  # the non-empty buckets (int32, ascending)
-    filled: np.ndarray  # bool per bucket: small enough to stay in cache while probing
-    sorted_values: np.ndarray  # the hashes in bucket order: a bucket's first hash without the order indirection
+# --- one block's table ----------------------------------------------------------------------------------
 
 
-def _index(values: np.ndarray, block: Block) -> _BlockIndex:
-    keys = ((values >> np.uint64(block.shift)) & np.uint64(block.mask)).astype(np.int32)
-    counts = np.bincount(keys, minlength=1 << block.nbits)
-    starts = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    order = np.argsort(keys, kind="stable")
-    filled = counts > 0
-    return _BlockIndex(order, starts, counts, np.flatnonzero(filled).astype(np.int32), filled, values[order])
+def _outside32(values: np.ndarray, blk: Block) -> np.ndarray:
+    """32 bits of each hash outside the block (the bits above it, wrapping round to the lowest)."""
+    rot = values
+    if blk.shift:
+        rot = (values >> np.uint64(blk.shift)) | (values << np.uint64(BITS - blk.shift))
+    return ((rot >> np.uint64(blk.nbits)) & _M32).astype(np.uint32)
+
+
+def _sort_order(keys: np.ndarray, nbits: int) -> np.ndarray | None:
+    """Stable order of `keys` (< 2^nbits); None if already sorted. LSD radix in 16-bit digits (numpy
+    argsorts 16-bit integers by radix sort), faster than a comparison sort of int64."""
+    if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])):
+        return None
+    if nbits <= 16:
+        return np.argsort(keys.astype(np.uint16), kind="stable")
+    low = nbits // 2
+    order = np.argsort((keys & ((1 << low) - 1)).astype(np.uint16), kind="stable")
+    return order[np.argsort((keys[order] >> low).astype(np.uint16), kind="stable")]
+
+
+def slots_for(n: int, nbits: int) -> int:
+    """How many members per bucket the probe table holds: the smallest power of two that leaves under a
+    quarter of the hashes to the slower later-member pass (Poisson estimate: n hashes over 2^nbits
+    buckets). Measured at 1M hashes (1 slot) and 10M (4-8 slots): wider rows cost more per probe than
+    the later-member pass saves until buckets hold several hashes."""
+    lam = n / 2.0 ** nbits
+    slots = 1
+    while slots < 64 and lam > 0:
+        p = math.exp(-lam)  # P(count = c), walked up from c = 0
+        for c in range(1, slots + 1):
+            p *= lam / c
+        beyond = 0.0  # expected members past the slots, per bucket
+        c = slots
+        while True:
+            c += 1
+            p *= lam / c
+            beyond += (c - slots) * p
+            if c > lam and p < 1e-9:
+                break
+        if beyond / lam < 0.25:
+            break
+        slots *= 2
+    return slots
+
+
+class _Table:
+    """Distinct hashes sorted by one block's value: bucket k is sorted[start[k]:start[k] + count[k]]."""
+
+    def __init__(self, values: np.ndarray, blk: Block, slots: int | None = None):
+        n = len(values)
+        keys = ((values >> np.uint64(blk.shift)) & np.uint64(blk.mask)).astype(np.int64)
+        self.order = _sort_order(keys, blk.nbits)
+        if self.order is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys, self.values = keys[self.order], values[self.order]
+        counts = np.bincount(self.keys, minlength=1 << blk.nbits)
+        self.start = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(counts, out=self.start[1:])
+        self.most = int(counts.max()) if n else 0
+        self.count = counts.astype(np.uint8 if self.most < 256 else np.int64)
+        self.outside = _outside32(self.values, blk)
+        # the outside bits of each bucket's first `slots` members, one row per bucket (unused slots: 0,
+        # never reported because a hit's slot must be below the bucket's count)
+        self.slots = slots or slots_for(n, blk.nbits)
+        self.shift = self.slots.bit_length() - 1
+        self.table = np.zeros((len(counts), self.slots), np.uint32)
+        self._rank = None
+        if n:
+            if self.slots == 1 or self.most == 1:
+                self.table[:, 0] = self.outside[np.minimum(self.start[:-1], n - 1)]
+            else:
+                rank = self.rank()
+                inside = rank < self.slots
+                self.table[self.keys[inside], rank[inside]] = self.outside[inside]
+
+    def positions(self, p: np.ndarray) -> np.ndarray:
+        return p if self.order is None else self.order[p]
+
+    def rank(self) -> np.ndarray:
+        """Each sorted hash's place inside its bucket (0 = first member)."""
+        if self._rank is None:
+            self._rank = np.arange(len(self.keys), dtype=np.int64) - self.start[self.keys]
+        return self._rank
+
+
+def _probe_slots(kq, oq, m: int, limit: int, t: _Table, out: list, buf) -> int:
+    """Queries (block values kq, outside bits oq) against the first `t.slots` members of bucket kq ^ m:
+    appends (query index, table position) where that member exists and the outside bits differ <= limit."""
+    n = len(kq)
+    bk, bx, bc = buf
+    step = len(bk) >> t.shift
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        k2 = np.bitwise_xor(kq[s:e], m, out=bk[:e - s])
+        rows = bx[:(e - s) << t.shift].reshape(e - s, t.slots)
+        np.take(t.table, k2, axis=0, out=rows)
+        np.bitwise_xor(rows, oq[s:e, None], out=rows)
+        hit = np.flatnonzero(np.bitwise_count(rows, out=bc[:(e - s) << t.shift].reshape(rows.shape)) <= limit)
+        if len(hit):
+            qi, slot = hit >> t.shift, hit & (t.slots - 1)
+            kk = k2[qi]
+            keep = slot < t.count[kk]
+            out.append((qi[keep] + s, t.start[kk[keep]] + slot[keep]))
+    return n
+
+
+def _probe_all(kq, oq, m: int, limit: int, t: _Table, out: list, buf) -> int:
+    """Queries against every member of bucket kq ^ m (the slots as above, members beyond them directly)."""
+    n = _probe_slots(kq, oq, m, limit, t, out, buf)
+    if t.most <= t.slots or not len(kq):
+        return n
+    k2 = kq ^ m
+    c = t.count[k2]
+    g = np.flatnonzero(c > t.slots)
+    at = t.start[k2[g]] + (t.slots - 1)
+    r = t.slots
+    while len(g):
+        at = at + 1
+        hit = np.flatnonzero(np.bitwise_count(t.outside[at] ^ oq[g]) <= limit)
+        if len(hit):
+            out.append((g[hit], at[hit]))
+        r += 1
+        more = c[g] > r
+        g, at = g[more], at[more]
+    return n
+
+
+def _by_high_bit(masks) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for m in masks:
+        groups.setdefault(int(m).bit_length() - 1, []).append(int(m))
+    return groups
+
+
+def _self_block(t: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndarray, int]:
+    """Candidate pairs (sorted positions p, q) of one block's self-join; every pair with block distance
+    <= blk.radius and outside-32-bit distance <= d - block distance appears exactly once."""
+    ps, qs = [], []
+    probes = 0
+    rank = t.rank() if t.most > 1 else None
+    if rank is not None:  # m = 0: every pair inside a bucket, as (member, member r places later)
+        q = np.flatnonzero(rank >= 1)
+        r = 1
+        while len(q):
+            ps.append(q - r)
+            qs.append(q)
+            r += 1
+            q = q[rank[q] >= r]
+    for h, ms in _by_high_bit(flip_masks(blk.nbits, blk.radius)[1:]).items():
+        high = (t.keys & (1 << h)) != 0
+        low = ~high
+        sel = np.flatnonzero(low)  # (a) low-side hashes against first members
+        kq, oq = np.compress(low, t.keys), np.compress(low, t.outside)
+        found: list = []
+        for m in ms:
+            probes += _probe_slots(kq, oq, m, d - m.bit_count(), t, found, buf)
+        for a, b in found:
+            ps.append(sel[a])
+            qs.append(b)
+        if t.most > t.slots:  # (b) later members (rank >= slots) on the high side against whole buckets
+            later = np.flatnonzero(high & (rank >= t.slots))
+            kq, oq = t.keys[later], t.outside[later]
+            found = []
+            for m in ms:
+                probes += _probe_all(kq, oq, m, d - m.bit_count(), t, found, buf)
+            for a, b in found:
+                ps.append(b)
+                qs.append(later[a])
+    if not ps:
+        e = np.zeros(0, np.int64)
+        return e, e.copy(), probes
+    return np.concatenate(ps), np.concatenate(qs), probes
+
+
+def _cross_block(tq: _Table, tb: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndarray, int]:
+    """Candidate pairs (query sorted position, base sorted position): every query against every member of
+    every base bucket within the block's radius."""
+    ps, qs = [], []
+    probes = 0
+    found: list = []
+    for m in flip_masks(blk.nbits, blk.radius).tolist():
+        probes += _probe_all(tq.keys, tq.outside, m, d - m.bit_count(), tb, found, buf)
+    for a, b in found:
+        ps.append(a)
+        qs.append(b)
+    if not ps:
+        e = np.zeros(0, np.int64)
+        return e, e.copy(), probes
+    return np.concatenate(ps), np.concatenate(qs), probes
+
+
+def _first_block_only(x: np.ndarray, plan: Plan, upto: int) -> np.ndarray:
+    """True where the pair (its XOR) is within D and within no earlier block's radius."""
+    ok = np.bitwise_count(x) <= plan.max_distance
+    for blk in plan.blocks[:upto]:
+        ok &= np.bitwise_count((x >> np.uint64(blk.shift)) & np.uint64(blk.mask)) > blk.radius
+    return ok
+
+
+def _pairs(query: np.ndarray, base: np.ndarray | None, plan: Plan, stats: dict | None,
+           slots: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Core join of DISTINCT values. base None: self-join of `query` (pairs i < j). Else query x base."""
+    self_join = base is None
+    out_i, out_j, out_x = [], [], []
+    probes = verified = 0
+    buf = (np.empty(_CHUNK, np.int64), np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint8))
+    for bi, blk in enumerate(plan.blocks):
+        tb = _Table(query if self_join else base, blk, slots)
+        if self_join:
+            tq = tb
+            p, q, n = _self_block(tb, blk, plan.max_distance, buf)
+        else:
+            tq = _Table(query, blk, 1)
+            p, q, n = _cross_block(tq, tb, blk, plan.max_distance, buf)
+        probes += n
+        verified += len(p)
+        x = tq.values[p] ^ tb.values[q]
+        ok = _first_block_only(x, plan, bi)
+        a, b, x = tq.positions(p[ok]), tb.positions(q[ok]), x[ok]
+        if self_join:
+            a, b = np.minimum(a, b), np.maximum(a, b)
+        out_i.append(a)
+        out_j.append(b)
+        out_x.append(x)
+        del tb, tq
+    if stats is not None:
+        stats.update({"plan": plan.describe(), "probes": int(probes), "candidates": int(verified)})
+    i, j, x = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_x)
+    order = np.lexsort((j, i))
+    return i[order].astype(np.int64), j[order].astype(np.int64), np.bitwise_count(x[order]).astype(np.int8)
 
 
 def _expand(a_start, a_count, b_start, b_count, a_order, b_order):
     """Every (a, b) of the cross product of bucket pairs, as positions into the hash arrays."""
-    one = (a_count == 1) & (b_count == 1)  # the common case at ~1 hash per bucket
+    one = (a_count == 1) & (b_count == 1)  # the common case
     if one.all():
         return a_order[a_start], b_order[b_start]
     a1, b1 = a_order[a_start[one]], b_order[b_start[one]]
@@ -153,97 +399,34 @@ def _expand(a_start, a_count, b_start, b_count, a_order, b_order):
     return np.concatenate([a1, a]), np.concatenate([b1, b])
 
 
-def _qualify(xor: np.ndarray, plan: Plan, upto: int) -> np.ndarray:
-    """True where the pair (given as the XOR of its hashes) is within D and in no earlier block's radius."""
-    ok = np.bitwise_count(xor) <= plan.max_distance
-    for blk in plan.blocks[:upto]:
-        part = (xor >> np.uint64(blk.shift)) & np.uint64(blk.mask)
-        ok &= np.bitwise_count(part) > blk.radius
-    return ok
+def _distinct(values: np.ndarray):
+    """Sorted distinct values, and for each a contiguous range of `order` listing its positions."""
+    order = np.argsort(values, kind="stable")
+    s = values[order]
+    head = np.ones(len(s), bool)
+    head[1:] = s[1:] != s[:-1]
+    uniq = s[head]
+    starts = np.flatnonzero(np.append(head, True)).astype(np.int64)
+    return uniq, order, starts[:-1], np.diff(starts)
 
 
-def _pairs(query: np.ndarray, base: np.ndarray | None, plan: Plan, stats: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Core join. base None: self-join of distinct `query` values (pairs i < j). Else query x base."""
-    self_join = base is None
-    base_v = query if self_join else base
-    out_i, out_j, out_d = [], [], []
-    candidates = probes = 0
-    for bi, blk in enumerate(plan.blocks):
-        bidx = _index(base_v, blk)
-        qidx = bidx if self_join else _index(query, blk)
-        occupied = qidx.occupied
-        masks = flip_masks(blk.nbits, blk.radius)
-        if self_join:
-            # per highest set bit h of the mask: the occupied buckets whose bit h is 0 (k < k ^ m)
-            low_side = {h: occupied[((occupied >> h) & 1) == 0] for h in range(blk.nbits)}
-        for m in masks.tolist():
-            ks = low_side[m.bit_length() - 1] if self_join and m else occupied
-            k2 = ks ^ np.int32(m)
-            probes += len(ks)
-            hit = np.flatnonzero(bidx.filled[k2])
-            if not len(hit):
-                continue
-            ks, k2 = ks[hit], k2[hit]
-            qs, qc, bs, bc = qidx.starts[ks], qidx.counts[ks], bidx.starts[k2], bidx.counts[k2]
-            one = (qc == 1) & (bc == 1)
-            if self_join and m == 0:
-                one[:] = False  # a bucket paired with itself: through the general path, which drops a >= b
-            # the common case, one hash on each side: verify on the values first, look up positions after
-            s1, t1 = qs[one], bs[one]
-            xor = qidx.sorted_values[s1] ^ bidx.sorted_values[t1]
-            ok = _qualify(xor, plan, bi)
-            a_parts = [qidx.order[s1[ok]]]
-            b_parts = [bidx.order[t1[ok]]]
-            x_parts = [xor[ok]]
-            candidates += len(s1)
-            many = ~one
-            if many.any():
-                a, b = _expand(qs[many], qc[many], bs[many], bc[many], qidx.order, bidx.order)
-                if self_join and m == 0:
-                    keep = a < b
-                    a, b = a[keep], b[keep]
-                candidates += len(a)
-                xor = query[a] ^ base_v[b]
-                ok = _qualify(xor, plan, bi)
-                a_parts.append(a[ok])
-                b_parts.append(b[ok])
-                x_parts.append(xor[ok])
-            a, b, xor = np.concatenate(a_parts), np.concatenate(b_parts), np.concatenate(x_parts)
-            if len(a):
-                if self_join:
-                    a, b = np.minimum(a, b), np.maximum(a, b)
-                out_i.append(a.astype(np.int64))
-                out_j.append(b.astype(np.int64))
-                out_d.append(np.bitwise_count(xor).astype(np.int8))
-    if stats is not None:
-        stats.update({"plan": plan.describe(), "probes": int(probes), "candidates": int(candidates)})
-    if not out_i:
-        e = np.zeros(0, np.int64)
-        return e, e.copy(), np.zeros(0, np.int8)
-    i, j, d = np.concatenate(out_i), np.concatenate(out_j), np.concatenate(out_d)
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
-
-
-def distinct_pairs(values: np.ndarray, max_distance: int, plan: Plan | None = None, stats: dict | None = None):
-    """Pairs (i, j, distance), i < j, of DISTINCT uint64 `values` within `max_distance` bits; sorted."""
+def distinct_pairs(values: np.ndarray, max_distance: int, plan: Plan | None = None, stats: dict | None = None,
+                   slots: int | None = None):
+    """Pairs (i, j, distance), i < j, of DISTINCT uint64 `values` within `max_distance` bits; sorted.
+    `plan` and `slots` (members per bucket in the probe table) default to the cost model's choice."""
     values = np.ascontiguousarray(values, dtype=np.uint64)
-    if len(np.unique(values)) != len(values):
+    s = np.sort(values)
+    if len(s) > 1 and bool(np.any(s[1:] == s[:-1])):
         raise ValueError("distinct_pairs needs distinct values; use near_pairs for arrays with repeats")
     plan = plan or make_plan(len(values), max_distance)
-    return _pairs(values, None, plan, stats)
+    return _pairs(values, None, plan, stats, slots)
 
 
 def near_pairs(values: np.ndarray, max_distance: int, stats: dict | None = None):
     """Pairs (i, j, distance), i < j, of positions in `values` (repeats allowed) within `max_distance`."""
     values = np.ascontiguousarray(values, dtype=np.uint64)
-    uniq, inverse = np.unique(values, return_inverse=True)
-    ui, uj, ud = distinct_pairs(uniq, max_distance, stats=stats)
-    # members of each distinct value, grouped
-    order = np.argsort(inverse, kind="stable")
-    starts = np.zeros(len(uniq) + 1, np.int64)
-    np.cumsum(np.bincount(inverse, minlength=len(uniq)), out=starts[1:])
-    cnt = np.diff(starts)
+    uniq, order, starts, cnt = _distinct(values)
+    ui, uj, _ = _pairs(uniq, None, make_plan(len(uniq), max_distance), stats)
     a, b = _expand(starts[ui], cnt[ui], starts[uj], cnt[uj], order, order)
     d = np.bitwise_count(values[a] ^ values[b]).astype(np.int8)
     # exact repeats: all pairs within each distinct value
@@ -261,17 +444,13 @@ def cross_pairs(query: np.ndarray, base: np.ndarray, max_distance: int, stats: d
     """Pairs (query position, base position, distance) within `max_distance`, repeats on either side allowed."""
     query = np.ascontiguousarray(query, dtype=np.uint64)
     base = np.ascontiguousarray(base, dtype=np.uint64)
-    uq, qinv = np.unique(query, return_inverse=True)
-    ub, binv = np.unique(base, return_inverse=True)
+    uq, qo, qs, qc = _distinct(query)
+    ub, bo, bs, bc = _distinct(base)
     plan = make_plan(max(len(uq), len(ub)), max_distance)
-    qi, bj, d = _pairs(uq, ub, plan, stats)
-    # expand distinct values back to positions
-    qo, bo = np.argsort(qinv, kind="stable"), np.argsort(binv, kind="stable")
-    qs = np.zeros(len(uq) + 1, np.int64)
-    np.cumsum(np.bincount(qinv, minlength=len(uq)), out=qs[1:])
-    bs = np.zeros(len(ub) + 1, np.int64)
-    np.cumsum(np.bincount(binv, minlength=len(ub)), out=bs[1:])
-    qc, bc = np.diff(qs), np.diff(bs)
+    if len(uq) <= len(ub):  # the smaller side probes the larger side's buckets
+        qi, bj, _ = _pairs(uq, ub, plan, stats)
+    else:
+        bj, qi, _ = _pairs(ub, uq, plan, stats)
     a, b = _expand(qs[qi], qc[qi], bs[bj], bc[bj], qo, bo)
     dd = np.bitwise_count(query[a] ^ base[b]).astype(np.int8)
     o = np.lexsort((b, a))

@@ -1,9 +1,12 @@
 """`curate dedup`: group a pool's duplicates and write `POOL/columns/dedup_<method>/`.
 
 Methods:
-- `phash`: every pair within `max_distance` bits of pHash, exactly (curate.dedup.hamming; on Dask or
-  Spark as a dataframe join, curate.dedup.frames), grouped transitively;
-- `sha256`: identical image bytes;
+- `phash`: every pair within `max_distance` bits of pHash, exactly (curate.dedup.hamming), grouped
+  transitively. With `--engine dask` or `--engine spark` the whole method runs as a dataframe job on the
+  cluster (curate.dedup.frames: workers read the phash files, join block keys, verify, find connected
+  components by star rounds, apply the keep rule and write the output files); the driver holds only the
+  plan and counts. Every engine writes identical columns (`semantic` runs in the driver on every engine);
+- `sha256`: identical image bytes (on Dask or Spark also a dataframe job: group by digest);
 - `semantic`: SemDeDup-style: faiss k-means over L2-normalised CLIP image embeddings, then pairs within
   one cluster with cosine > 1 - eps, grouped transitively.
 
@@ -107,19 +110,10 @@ def read_scores(pool_root: Path, uids: pa.ChunkedArray, column: str | None = Non
 # --- methods -------------------------------------------------------------------------------------------------
 
 
-def _hash_pairs(values: np.ndarray, max_distance: int, engine, stats: dict) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs among DISTINCT hash values on the engine's terms."""
+def _hash_pairs(values: np.ndarray, max_distance: int, stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs among DISTINCT hash values, in this process (the local engine)."""
     plan = make_plan(len(values), max_distance)
     stats["plan"] = plan.describe()
-    name = getattr(engine, "name", "local")
-    if name == "dask":
-        from curate.dedup.frames import dask_pairs
-
-        return dask_pairs(engine.client, values, plan)
-    if name == "spark":
-        from curate.dedup.frames import spark_pairs
-
-        return spark_pairs(engine.spark, values, plan)
     i, j, _ = distinct_pairs(values, max_distance, plan, stats)
     return i, j
 
@@ -140,7 +134,7 @@ def phash_groups(rows: Rows, max_distance: int, engine, stats: dict) -> tuple[np
     index = np.flatnonzero(valid)
     uniq, first, inverse = np.unique(values[index], return_index=True, return_inverse=True)
     stats["distinct_hashes"] = int(len(uniq))
-    i, j = _hash_pairs(uniq, max_distance, engine, stats)
+    i, j = _hash_pairs(uniq, max_distance, stats)
     stats["pairs_of_distinct_hashes"] = int(len(i))
     group_of_distinct = group_ids(len(uniq), i, j, index[first])
     return valid, group_of_distinct[inverse]
@@ -171,12 +165,7 @@ def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, 
     keep = np.zeros(n, bool)
     group[valid] = group_valid
     keep[valid] = keep_valid
-    target = pool_root / "columns" / f"dedup_{method}"
-    # staged outside columns/ so that the column store never sees a half-written folder
-    staging = pool_root / f".dedup_{method}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    staging = _staging(pool_root, method)
     start = 0
     nulls = pa.array(~valid)
     for name, size in zip(rows_names, sizes):
@@ -188,6 +177,20 @@ def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, 
         })
         pq.write_table(table, staging / f"{name}.parquet")
         start += size
+    return _swap_in(pool_root, method, staging)
+
+
+def _staging(pool_root: Path, method: str) -> Path:
+    # staged outside columns/ so that the column store never sees a half-written folder
+    staging = pool_root / f".dedup_{method}.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def _swap_in(pool_root: Path, method: str, staging: Path) -> Path:
+    target = pool_root / "columns" / f"dedup_{method}"
     old = pool_root / f".dedup_{method}.old"
     if old.exists():
         shutil.rmtree(old)
@@ -198,6 +201,31 @@ def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, 
     if old.exists():
         shutil.rmtree(old)
     return target
+
+
+def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: str, score_column: str | None,
+                stats: dict, start: float) -> dict:
+    """phash or sha256 as a Dask or Spark dataframe job (curate.dedup.frames)."""
+    from curate.dedup.frames import list_files
+
+    files = list_files(pool_root, method)
+    staging = _staging(pool_root, method)
+    try:
+        if engine.name == "dask":
+            from curate.dedup.dask_job import dask_dedup
+
+            dask_dedup(engine.client, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+        else:
+            from curate.dedup.spark_job import spark_dedup
+
+            spark_dedup(engine.spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    out = _swap_in(pool_root, method, staging)
+    stats.update({"output": str(out), "seconds": round(time.perf_counter() - start, 3)})
+    write_json(pool_root / "columns" / f"dedup_{method}_stats.json", stats)
+    return stats
 
 
 def run_dedup(
@@ -221,6 +249,10 @@ def run_dedup(
         raise DedupError(f"unknown keep rule {keep!r}; choose one of {', '.join(KEEP_RULES)}")
     start = time.perf_counter()
     stats: dict = {"pool": str(pool_root), "method": method, "keep": keep, "engine": getattr(engine, "name", "local")}
+    if method in ("phash", "sha256") and stats["engine"] in ("dask", "spark"):
+        if method == "phash":
+            stats["max_distance"] = max_distance
+        return _run_frames(pool_root, method, engine, max_distance, keep, score_column, stats, start)
     if method == "phash":
         stats["max_distance"] = max_distance
         rows = read_store_signal(pool_root, "phash")

@@ -125,24 +125,78 @@ def test_semantic_on_synthetic_embeddings(tmp_path):
     assert sum(t.column("dedup_semantic_keep").to_pylist()) == n_centres == stats["kept"]
 
 
-def _groups_on(engine_name, root):
+STAT_KEYS = ("rows", "rows_grouped", "groups", "groups_with_duplicates", "largest_group", "kept", "removed_as_duplicates",
+             "malformed", "malformed_examples", "without_value", "without_value_by_status", "distinct_hashes",
+             "pairs_of_distinct_hashes", "score_column")
+
+
+def _engine_pool(tmp_path, n_random, clusters, seed):
+    """Planted clusters and chains (a~b, b~c within D=8, a and c not), malformed and missing hashes, a file
+    whose rows all lack a hash, and an empty file."""
+    values, planted = planted_hashes(n_random, clusters, 8, seed=seed)
+    chain = planted[0]
+    assert np.bitwise_count(values[chain[0]] ^ values[chain[-1]]) > 8  # only transitivity joins the ends
+    hexes = [f"{int(v):016x}" for v in values]
+    hexes[5], hexes[11], hexes[17] = "not-a-hash", None, "ABCDEF0123456789"  # upper case parses too
+    hexes += [hexes[40], hexes[41]]  # exact repeats
+    root = tmp_path / "pool"
+    meta = write_phash_pool(root, hexes + [None, None], files=3, seed=seed)
+    d = root / "columns" / "phash"
+    last = pq.read_table(d / "00000002.parquet")
+    k = last.num_rows
+    pq.write_table(last.slice(0, k - 2), d / "00000002.parquet")
+    pq.write_table(last.slice(k - 2, 2), d / "00000003.parquet")  # no usable hash in the whole file
+    pq.write_table(last.slice(0, 0), d / "00000004.parquet")  # no rows at all
+    # sha256 columns for the same rows: repeated digests (some in upper case), a malformed one, a missing one
+    rng = np.random.default_rng(seed)
+    digests = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex() for _ in range(60)]
+    (root / "columns" / "sha256").mkdir()
+    for f in sorted(d.glob("*.parquet")):
+        t = pq.read_table(f)
+        sha = [digests[int(k)] for k in rng.integers(0, len(digests), t.num_rows)]
+        if t.num_rows > 3:
+            sha[0], sha[1], sha[2] = sha[2].upper(), "xyz", None
+        pq.write_table(pa.table({"uid": t.column("uid"), "sha256": pa.array(sha, pa.string())}), root / "columns" / "sha256" / f.name)
+    return root, values, chain
+
+
+def _run_all(root, engine_name, runs=(("phash", "first"), ("phash", "highest_clip_score"), ("sha256", "highest_clip_score")),
+             processes=1):
     from curate.engines import make_engine
 
-    with make_engine(engine_name, processes=1) as engine:
-        run_dedup(root, "phash", engine=engine, max_distance=8)
-    return _read(root, "phash").column("dedup_phash_group").to_pylist()
+    out = {}
+    with make_engine(engine_name, processes=processes) as engine:
+        for method, keep in runs:
+            stats = run_dedup(root, method, engine=engine if engine_name != "local" else None, max_distance=8, keep=keep)
+            files = sorted(p.name for p in (root / "columns" / f"dedup_{method}").glob("*"))
+            out[method, keep] = (files, _read(root, method).to_pylist(), {k: stats.get(k) for k in STAT_KEYS})
+    return out
 
 
-def test_dask_engine_gets_the_same_groups(tmp_path):
-    root, values, _, _ = _pool(tmp_path, d=8, n_random=600, clusters=60, seed=4)
-    local = _groups_on("local", root)
-    assert local == reference_groups(values, 8).tolist()
-    assert _groups_on("dask", root) == local
+def _check_local(root, values, chain, local):
+    files, rows, stats = local["sha256", "highest_clip_score"]
+    assert files == [f"{i:08d}.parquet" for i in range(5)] and stats["malformed"] == 3 and stats["without_value"] == 3
+    files, rows, stats = local["phash", "first"]
+    assert files == [f"{i:08d}.parquet" for i in range(5)]
+    groups = [r["dedup_phash_group"] for r in rows]
+    assert groups[chain[0]] == groups[chain[-1]] == chain[0]
+    assert groups[5] is None and groups[11] is None and groups[-1] is None and groups[-2] is None
+    assert stats["malformed"] == 1 and stats["without_value"] == 3 and stats["groups_with_duplicates"] >= 20
+
+
+def test_dask_engine_gets_the_same_groups_and_keepers(tmp_path, monkeypatch):
+    import curate.dedup.dask_job as dask_job
+
+    monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 150)  # several partitions: real shuffles
+    root, values, chain = _engine_pool(tmp_path, n_random=500, clusters=45, seed=4)
+    local = _run_all(root, "local")
+    _check_local(root, values, chain, local)
+    assert _run_all(root, "dask") == local
 
 
 @pytest.mark.skipif(not java_available(), reason="Spark needs Java 17+")
-def test_spark_engine_gets_the_same_groups(tmp_path):
-    root, values, _, _ = _pool(tmp_path, d=8, n_random=300, clusters=40, seed=6)
-    local = _groups_on("local", root)
-    assert local == reference_groups(values, 8).tolist()
-    assert _groups_on("spark", root) == local
+def test_spark_engine_gets_the_same_groups_and_keepers(tmp_path):
+    root, values, chain = _engine_pool(tmp_path, n_random=300, clusters=30, seed=6)
+    local = _run_all(root, "local")
+    _check_local(root, values, chain, local)
+    assert _run_all(root, "spark", processes=2) == local

@@ -61,3 +61,70 @@ def test_parse_hex64_flags_malformed():
     values, valid = parse_hex64(["0123456789abcdef", None, "xyz", "0123456789ABCDEg", "FFFFFFFFFFFFFFFF", "0123456789abcdef0"])
     assert valid.tolist() == [True, False, False, False, True, False]
     assert int(values[0]) == 0x0123456789ABCDEF and int(values[4]) == 2**64 - 1
+
+
+def _clustered(n, seed, shared_bits=40):
+    """Hashes that share most of their high bits with a few prototypes: buckets hold many hashes, so the
+    later-member pass, the same-bucket pairs and 16-bit+ bucket counts all get exercised."""
+    rng = np.random.default_rng(seed)
+    protos = rng.integers(0, 2**64, 6, dtype=np.uint64)
+    high = ~np.uint64((1 << (64 - shared_bits)) - 1)
+    values = (protos[rng.integers(0, len(protos), n)] & high) | (rng.integers(0, 2**64, n, dtype=np.uint64) & ~high)
+    flips = rng.integers(0, 64, (n, 2)).astype(np.uint64)
+    values ^= np.where(rng.random(n) < 0.3, np.uint64(1) << flips[:, 0], np.uint64(0))
+    return values
+
+
+@pytest.mark.parametrize("max_distance,shared,n", [(3, 40, 1200), (8, 30, 1200), (12, 52, 2400)])
+def test_dense_buckets_equal_brute_force(max_distance, shared, n):
+    values = _clustered(n, seed=max_distance, shared_bits=shared)  # 2400 over 6 prototypes: buckets of 256+
+    got = near_pairs(values, max_distance)
+    want = _sorted(*brute_force_pairs(values, max_distance))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("widths,radii", [((16, 16, 16, 16), (2, 1, 1, 1)), ((22, 21, 21), (3, 2, 1)), ((8,) * 8, (1, 0, 0, 0, 0, 0, 0, 0))])
+def test_any_valid_plan_gives_the_brute_force_pairs(widths, radii):
+    from curate.dedup.hamming import Block, Plan, distinct_pairs
+
+    d = sum(t + 1 for t in radii) - 1
+    blocks, shift = [], 64
+    for w, t in zip(widths, radii):
+        shift -= w
+        blocks.append(Block(shift, w, t))
+    values = np.unique(np.concatenate([planted_hashes(900, 60, d, seed=7)[0], _clustered(600, seed=8, shared_bits=36)]))
+    got = distinct_pairs(values, d, plan=Plan(d, tuple(blocks)))
+    want = _sorted(*brute_force_pairs(values, d))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+
+
+def test_cross_pairs_with_the_larger_side_as_query():
+    base, _ = planted_hashes(300, 20, 5, seed=12)
+    query = np.concatenate([_clustered(2500, seed=13, shared_bits=34), base[::5] ^ np.uint64(0b10001), base[:4], base[:4]])
+    a, b, d = cross_pairs(query, base, 5)
+    dist = np.bitwise_count(query[:, None] ^ base[None, :])
+    ra, rb = np.nonzero(dist <= 5)
+    np.testing.assert_array_equal(a, ra)
+    np.testing.assert_array_equal(b, rb)
+    np.testing.assert_array_equal(d, dist[ra, rb])
+
+
+def test_empty_and_tiny_inputs():
+    e = np.zeros(0, np.uint64)
+    for out in (near_pairs(e, 4), cross_pairs(e, e, 4), cross_pairs(np.array([1], np.uint64), e, 4)):
+        assert all(len(x) == 0 for x in out)
+    i, j, d = near_pairs(np.array([5, 5, 7], np.uint64), 1)
+    assert list(zip(i.tolist(), j.tolist(), d.tolist())) == [(0, 1, 0), (0, 2, 1), (1, 2, 1)]
+
+
+@pytest.mark.parametrize("slots", [1, 2, 4, 16])
+def test_table_width_does_not_change_the_pairs(slots):
+    from curate.dedup.hamming import distinct_pairs
+
+    values = np.unique(np.concatenate([_clustered(1500, seed=20, shared_bits=34), planted_hashes(800, 50, 7, seed=21)[0]]))
+    got = distinct_pairs(values, 7, slots=slots)
+    want = _sorted(*brute_force_pairs(values, 7))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

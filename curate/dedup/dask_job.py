@@ -1,0 +1,144 @@
+"""`curate dedup --method phash|sha256 --engine dask`: the dataframe job of curate.dedup.frames on a Dask cluster.
+
+Workers read the column files, explode block keys, join, verify, run the star rounds of the connected
+components and write the output files; the driver builds the task graph and pulls back only counts (the
+plan's input, per-round change counts, statistics).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from curate.dedup import frames as fr
+
+ROWS_PER_PARTITION = 200_000  # shuffles use about one partition per this many rows (tests lower it)
+
+
+def _persist(client, df):
+    # the collection's own persist (not client.persist) returns a frame backed by the computed
+    # partitions, so each star round starts from a short graph
+    return df.persist(scheduler=client) if client is not None else df.persist()
+
+
+def _compute(client, *xs):
+    import dask
+
+    return dask.compute(*xs, scheduler=client) if client is not None else dask.compute(*xs)
+
+
+def _by(df, on, parts: int):
+    """Shuffle so that equal `on` values share a partition (one partition: nothing to move)."""
+    return df.shuffle(on=on, npartitions=parts) if parts > 1 or df.npartitions > 1 else df
+
+
+def _distinct(edges, parts: int):
+    return _by(edges, ["u", "v"], parts).map_partitions(fr.distinct_edges, meta=fr.edges_meta())
+
+
+def _star_round(edges, parts: int):
+    """One large-star step, then one small-star step."""
+    sym = edges.map_partitions(fr.both_ends, meta=fr.edges_meta())
+    edges = _distinct(_by(sym, "u", parts).map_partitions(fr.large_star, meta=fr.edges_meta()), parts)
+    oriented = edges.map_partitions(fr.orient, meta=fr.edges_meta())
+    return _distinct(_by(oriented, "u", parts).map_partitions(fr.small_star, meta=fr.edges_meta()), parts)
+
+
+def components(client, edges, stats: dict, parts: int = 1, max_rounds: int = 200):
+    """Star edges (u -> smallest node of u's component, u > it) by large-star / small-star rounds."""
+    import dask.dataframe as dd
+
+    edges = _persist(client, edges)
+    for rnd in range(1, max_rounds + 1):
+        new = _persist(client, _star_round(edges, parts))
+        both = dd.concat([new.assign(side=np.int8(0)), edges.assign(side=np.int8(1))])
+        unmatched = _by(both, ["u", "v"], parts).map_partitions(fr.count_unmatched, meta=(None, "int64")).sum()
+        (changed,) = _compute(client, unmatched)
+        edges = new
+        if int(changed) == 0:
+            stats["component_rounds"] = rnd
+            return edges
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str,
+               score_column: str | None, staging: Path, stats: dict) -> None:
+    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
+    to `staging`, one per input file."""
+    import dask.dataframe as dd
+
+    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
+    key = "h" if method == "phash" else "k"
+    for f in files:
+        if not f.rows:
+            fr.write_empty(staging / f"{Path(f.path).stem}.parquet", gcol, kcol)
+    nonempty = [f for f in files if f.rows]
+    if not nonempty:
+        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
+                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+        return
+    rows = _persist(client, dd.from_map(fr.read_rows, nonempty, signal=method, meta=fr.rows_meta(), enforce_metadata=False))
+    # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
+    parts = max(1, min(len(nonempty), sum(f.rows for f in nonempty) // ROWS_PER_PARTITION + 1))
+    stats["partitions"] = parts
+    valid = rows[rows.valid][["row", key, "uid"]]
+    nodes = _persist(client, _by(valid[["row", key]], key, parts).map_partitions(fr.min_row_per_key, key, meta=fr.nodes_meta(key)))
+    total, present, nvalid, nnodes, missing_status = _compute(
+        client, rows.row.count(), rows.present.sum(), rows.valid.sum(), nodes.node.count(),
+        rows[~rows.present].status.fillna("null").value_counts())
+    total, present, nvalid = int(total), int(present), int(nvalid)
+    stats["rows"] = total
+    stats["malformed"] = present - nvalid
+    if stats["malformed"]:
+        (ex,) = _compute(client, rows[rows.present & ~rows.valid][["row", "uid", "bad"]].nsmallest(5, "row"))
+        stats["malformed_examples"] = [{"uid": u, method: b} for u, b in zip(ex.uid, ex.bad)]
+    stats["without_value"] = total - present
+    if stats["without_value"] and method == "phash":
+        stats["without_value_by_status"] = {str(k): int(v) for k, v in missing_status.items()}
+    stats["distinct_hashes"] = int(nnodes)
+    if method == "phash":
+        plan = fr.join_plan(int(nnodes), max_distance)
+        stats["plan"] = plan.describe()
+        flips = fr.explode_tables(plan)
+        node_h = nodes[["node", "h"]]
+        left = node_h.map_partitions(fr.explode, flips["left"], meta=fr.explode_meta())
+        right = node_h.map_partitions(fr.explode, flips["right"], meta=fr.explode_meta())
+        joined = left.merge(right, on=["b", "z"], suffixes=("_l", "_r"), npartitions=parts)
+        edges = _persist(client, joined.map_partitions(fr.keep_edges, plan, meta=fr.edges_meta()))
+        (npairs,) = _compute(client, edges.u.count())
+        stats["pairs_of_distinct_hashes"] = int(npairs)
+        stars = components(client, edges, stats, parts) if npairs else edges
+        labels = stars.rename(columns={"u": "node", "v": "label"})
+        grouped = valid.merge(nodes, on=key, npartitions=parts).merge(labels, on="node", how="left", npartitions=parts)
+        grouped = grouped.assign(group=grouped.label.fillna(grouped.node).astype("int64"))[["row", "uid", "group"]]
+    else:  # identical digests: the group is the smallest row holding the digest
+        grouped = valid.merge(nodes, on=key, npartitions=parts).rename(columns={"node": "group"})[["row", "uid", "group"]]
+    if keep != "first":
+        col = fr.score_column(pool_root, score_column)
+        stats["score_column"] = col
+        from curate.pool import Pool
+
+        parts_list = [(str(pool_root), p.path, col) for p in Pool(pool_root).partitions()]
+        scores = dd.from_map(fr.read_scores, parts_list, meta=fr.scores_meta(), enforce_metadata=False)
+        # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
+        scores = _by(scores, "uid", parts).map_partitions(fr.max_score_per_uid, meta=fr.scores_meta())
+        grouped = grouped.merge(scores, on="uid", how="left", npartitions=parts)
+    grouped = _persist(client, _by(grouped, "group", parts).map_partitions(fr.pick_keepers, keep, meta=fr.kept_meta()))
+    (counts,) = _compute(client, grouped.map_partitions(fr.group_sizes, meta={"groups": "int64", "dups": "int64",
+                                                                                "largest": "int64", "kept": "int64"}))
+    kept = int(counts.kept.sum())
+    stats.update({"groups": int(counts.groups.sum()), "groups_with_duplicates": int(counts.dups.sum()),
+                  "largest_group": int(counts.largest.max()) if len(counts) else 0, "kept": kept,
+                  "rows_grouped": nvalid, "removed_as_duplicates": nvalid - kept})
+    out = rows[["row", "file", "uid"]].merge(grouped[["row", "group", "keep"]], on="row", how="left", npartitions=parts)
+    out = _by(out, "file", max(1, min(len(nonempty), out.npartitions)))
+    names = {f.index: f.path for f in files}
+    written = out.map_partitions(fr.write_files, names, str(staging), gcol, kcol, meta=fr.written_meta())
+    (done,) = _compute(client, written)
+    missing = {f.index for f in nonempty} - set(done.file.tolist())
+    if missing:
+        raise RuntimeError(f"dedup output missing for files {sorted(missing)}")
+
+
+__all__ = ["components", "dask_dedup"]

@@ -1,0 +1,206 @@
+"""`curate dedup --method phash|sha256 --engine spark`: the dataframe job of curate.dedup.frames on Spark.
+
+Executors read the phash files (mapInPandas over the file list) and write the output files
+(applyInPandas per file); block keys, the join, verification, the star rounds of the connected
+components and the keep rule are Spark SQL (bit_count, shifts and XOR on longs; no Python UDFs). The
+driver collects only counts and the per-file row counts it wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curate.dedup import frames as fr
+
+ROW_SCHEMA = "row long, file int, uid string, h long, k string, valid boolean, present boolean, status string, bad string"
+
+
+def _read_batches(batches):
+    for pdf in batches:
+        for path, index, offset, rows, signal in zip(pdf.path, pdf["index"], pdf.offset, pdf.rows, pdf.signal):
+            yield fr.read_rows(fr.ColumnFile(int(index), str(path), int(offset), int(rows)), str(signal))
+
+
+def _lowest_bits(d, k: int):
+    """Spark column: the lowest min(k, popcount(d)) set bits of d."""
+    from pyspark.sql import functions as F
+
+    acc = F.lit(0).cast("long")
+    for _ in range(k):
+        low = d.bitwiseAND(-d)
+        acc = acc.bitwiseOR(low)
+        d = d.bitwiseXOR(low)
+    return acc
+
+
+def _large_star(edges):
+    from pyspark.sql import functions as F
+
+    sym = edges.unionByName(edges.select(F.col("v").alias("u"), F.col("u").alias("v")))
+    low = sym.groupBy("u").agg(F.min("v").alias("m"))
+    j = sym.join(low, "u").where(F.col("v") > F.col("u"))
+    return j.select(F.col("v").alias("u"), F.least("m", "u").alias("v")).distinct()
+
+
+def _small_star(edges):
+    from pyspark.sql import functions as F
+
+    o = edges.select(F.greatest("u", "v").alias("u"), F.least("u", "v").alias("v"))
+    low = o.groupBy("u").agg(F.min("v").alias("m"))
+    moved = o.join(low, "u").where(F.col("v") != F.col("m")).select(F.col("v").alias("u"), F.col("m").alias("v"))
+    return moved.unionByName(low.select("u", F.col("m").alias("v"))).distinct()
+
+
+def components(edges, stats: dict, max_rounds: int = 200):
+    """Star edges (u -> smallest node of u's component) by large-star / small-star rounds."""
+    edges = edges.localCheckpoint()
+    for rnd in range(1, max_rounds + 1):
+        new = _small_star(_large_star(edges)).localCheckpoint()
+        changed = new.exceptAll(edges).unionByName(edges.exceptAll(new)).limit(1).count()
+        edges = new
+        if changed == 0:
+            stats["component_rounds"] = rnd
+            return edges
+    raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
+
+
+def _phash_groups(spark, valid, nodes, nnodes: int, max_distance: int, stats: dict):
+    """(row, uid, group) of the valid rows: block-key join, verification, star rounds."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    plan = fr.join_plan(nnodes, max_distance)
+    stats["plan"] = plan.describe()
+    flips = fr.explode_tables(plan)
+    sides = []
+    for side, tag in (("left", "l"), ("right", "r")):
+        fl = spark.createDataFrame(pd.DataFrame(flips[side], columns=["b", "shift", "bmask", "f"]))
+        key = F.expr("shiftrightunsigned(h, cast(shift as int))").bitwiseAND(F.col("bmask"))
+        sides.append(nodes.crossJoin(F.broadcast(fl)).select(
+            "b", key.bitwiseXOR(F.col("f")).alias("z"), F.col("node").alias(f"node_{tag}"), F.col("h").alias(f"h_{tag}"),
+            F.col("f").alias(f"f_{tag}")))
+    joined = sides[0].join(sides[1], ["b", "z"])
+    x = F.col("h_l").bitwiseXOR(F.col("h_r"))
+    cond = (F.col("node_l") < F.col("node_r")) & (F.bit_count(x) <= plan.max_distance)
+    d = F.col("f_l").bitwiseXOR(F.col("f_r"))  # = key_l ^ key_r
+    canonical = None
+    for b, blk in enumerate(plan.blocks):
+        c = F.col("f_l") == _lowest_bits(d, fr.halves(blk.radius)[0])
+        canonical = (F.col("b") != b) | c if canonical is None else canonical & ((F.col("b") != b) | c)
+        within = F.bit_count(F.shiftrightunsigned(x, blk.shift).bitwiseAND(F.lit(blk.mask))) <= blk.radius
+        cond = cond & ~(within & (F.col("b") > b))
+    edges = joined.where(cond & canonical).select(F.col("node_l").alias("u"), F.col("node_r").alias("v")).localCheckpoint()
+    npairs = edges.count()
+    stats["pairs_of_distinct_hashes"] = npairs
+    stars = components(edges, stats) if npairs else edges
+    labels = stars.select(F.col("u").alias("node"), F.col("v").alias("label"))
+    grouped = (valid.join(nodes, "h").join(labels, "node", "left")
+               .select("row", "uid", F.coalesce("label", "node").alias("group")))
+    return grouped
+
+
+def spark_dedup(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
+                staging: Path, stats: dict) -> None:
+    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
+    to `staging`, one per input file."""
+    previous = spark.conf.get("spark.sql.shuffle.partitions")
+    total_rows = sum(f.rows for f in files)
+    # Spark's default of 200 shuffle partitions is for big joins; a small pool would wait on empty tasks.
+    spark.conf.set("spark.sql.shuffle.partitions", str(max(2, min(2000, total_rows // 50_000))))
+    try:
+        _job(spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", previous)
+
+
+def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
+         staging: Path, stats: dict) -> None:
+    import pandas as pd
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
+    key = "h" if method == "phash" else "k"
+    nonempty = [f for f in files if f.rows]
+    for f in files:
+        if not f.rows:
+            fr.write_empty(staging / f"{Path(f.path).stem}.parquet", gcol, kcol)
+    if not nonempty:
+        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
+                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+        return
+    listing = pd.DataFrame({"path": [f.path for f in nonempty], "index": [f.index for f in nonempty],
+                            "offset": [f.offset for f in nonempty], "rows": [f.rows for f in nonempty],
+                            "signal": [method] * len(nonempty)})
+    file_rdd = spark.sparkContext.parallelize(listing.to_dict("records"), numSlices=len(nonempty))
+    file_df = spark.createDataFrame(file_rdd, "path string, index int, offset long, rows long, signal string")
+    rows = file_df.mapInPandas(_read_batches, ROW_SCHEMA).cache()
+    agg = rows.agg(F.count("*").alias("n"), F.sum(F.col("present").cast("long")).alias("present"),
+                   F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
+    total, present, nvalid = int(agg["n"]), int(agg["present"] or 0), int(agg["valid"] or 0)
+    stats["rows"] = total
+    stats["malformed"] = present - nvalid
+    if stats["malformed"]:
+        ex = rows.where(F.col("present") & ~F.col("valid")).orderBy("row").limit(5).select("uid", "bad").collect()
+        stats["malformed_examples"] = [{"uid": r["uid"], method: r["bad"]} for r in ex]
+    stats["without_value"] = total - present
+    if stats["without_value"] and method == "phash":
+        by = rows.where(~F.col("present")).groupBy(F.coalesce(F.col("status"), F.lit("null")).alias("s")).count().collect()
+        stats["without_value_by_status"] = {r["s"]: int(r["count"]) for r in by}
+    valid = rows.where("valid").select("row", key, "uid")
+    nodes = valid.groupBy(key).agg(F.min("row").alias("node")).cache()
+    nnodes = nodes.count()
+    stats["distinct_hashes"] = nnodes
+    if method == "phash":
+        grouped = _phash_groups(spark, valid, nodes, nnodes, max_distance, stats)
+    else:  # identical digests: the group is the smallest row holding the digest
+        grouped = valid.join(nodes, key).select("row", "uid", F.col("node").alias("group"))
+    if keep == "first":
+        grouped = grouped.withColumn("keep", F.col("row") == F.col("group"))
+    else:
+        col = fr.score_column(pool_root, score_column)
+        stats["score_column"] = col
+        from curate.pool import Pool
+
+        parts = [{"pool": str(pool_root), "path": p.path, "col": col} for p in Pool(pool_root).partitions()]
+        part_df = spark.createDataFrame(spark.sparkContext.parallelize(parts, numSlices=len(parts)), "pool string, path string, col string")
+
+        def read_scores(batches):
+            for pdf in batches:
+                for pool, path, c in zip(pdf["pool"], pdf["path"], pdf["col"]):
+                    yield fr.read_scores((pool, path, c))
+
+        # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
+        raw = part_df.mapInPandas(read_scores, "uid string, score double")
+        # NaN as null first: Spark orders NaN above every number, pandas and numpy skip or sink it
+        raw = raw.select("uid", F.when(F.isnan("score"), F.lit(None)).otherwise(F.col("score")).alias("score"))
+        scores = raw.groupBy("uid").agg(F.max("score").alias("score"))
+        g = grouped.join(scores, "uid", "left")
+        # NaN and null rank last, like keep_representatives; ties go to the smallest row
+        s = F.when(F.col("score").isNull() | F.isnan("score"), F.lit(float("-inf"))).otherwise(F.col("score"))
+        w = Window.partitionBy("group").orderBy(s.desc(), F.col("row").asc())
+        grouped = g.withColumn("rank", F.row_number().over(w)).select("row", "uid", "group", (F.col("rank") == 1).alias("keep"))
+    grouped = grouped.cache()
+    sizes = grouped.groupBy("group").agg(F.count("*").alias("count"), F.sum(F.col("keep").cast("long")).alias("kept"))
+    sz = sizes.agg(F.count("*").alias("g"), F.sum((F.col("count") > 1).cast("long")).alias("dup"),
+                   F.max("count").alias("largest"), F.sum("kept").alias("kept")).collect()[0]
+    kept = int(sz["kept"] or 0)
+    stats.update({"groups": int(sz["g"]), "groups_with_duplicates": int(sz["dup"] or 0), "largest_group": int(sz["largest"] or 0),
+                  "kept": int(kept), "rows_grouped": nvalid, "removed_as_duplicates": nvalid - int(kept)})
+    out = rows.select("row", "file", "uid").join(grouped.select("row", "group", "keep"), "row", "left")
+    names = {f.index: f.path for f in files}
+    where = str(staging)
+
+    def write(pdf):
+        return fr.write_files(pdf, names, where, gcol, kcol)
+
+    done = out.groupBy("file").applyInPandas(write, "file long, rows long").collect()
+    missing = {f.index for f in nonempty} - {int(r["file"]) for r in done}
+    if missing:
+        raise RuntimeError(f"dedup output missing for files {sorted(missing)}")
+    rows.unpersist()
+    nodes.unpersist()
+    grouped.unpersist()
+
+
+__all__ = ["components", "spark_dedup"]
