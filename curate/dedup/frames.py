@@ -35,13 +35,12 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from curate.dedup.hamming import BITS, Block, Plan, _radii, _split, ball_size, flip_masks, parse_hex64
+from curate.dedup.hamming import Plan, ball_size, flip_masks, make_plan, parse_hex64
 
 MAX_JOIN_BLOCK_BITS = 32  # block values are joined, not direct-addressed: any width up to 32 bits
 
@@ -69,28 +68,18 @@ def halves(radius: int) -> tuple[int, int]:
     return (radius + 1) // 2, radius // 2
 
 
+def _join_cost(n: int, widths, radii) -> float:
+    """Exploded rows (each side flips half the radius) plus joined rows."""
+    cost = 0.0
+    for w, t in zip(widths, radii):
+        ra, rb = halves(t)
+        cost += n * (ball_size(w, ra) + ball_size(w, rb)) + n * n / 2 * ball_size(w, t) / 2.0 ** w
+    return cost
+
+
 def join_plan(n: int, max_distance: int) -> Plan:
     """The block plan with the fewest exploded plus joined rows for n distinct hashes."""
-    if not 0 <= max_distance < BITS:
-        raise ValueError(f"max distance must be in 0..{BITS - 1}, got {max_distance}")
-    best = None
-    for m in range(math.ceil(BITS / MAX_JOIN_BLOCK_BITS), min(BITS, max_distance + 1) + 1):
-        widths = _split(m)
-        radii = _radii(widths, max_distance)
-        cost = 0.0
-        for w, t in zip(widths, radii):
-            ra, rb = halves(t)
-            cost += n * (ball_size(w, ra) + ball_size(w, rb)) + n * n / 2 * ball_size(w, t) / 2.0 ** w
-        if best is None or cost < best[0]:
-            best = (cost, widths, radii)
-    if best is None:  # D = 0 with 2 blocks minimum
-        best = (0.0, _split(2), [0, 0])
-    _, widths, radii = best
-    blocks, shift = [], BITS
-    for w, t in zip(widths, radii):
-        shift -= w
-        blocks.append(Block(shift, w, t))
-    return Plan(max_distance, tuple(blocks))
+    return make_plan(n, max_distance, cost=_join_cost, max_block_bits=MAX_JOIN_BLOCK_BITS)
 
 
 # --- 1. rows -----------------------------------------------------------------------------------------------

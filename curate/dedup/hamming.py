@@ -122,20 +122,20 @@ def plan_cost(n: int, widths, radii) -> float:
     return cost
 
 
-def make_plan(n: int, max_distance: int) -> Plan:
-    """The block plan with the least estimated work for n distinct hashes (plan_cost)."""
+def make_plan(n: int, max_distance: int, cost=plan_cost, max_block_bits: int = MAX_BLOCK_BITS) -> Plan:
+    """The block plan with the least estimated work for n distinct hashes (`cost(n, widths, radii)`;
+    default plan_cost) among plans of blocks at most `max_block_bits` wide."""
     if not 0 <= max_distance < BITS:
         raise ValueError(f"max distance must be in 0..{BITS - 1}, got {max_distance}")
+    fewest = math.ceil(BITS / max_block_bits)
     best = None
-    for m in range(math.ceil(BITS / MAX_BLOCK_BITS), min(BITS, max_distance + 1) + 1):
+    # With fewer than D + 1 blocks some radius is positive; with `fewest` > D + 1 blocks all radii are 0.
+    for m in range(fewest, max(fewest, min(BITS, max_distance + 1)) + 1):
         widths = _split(m)
         radii = _radii(widths, max_distance)
-        cost = plan_cost(n, widths, radii)
-        if best is None or cost < best[0]:
-            best = (cost, widths, radii)
-    if best is None:  # D = 0..1 with ceil(64/22) = 3 blocks: radii 0
-        widths = _split(3)
-        best = (0.0, widths, [0, 0, 0])
+        c = cost(n, widths, radii)
+        if best is None or c < best[0]:
+            best = (c, widths, radii)
     _, widths, radii = best
     blocks, shift = [], BITS
     for w, t in zip(widths, radii):
