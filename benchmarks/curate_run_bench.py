@@ -89,6 +89,9 @@ def fast_metadata(n: int, seed: int, null_rate: float = 0.01):
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    sys.path.insert(0, str(REPO))
+    from curate.demo.metadata import sizes_and_scores
+
     rng = np.random.default_rng(seed)
     uid = _hex_strings(rng, n, 16)
     url = pc.binary_join_element_wise(
@@ -110,15 +113,7 @@ def fast_metadata(n: int, seed: int, null_rate: float = 0.01):
     lists = pa.ListArray.from_arrays(pa.array(offsets), pa.array(vocab).take(pa.array(flat)))
     text = pc.binary_join(lists, " ")
     text = pc.if_else(pa.array(kind == 3), pa.scalar(None, pa.string()), text)
-    # sizes and scores exactly as generate_metadata() draws them
-    side = rng.choice([64, 150, 199, 200, 256, 320, 512, 640, 1024], size=n)
-    aspect = rng.choice([1.0, 1.33, 1.5, 2.0, 3.0, 3.01, 5.0], size=n, p=[0.4, 0.2, 0.15, 0.1, 0.05, 0.05, 0.05])
-    width = side.astype(np.int64)
-    height = np.round(side * aspect).astype(np.int64)
-    swap = rng.random(n) < 0.5
-    width, height = np.where(swap, height, width), np.where(swap, width, height)
-    b32 = rng.normal(0.27, 0.05, n).astype(np.float32)
-    l14 = (b32 * 0.9 + rng.normal(0.0, 0.02, n)).astype(np.float32)
+    width, height, b32, l14 = sizes_and_scores(rng, n)  # as generate_metadata() draws them
     return pa.table({
         "uid": uid,
         "url": url,

@@ -23,6 +23,19 @@ def random_uids(rng: np.random.Generator, n: int) -> list[str]:
     return [f"{int(a):016x}{int(b):016x}" for a, b in raw]
 
 
+def sizes_and_scores(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Image sizes (tiny, odd and extreme-aspect ones included) and float32 CLIP B/32 and L/14 scores."""
+    side = rng.choice([64, 150, 199, 200, 256, 320, 512, 640, 1024], size=n)
+    aspect = rng.choice([1.0, 1.33, 1.5, 2.0, 3.0, 3.01, 5.0], size=n, p=[0.4, 0.2, 0.15, 0.1, 0.05, 0.05, 0.05])
+    width = side.astype(np.int64)
+    height = np.round(side * aspect).astype(np.int64)
+    swap = rng.random(n) < 0.5
+    width, height = np.where(swap, height, width), np.where(swap, width, height)
+    b32 = rng.normal(0.27, 0.05, n).astype(np.float32)
+    l14 = (b32 * 0.9 + rng.normal(0.0, 0.02, n)).astype(np.float32)
+    return width, height, b32, l14
+
+
 def generate_metadata(n: int, seed: int = 0, url_prefix: str = "http://127.0.0.1:1/img/", null_rate: float = 0.01) -> pa.Table:
     """n rows of DataComp-schema metadata (uid, url, text, original_width, original_height, clip scores, sha256)."""
     rng = np.random.default_rng(seed)
@@ -42,14 +55,7 @@ def generate_metadata(n: int, seed: int = 0, url_prefix: str = "http://127.0.0.1
             texts.append(SHORT[short[i]])
         else:
             texts.append(None)
-    side = rng.choice([64, 150, 199, 200, 256, 320, 512, 640, 1024], size=n)
-    aspect = rng.choice([1.0, 1.33, 1.5, 2.0, 3.0, 3.01, 5.0], size=n, p=[0.4, 0.2, 0.15, 0.1, 0.05, 0.05, 0.05])
-    width = side.astype(np.int64)
-    height = np.round(side * aspect).astype(np.int64)
-    swap = rng.random(n) < 0.5
-    width, height = np.where(swap, height, width), np.where(swap, width, height)
-    b32 = rng.normal(0.27, 0.05, n).astype(np.float32)
-    l14 = (b32 * 0.9 + rng.normal(0.0, 0.02, n)).astype(np.float32)
+    width, height, b32, l14 = sizes_and_scores(rng, n)
     mask_null = rng.random(n) < null_rate
     b32_arr = pa.array(b32, mask=mask_null)
     l14_arr = pa.array(l14, mask=rng.random(n) < null_rate)

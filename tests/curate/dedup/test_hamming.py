@@ -45,16 +45,20 @@ def test_plan_is_a_valid_pigeonhole_cover():
             assert all(b.nbits <= 22 for b in plan.blocks)
 
 
+def _assert_cross_equals_brute_force(query, base, d_max):
+    a, b, d = cross_pairs(query, base, d_max)
+    dist = np.bitwise_count(query[:, None] ^ base[None, :])
+    ra, rb = np.nonzero(dist <= d_max)
+    np.testing.assert_array_equal(a, ra)
+    np.testing.assert_array_equal(b, rb)
+    np.testing.assert_array_equal(d, dist[ra, rb])
+
+
 def test_cross_pairs_equal_brute_force():
     rng = np.random.default_rng(3)
     base, _ = planted_hashes(2000, 50, 6, seed=3)
     query = np.concatenate([rng.integers(0, 2**64, 300, dtype=np.uint64), base[::37] ^ np.uint64(0b1011), base[:3]])
-    a, b, d = cross_pairs(query, base, 6)
-    dist = np.bitwise_count(query[:, None] ^ base[None, :])
-    ra, rb = np.nonzero(dist <= 6)
-    np.testing.assert_array_equal(a, ra)
-    np.testing.assert_array_equal(b, rb)
-    np.testing.assert_array_equal(d, dist[ra, rb])
+    _assert_cross_equals_brute_force(query, base, 6)
 
 
 def test_parse_hex64_flags_malformed():
@@ -103,12 +107,7 @@ def test_any_valid_plan_gives_the_brute_force_pairs(widths, radii):
 def test_cross_pairs_with_the_larger_side_as_query():
     base, _ = planted_hashes(300, 20, 5, seed=12)
     query = np.concatenate([_clustered(2500, seed=13, shared_bits=34), base[::5] ^ np.uint64(0b10001), base[:4], base[:4]])
-    a, b, d = cross_pairs(query, base, 5)
-    dist = np.bitwise_count(query[:, None] ^ base[None, :])
-    ra, rb = np.nonzero(dist <= 5)
-    np.testing.assert_array_equal(a, ra)
-    np.testing.assert_array_equal(b, rb)
-    np.testing.assert_array_equal(d, dist[ra, rb])
+    _assert_cross_equals_brute_force(query, base, 5)
 
 
 def test_empty_and_tiny_inputs():
