@@ -7,6 +7,11 @@
         samples/s of each and the ratio (target: train >= 1.3x open_clip, data-wait < 5%).
     python benchmarks/train_bench.py cpu
         times `train --scale tiny` end to end on CPU (the demo), on 256 px JPEG shards.
+    python benchmarks/train_bench.py cpu-compare [--model datacomp-tiny|ViT-S-32] [--steps 60] [--batch-size 64]
+        the gpu mode's side-by-side on a CPU: `train` and `open_clip_train.main` with the same model, batch,
+        samples, precision (fp32) and loader workers on the same shards, run alternately --repeats times.
+        It checks the gpu mode's plumbing where no GPU is lent, and shows the loader's share on a small model
+        (datacomp-tiny: 32 px images, so decoding dominates) and on a compute-bound one (ViT-S-32).
 
 Throughput is the median samples/s over logged steps after the first 10% (start-up and warm-up excluded);
 wall time includes everything (imports, model build, data start, checkpoints).
@@ -102,31 +107,96 @@ def run_train(scale, data, out: Path, gpus, samples=None, batch_size=None, worke
     }
 
 
-OPEN_CLIP_RATE = re.compile(r"Batch \(t\): [\d.]+, ([\d.]+)/s, ([\d.]+)/s/gpu")
 OPEN_CLIP_DATA = re.compile(r"Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+)")
 
 
-def run_open_clip(data, out: Path, gpus, samples, batch_size, workers=4) -> dict:
-    """open_clip's own training with the flags DataComp's training/train.py passes for the `small` scale."""
-    cmd = [*_launcher(gpus), "-m", "open_clip_train.main",
-           "--train-data", data, "--train-num-samples", str(samples), "--dataset-type", "webdataset",
-           "--dataset-resampled", "--batch-size", str(batch_size), "--epochs", "1", "--lr", "5e-4",
-           "--wd", "0.2", "--warmup", "500", "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
-           "--model", "ViT-B-32", "--precision", "amp", "--workers", str(workers), "--seed", "0",
-           "--local-loss", "--gather-with-grad", "--grad-checkpointing", "--save-frequency", "1",
-           "--logs", str(out), "--name", "open_clip", "--log-every-n-steps", "10", "--report-to", ""]
+# open_clip_torch's `training` extra pins webdataset<=0.2.86: with our 0.2.111, open_clip_train's
+# group_by_keys_nothrow fails on the end-of-shard marker newer webdataset yields (KeyError 'fname'). The
+# reference runs with 0.2.86 first on its PYTHONPATH, installed by pip --target (or from a wheel folder with
+# --ref-wheels, for a machine without network); our trainer keeps the project's pin.
+REF_WEBDATASET = "webdataset==0.2.86"
+
+
+def reference_path(work: Path, wheels: Path | None) -> str:
+    target = work / "ref_webdataset"
+    if not (target / "webdataset").is_dir():
+        cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target), REF_WEBDATASET]
+        if wheels:
+            cmd += ["--no-index", "--find-links", str(wheels)]
+        subprocess.run(cmd, check=True)
+    return str(target.resolve())
+
+
+# open_clip_train.main with the project's model configs (configs/models) registered, for models such as
+# datacomp-tiny that open_clip does not ship
+OPEN_CLIP_MAIN = ("import sys, open_clip; from train.scales import MODELS_DIR; open_clip.add_model_config(MODELS_DIR); "
+                  "from open_clip_train.main import main; main(sys.argv[1:])")
+
+
+def run_open_clip(data, out: Path, gpus, samples, batch_size, ref_path: str, workers=4, model="ViT-B-32",
+                  precision="amp", lr="5e-4", warmup="500", extra=("--grad-checkpointing",)) -> dict:
+    """open_clip's own training with the flags DataComp's training/train.py passes (defaults: the `small` scale)."""
+    cmd = [*_launcher(gpus), "-c", OPEN_CLIP_MAIN] if gpus <= 1 else [*_launcher(gpus), "-m", "open_clip_train.main"]
+    cmd += ["--train-data", data, "--train-num-samples", str(samples), "--dataset-type", "webdataset",
+            "--dataset-resampled", "--batch-size", str(batch_size), "--epochs", "1", "--lr", str(lr),
+            "--wd", "0.2", "--warmup", str(warmup), "--beta1", "0.9", "--beta2", "0.98", "--eps", "1e-6",
+            "--model", model, "--precision", precision, "--workers", str(workers), "--seed", "0",
+            "--local-loss", "--gather-with-grad", *extra, "--save-frequency", "1",
+            "--logs", str(out), "--name", "open_clip", "--log-every-n-steps", "10", "--report-to", ""]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [ref_path, os.environ.get("PYTHONPATH")]))}
     t = time.time()
-    subprocess.run(cmd, check=True)
+    subprocess.run(cmd, check=True, env=env)
     wall = time.time() - t
     text = (out / "open_clip" / "out.log").read_text()
-    rates = [float(m.group(1)) for m in OPEN_CLIP_RATE.finditer(text)]
-    waits = [float(d) / float(b) for d, b in OPEN_CLIP_DATA.findall(text) if float(b) > 0]
+    # open_clip prints the last step's rate; the averages over each logging window (Data/Batch (t)) are the
+    # comparable numbers to our log.jsonl windows
+    windows = [(float(d), float(b)) for d, b in OPEN_CLIP_DATA.findall(text) if float(b) > 0]
+    rates = [batch_size * gpus / b for _, b in windows]
+    waits = [d / b for d, b in windows]
     return {"wall_s": wall, "samples_per_s": _steady(rates), "data_wait": _steady(waits)}
+
+
+def cpu_compare(work: Path, args) -> int:
+    """Both trainers on a CPU, same model/batch/samples/precision/workers, alternated to share the load."""
+    batch = args.batch_size or 64
+    samples = args.steps * batch
+    workers = args.workers if args.workers is not None else 1
+    data = make_shards(work / "shards_cpu", args.shards or 8, args.per_shard or 512)
+    ref = reference_path(work, args.ref_wheels)
+    results = {"train": [], "open_clip": []}
+    for r in range(args.repeats):
+        for name in ("train", "open_clip"):
+            out = work / f"run_{name}_{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            if name == "train":
+                extra = ["--device", "cpu", "--precision", "fp32", "--log-every", "10", "--grad-checkpointing", "off"]
+                if args.model != "datacomp-tiny":
+                    extra += ["--model", args.model]
+                results[name].append(run_train("tiny", data, out, 1, samples=samples, batch_size=batch,
+                                               workers=workers, extra=extra))
+            else:
+                results[name].append(run_open_clip(data, out, 1, samples, batch, ref, workers=workers, model=args.model,
+                                                   precision="fp32", lr="1e-3", warmup="8", extra=()))
+            print(name, r, json.dumps(results[name][-1]), flush=True)
+    rate = {k: statistics.median(x["samples_per_s"] for x in v) for k, v in results.items()}
+    wait = {k: statistics.median(x["data_wait"] for x in v) for k, v in results.items()}
+    wall = {k: statistics.median(x["wall_s"] for x in v) for k, v in results.items()}
+    print(json.dumps({"model": args.model, "batch": batch, "steps": args.steps, "workers": workers,
+                      "samples_per_s": rate, "data_wait": wait, "wall_s": wall,
+                      "ratio": rate["train"] / rate["open_clip"]}, indent=2))
+    print(f"{args.model}, CPU, batch {batch}, {args.steps} steps: train {rate['train']:.1f} samples/s vs open_clip "
+          f"{rate['open_clip']:.1f}: {rate['train'] / rate['open_clip']:.2f}x (data wait {wait['train']:.1%} vs "
+          f"{wait['open_clip']:.1%}; wall {wall['train']:.0f} s vs {wall['open_clip']:.0f} s)")
+    return 0
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=("gpu", "cpu"))
+    p.add_argument("mode", choices=("gpu", "cpu", "cpu-compare"))
+    p.add_argument("--model", default="datacomp-tiny", help="cpu-compare: the model both trainers train")
+    p.add_argument("--ref-wheels", type=Path, default=None,
+                   help=f"folder holding the {REF_WEBDATASET} wheel for the reference (machines without network)")
+    p.add_argument("--repeats", type=int, default=2, help="cpu-compare: alternating runs of each trainer")
     p.add_argument("--work", type=Path, default=None, help="folder for shards and runs (default: a temp dir)")
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--steps", type=int, default=300)
@@ -151,6 +221,9 @@ def main(argv=None) -> int:
                   f"loss {r['first_loss']:.3f} -> {r['last_loss']:.3f}")
             return 0
 
+        if args.mode == "cpu-compare":
+            return cpu_compare(work, args)
+
         batch = args.batch_size or 4096 // args.gpus
         samples = args.steps * batch * args.gpus
         workers = args.workers if args.workers is not None else max(1, min(8, (os.cpu_count() or 2) // args.gpus - 1))
@@ -161,7 +234,8 @@ def main(argv=None) -> int:
             shutil.rmtree(work / name, ignore_errors=True)
         ours = run_train("small", data, work / "run_train", args.gpus, samples=samples, batch_size=batch,
                          workers=workers)
-        ref = run_open_clip(data, work / "run_open_clip", args.gpus, samples, batch, workers=workers)
+        ref = run_open_clip(data, work / "run_open_clip", args.gpus, samples, batch, reference_path(work, args.ref_wheels),
+                            workers=workers)
         ratio = ours["samples_per_s"] / ref["samples_per_s"] if ours["samples_per_s"] and ref["samples_per_s"] else None
         print(json.dumps({"train": ours, "open_clip": ref, "ratio": ratio, "gpus": args.gpus,
                           "batch_per_gpu": batch, "steps": args.steps, "workers": workers}, indent=2))
