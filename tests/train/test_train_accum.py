@@ -75,9 +75,16 @@ def _final(run) -> dict:
 
 
 def _assert_close(a: dict, b: dict) -> None:
+    """Weights after a few AdamW steps: almost every element within 1e-5, and none off by more than 1e-4.
+
+    Adam moves an element by about lr * g / (|g| + eps): where a gradient is ~1e-7, the last bits that the
+    two runs' different summation orders leave in it move that element by up to ~lr/100 (1.1e-5 seen on an
+    AVX-512 machine). A wrong accumulation changes most updates by ~lr (1.25e-4 to 3.75e-4 in these steps)."""
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-4, msg=lambda m: f"{name}: {m}")
+        loose = ~torch.isclose(a[name], b[name], rtol=1e-4, atol=1e-5)
+        assert int(loose.sum()) <= max(1, loose.numel() // 100), f"{name}: {int(loose.sum())} of {loose.numel()} elements off by > 1e-5"
 
 
 def test_cli_accumulation_trains_as_the_full_batch(shards, tmp_path):

@@ -74,4 +74,7 @@ def test_two_processes_match_one(tmp_path):
             assert got["loss"] == pytest.approx(expected_loss, rel=1e-5)
             assert got["grads"].keys() == expected.keys()
             for name, grad in expected.items():
-                torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=f"{sizes} {name}")
+                # atol scales with the tensor: gloo's and one process's reductions add in different orders, and
+                # AVX-512 kernels split them differently again (a 1.6e-6 difference seen in a gradient of max 0.05)
+                atol = max(1e-6, 1e-4 * float(grad.abs().max()))
+                torch.testing.assert_close(got["grads"][name], grad, rtol=1e-4, atol=atol, msg=lambda m: f"{sizes} {name}: {m}")
