@@ -4,7 +4,9 @@ imagehash 4.x: `img.convert("L").resize((32, 32), LANCZOS)`, then
 `scipy.fftpack.dct(scipy.fftpack.dct(pixels, axis=0), axis=1)`, top-left 8x8 block, bit = value > median.
 
 Why it is faster and still exact:
-- the resize is `resize.resize32`, Pillow's fixed-point arithmetic as exact float64 matrix products;
+- `convert("L")` and the resize are one compiled pass (`resize.resize32_packed`, Pillow's integer
+  arithmetic), reading an RGB or L image's pixels in place through Pillow's Arrow export: no copy and
+  no "L" image; other modes (CMYK, P, RGBA, I;16, ...) still go through Pillow's own `convert("L")`;
 - only the 8x8 low-frequency block is computed, as C @ P @ C.T with the 8x32 DCT-II basis
   C[k, n] = 2 cos(pi k (2n + 1) / 64) (scipy's unnormalised DCT-II), batched over a shard as one matmul;
 - a bit depends on floating-point order only when the two middle coefficients nearly tie (flat
@@ -21,10 +23,10 @@ from __future__ import annotations
 from typing import Iterable, Sequence
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image
 
-from curate.signals.decode import convert
-from curate.signals.resize import SIZE, resize32
+from curate.signals.resize import RGBX, SIZE, packed, resize32_packed
 
 HASH_SIZE = 8
 _N = np.arange(SIZE)
@@ -34,9 +36,36 @@ DCT_BASIS.setflags(write=False)
 _TIE_RTOL = 1e-9
 
 
+# Modes whose pixels the kernel converts itself, exactly as Pillow's convert("L") would.
+KERNEL_MODES = ("RGB", "L")
+
+
+def luminance_source(image: Image.Image) -> Image.Image:
+    """The image `pixels32` reads: itself for RGB and L, else Pillow's `convert("L")` (which may raise)."""
+    image.load()  # a few formats settle their mode on load
+    return image if image.mode in KERNEL_MODES else image.convert("L")
+
+
+def pixel_view(image: Image.Image) -> np.ndarray:
+    """An RGB or L image's pixels as the kernel reads them ((h, w) uint32 RGBX or uint8), without a copy.
+
+    Pillow's Arrow export hands out its own buffer (RGB is stored 4 bytes a pixel). Pillow refuses it for
+    an image stored in several blocks (over 16 MB of pixels by default): np.asarray's copy then.
+    """
+    try:
+        arr = pa.array(image)
+    except ValueError:
+        return packed(np.asarray(image))
+    w, h = image.size
+    buf = arr.buffers()[-1]  # the view holds it, and through it Pillow's export and the pixels
+    if image.mode == "RGB":
+        return np.frombuffer(buf, RGBX, count=h * w).reshape(h, w).astype(np.uint32, copy=False)
+    return np.frombuffer(buf, np.uint8, count=h * w).reshape(h, w)
+
+
 def pixels32(image: Image.Image) -> np.ndarray:
     """The 32x32 uint8 pixels imagehash hashes: `image.convert("L").resize((32, 32), LANCZOS)`."""
-    return resize32(np.asarray(convert(image, "L")))
+    return resize32_packed(pixel_view(luminance_source(image)))
 
 
 def _reference_bits(pixels: np.ndarray) -> np.ndarray:

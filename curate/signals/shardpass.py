@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from curate.atomic import atomic_path
 from curate.signals.decode import OK, UNSUPPORTED_MODE, DecodeLimits, convert, decode_image
-from curate.signals.phash import phash_batch, uint64_to_hex
+from curate.signals.phash import hash_pixels, luminance_source, pixels32, uint64_to_hex
 from curate.signals.sha256 import sha256_hex
 from curate.uids import UidError, hex_to_pair
 from curate.wds import ReadReport, iter_samples
@@ -140,7 +140,7 @@ def prepare_shard(job: PrepareJob) -> Iterator[ShardBatch]:
             b.cpu_values["sha256"] = [sha256_hex(d) if d is not None else None for _, d, _ in items]
             b.cpu_status["sha256"] = [OK if d is not None else NO_IMAGE for _, d, _ in items]
         if forms_needed:
-            lum_rows, lum_images = [], []
+            lum_rows, lum_pixels = [], []
             ph_status = [NO_IMAGE] * n
             prepared: dict[str, list] = {k: [] for k in transforms} if import_torch else {}
             pre_status: dict[str, list] = {k: [NO_IMAGE] * n for k in prepared}
@@ -155,10 +155,12 @@ def prepare_shard(job: PrepareJob) -> Iterator[ShardBatch]:
                     continue
                 if "phash" in job.cpu:
                     try:
-                        lum_images.append(convert(decoded.image, "L"))
-                        lum_rows.append(i)
+                        source = luminance_source(decoded.image)  # RGB and L as they are: no convert
                     except Exception:
                         ph_status[i] = UNSUPPORTED_MODE
+                    else:
+                        lum_pixels.append(pixels32(source))
+                        lum_rows.append(i)
                 if prepared:
                     try:
                         rgb = convert(decoded.image, "RGB")
@@ -174,7 +176,8 @@ def prepare_shard(job: PrepareJob) -> Iterator[ShardBatch]:
                             pre_status[k][i] = PREPROCESS_FAILED
             if "phash" in job.cpu:
                 hashes = [None] * n
-                for i, h in zip(lum_rows, uint64_to_hex(phash_batch(lum_images))):
+                values = hash_pixels(np.stack(lum_pixels)) if lum_pixels else np.zeros(0, np.uint64)
+                for i, h in zip(lum_rows, uint64_to_hex(values)):
                     hashes[i] = h
                     ph_status[i] = OK
                 b.cpu_values["phash"] = hashes

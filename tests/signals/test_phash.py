@@ -41,6 +41,28 @@ def test_decoded_phash_equals_imagehash_on_corpus():
     assert mismatches == []
 
 
+def test_stage_path_equals_imagehash_on_corpus():
+    # The stage's way: the image as decoded (RGB and L read in place, other modes converted by Pillow),
+    # 32x32 pixels per image, one batched DCT.
+    images = [decode_image(d, LIMITS, forms=()).image for _, d in CORPUS]
+    pixels = np.stack([ph.pixels32(ph.luminance_source(im)) for im in images])
+    assert ph.uint64_to_hex(ph.hash_pixels(pixels)) == [reference(d) for _, d in CORPUS]
+
+
+def test_rgb_and_l_skip_pillow_convert(monkeypatch):
+    converted = []
+    real = Image.Image.convert
+    monkeypatch.setattr(Image.Image, "convert", lambda self, *a, **k: converted.append(self.mode) or real(self, *a, **k))
+    modes = set()
+    for _, data in CORPUS:
+        im = decode_image(data, LIMITS, forms=()).image
+        modes.add(im.mode)
+        ph.pixels32(im)
+    assert {"RGB", "L", "CMYK", "P", "RGBA"} <= modes
+    assert converted and not {"RGB", "L"} & set(converted)
+    assert {"CMYK", "P", "RGBA"} <= set(converted)
+
+
 def test_phash_of_any_mode_equals_imagehash():
     # phash() converts to "L" itself, like imagehash, whatever mode it is handed.
     for name, data in CORPUS[::3]:
