@@ -6,6 +6,13 @@ Every image of every eval set under EVALS (DataComp's layout: `wds_<task>_test/t
 With `--eval-embeddings` (an .npz of eval image embeddings from the same CLIP model as the pool's) the
 pool's embeddings are also compared by cosine, and cosine >= min_cosine is a match too.
 
+The eval side is small (hashes of the eval images, their embeddings) and is computed in the driver; the
+pool side is not: each pool phash column file (and, for cosine, each pool partition) is one task, run in
+this process on the local engine and on the workers with `--engine dask|spark`, the eval side sent to
+each worker once (a broadcast). A phash task writes its own piece of the column; the driver gathers only
+counts and the matches (few), and orders them (by eval row, then pool row) so every engine writes the
+same report.
+
 Writes `POOL/columns/decontam/<file>.parquet` (`uid`, `contaminated`: null where the sample has no
 pHash, so it could not be checked) and `POOL/decontamination_report.parquet` with one row per match:
 pool uid, eval set, eval shard, eval key, method (phash | cosine), distance (bits) and cosine.
@@ -13,7 +20,6 @@ pool uid, eval set, eval shard, eval key, method (phash | cosine), distance (bit
 
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import tarfile
@@ -27,7 +33,7 @@ import pyarrow.parquet as pq
 
 from curate.atomic import atomic_path, write_json
 from curate.dedup.hamming import cross_pairs, parse_hex64
-from curate.dedup.run import DedupError, read_store_signal
+from curate.dedup.run import DedupError
 from curate.wds import member_key
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
@@ -111,88 +117,103 @@ def hash_eval_sets(eval_dir: str | os.PathLike) -> tuple[pa.Table, dict]:
     return table, {"eval_images": len(values), "eval_images_failed": failed}
 
 
-def _cosine_matches(pool_root: Path, uids: pa.ChunkedArray, eval_embeddings: str, arch: str, min_cosine: float):
-    """(pool row, eval row, cosine) for pool embeddings with cosine >= min_cosine to an eval embedding."""
-    import faiss
+# --- per-task steps (one pool partition or phash column file each; the eval side is `shared`) -----------------
 
-    from curate.columns import embeddings_to_numpy, read_columns
-    from curate.dedup.run import EMBEDDING_COLUMNS
-    from curate.pool import Pool
 
-    col = EMBEDDING_COLUMNS[arch]
-    with np.load(eval_embeddings, allow_pickle=False) as z:
+def read_eval_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(unit float64 rows, eval_set, eval_key) of an --eval-embeddings npz."""
+    with np.load(path, allow_pickle=False) as z:
         if "embeddings" not in z.files or "eval_set" not in z.files or "eval_key" not in z.files:
-            raise DedupError(f"{eval_embeddings}: expected arrays embeddings, eval_set, eval_key")
+            raise DedupError(f"{path}: expected arrays embeddings, eval_set, eval_key")
         q = np.asarray(z["embeddings"], np.float32)
         q_set, q_key = z["eval_set"].astype(str), z["eval_key"].astype(str)
-    q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    tables = [read_columns(pool_root, p.path, ["uid", col]) for p in Pool(pool_root).partitions()]
-    t = pa.concat_tables(tables)
+    if q.ndim != 2 or not (len(q) == len(q_set) == len(q_key)):
+        raise DedupError(f"{path}: embeddings must be (N, D) with N eval_set and eval_key entries")
+    q = q.astype(np.float64)
+    return q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12), q_set, q_key
+
+
+def cosine_matches(task: tuple[str, str, str, int], shared: tuple[np.ndarray, float]) -> dict:
+    """One pool partition against the eval embeddings: (part, row in part, eval row, uid, cosine) with
+    cosine >= min_cosine. Products are float64 of float32 rows, as in curate.dedup.semantic: the reported
+    cosine (rounded to float32) does not change with the BLAS thread count of the process that ran the task
+    (in float32 it did, in the last bit)."""
+    from curate.columns import MissingColumnError, embeddings_to_numpy, read_columns
+    from curate.dedup.semantic import BLOCK_VALUES
+    from curate.pool import PoolError
+
+    pool_root, path, col, part = task
+    q, min_cosine = shared
+    try:
+        t = read_columns(pool_root, path, ["uid", col])
+    except (MissingColumnError, PoolError) as e:
+        raise DedupError(f"--eval-embeddings needs the pool's image embeddings ({col}): {e}") from e
     c = t.column(col)
-    ok = np.asarray(c.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-    emb = embeddings_to_numpy(c.filter(pa.array(ok))).astype(np.float32)
+    rows = np.flatnonzero(np.asarray(c.is_valid().to_numpy(zero_copy_only=False), dtype=bool))
+    found = {"part": np.zeros(0, np.int64), "row": np.zeros(0, np.int64), "eval": np.zeros(0, np.int64),
+             "uid": [], "cosine": np.zeros(0, np.float32)}
+    if not len(rows) or not len(q):
+        return found
+    emb = embeddings_to_numpy(c.take(pa.array(rows))).astype(np.float32).astype(np.float64)
+    if emb.shape[1] != q.shape[1]:
+        raise DedupError(f"{path}: {col} has width {emb.shape[1]}, the eval embeddings {q.shape[1]}")
     emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    index = faiss.IndexFlatIP(emb.shape[1])
-    index.add(emb)
-    lims, sims, ids = index.range_search(q, float(min_cosine) - 1e-6)
-    keep = sims >= min_cosine
-    qrow = np.repeat(np.arange(len(q)), np.diff(lims.astype(np.int64)))[keep]
-    pool_uid = t.column("uid").filter(pa.array(ok)).take(pa.array(ids[keep]))
-    rows_in_store = pc.index_in(pool_uid, value_set=uids)
-    return rows_in_store, pool_uid, q_set[qrow], q_key[qrow], sims[keep]
+    step = max(1, BLOCK_VALUES // len(q))
+    at, ev, sim = [], [], []
+    for s in range(0, len(emb), step):
+        sims = emb[s:s + step] @ q.T
+        a, b = np.nonzero(sims >= min_cosine)
+        at.append(a + s)
+        ev.append(b)
+        sim.append(sims[a, b])
+    prow = rows[np.concatenate(at)]
+    return {"part": np.full(len(prow), part, np.int64), "row": prow.astype(np.int64), "eval": np.concatenate(ev).astype(np.int64),
+            "uid": t.column("uid").cast(pa.string()).take(pa.array(prow)).to_pylist(),
+            "cosine": np.concatenate(sim).astype(np.float32)}
 
 
-def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike, *, max_distance: int = 4,
-                      min_cosine: float | None = None, eval_embeddings: str | None = None, arch: str = "l14") -> dict:
-    pool_root = Path(pool_root)
-    start = time.perf_counter()
-    rows = read_store_signal(pool_root, "phash")
-    pool_values, valid = parse_hex64(rows.value)
-    present = np.asarray(pc.is_valid(rows.value).to_numpy(zero_copy_only=False), dtype=bool)
-    evals, estats = hash_eval_sets(eval_dir)
-    eval_values = evals.column("phash").to_numpy().view(np.uint64)
+def check_phash_file(task: tuple, shared: tuple[np.ndarray, int, list[str]]) -> dict:
+    """One phash column file against the eval hashes: writes its `contaminated` file into the staging folder
+    (True for a pHash match or a uid matched by cosine; null where there was no usable pHash and no cosine
+    match) and returns its counts and pHash matches (eval row, pool row, uid, distance)."""
+    f, staging = task
+    eval_values, max_distance, cosine_uids = shared
+    t = pq.read_table(f.path, columns=["uid", "phash"])
+    uid = t.column("uid").cast(pa.string())
+    text = t.column("phash").cast(pa.string())
+    values, valid = parse_hex64(text)
+    present = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
     index = np.flatnonzero(valid)
-    qi, bj, dist = cross_pairs(eval_values, pool_values[index], max_distance)
-    pool_row = index[bj]
+    qi, bj, dist = cross_pairs(eval_values, values[index], max_distance)
+    local = index[bj]
     contaminated = np.zeros(len(valid), bool)
-    contaminated[pool_row] = True
-    report = {
-        "pool_uid": rows.uid.take(pa.array(pool_row)),
-        "eval_set": evals.column("eval_set").take(pa.array(qi)),
-        "eval_shard": evals.column("eval_shard").take(pa.array(qi)),
-        "eval_key": evals.column("eval_key").take(pa.array(qi)),
-        "method": pa.array(["phash"] * len(qi), pa.string()),
-        "distance": pa.array(dist.astype(np.int32), pa.int32()),
-        "cosine": pa.nulls(len(qi), pa.float32()),
-    }
-    report_table = pa.table(report)
-    cosine_matches = 0
-    if eval_embeddings:
-        if min_cosine is None:
-            raise DedupError("--eval-embeddings needs --min-cosine")
-        rows_in_store, puid, qset, qkey, sims = _cosine_matches(pool_root, rows.uid, eval_embeddings, arch, min_cosine)
-        r = np.asarray(pc.fill_null(rows_in_store, -1).to_numpy(zero_copy_only=False), dtype=np.int64)
-        contaminated[r[r >= 0]] = True
-        cosine_matches = len(sims)
-        report_table = pa.concat_tables([report_table, pa.table({
-            "pool_uid": puid.cast(pa.string()), "eval_set": pa.array(qset, pa.string()),
-            "eval_shard": pa.nulls(len(sims), pa.int32()), "eval_key": pa.array(qkey, pa.string()),
-            "method": pa.array(["cosine"] * len(sims), pa.string()), "distance": pa.nulls(len(sims), pa.int32()),
-            "cosine": pa.array(sims.astype(np.float32), pa.float32())})])
-    # the column files: null where there was no usable pHash to check
-    target = pool_root / "columns" / "decontam"
-    staging = pool_root / ".decontam.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    s = 0
-    for name, size in zip(rows.names, rows.sizes):
-        checked = valid[s:s + size] | contaminated[s:s + size]
-        pq.write_table(pa.table({"uid": rows.uid.slice(s, size),
-                                 "contaminated": pa.array(contaminated[s:s + size], pa.bool_(), mask=~checked)}),
-                       staging / f"{name}.parquet")
-        s += size
-    old = pool_root / ".decontam.old"
+    contaminated[local] = True
+    if cosine_uids:
+        contaminated |= np.asarray(pc.is_in(uid, value_set=pa.array(cosine_uids, pa.string())).to_numpy(zero_copy_only=False), bool)
+    checked = valid | contaminated
+    pq.write_table(pa.table({"uid": uid, "contaminated": pa.array(contaminated, pa.bool_(), mask=~checked)}),
+                   Path(staging) / f"{f.stem}.parquet")
+    return {"rows": len(valid), "checked": int(valid.sum()), "without": int((~present).sum()),
+            "malformed": int((present & ~valid).sum()), "contaminated": int(contaminated.sum()),
+            "eval": qi.astype(np.int64), "row": (f.offset + local).astype(np.int64), "uid": uid.take(pa.array(local)).to_pylist(),
+            "distance": dist.astype(np.int32)}
+
+
+def _map(engine, fn, items: list, shared):
+    """Run the tasks here (engine None: the local engine's in-process default) or on the engine's workers,
+    `shared` sent to each worker once."""
+    if engine is None:
+        return [fn(item, shared=shared) for item in items]
+    return engine.map_shared(fn, items, shared)
+
+
+def _concat(found: list[dict], keys: tuple[str, ...]) -> dict:
+    out = {k: np.concatenate([d[k] for d in found]) if found else np.zeros(0) for k in keys}
+    out["uid"] = np.array([u for d in found for u in d["uid"]], dtype=object)
+    return out
+
+
+def _swap(staging: Path, target: Path, old: Path) -> None:
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
@@ -201,6 +222,67 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     os.replace(staging, target)
     if old.exists():
         shutil.rmtree(old)
+
+
+def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike, *, engine=None, max_distance: int = 4,
+                      min_cosine: float | None = None, eval_embeddings: str | None = None, arch: str = "l14") -> dict:
+    """Match the pool against the eval sets and write the decontam columns and the report. The eval side
+    (hashes, embeddings) is small and computed here; each pool phash file (and, for cosine, each pool
+    partition) is one task, here or on `engine`'s workers; only counts and the (few) matches come back."""
+    from curate.dedup.frames import list_files
+    from curate.dedup.run import EMBEDDING_COLUMNS
+    from curate.pool import Pool
+
+    pool_root = Path(pool_root)
+    start = time.perf_counter()
+    if eval_embeddings and min_cosine is None:
+        raise DedupError("--eval-embeddings needs --min-cosine")
+    files = list_files(pool_root, "phash")
+    evals, estats = hash_eval_sets(eval_dir)
+    eval_values = evals.column("phash").to_numpy().view(np.uint64)
+    cos = _concat([], ("part", "row", "eval", "cosine"))
+    q_set = q_key = np.zeros(0, str)
+    if eval_embeddings:
+        q, q_set, q_key = read_eval_embeddings(eval_embeddings)
+        col = EMBEDDING_COLUMNS[arch]
+        tasks = [(str(pool_root), p.path, col, i) for i, p in enumerate(Pool(pool_root).partitions())]
+        cos = _concat(_map(engine, cosine_matches, tasks, (q, float(min_cosine))), ("part", "row", "eval", "cosine"))
+        order = np.lexsort((cos["row"], cos["part"], cos["eval"]))
+        cos = {k: v[order] for k, v in cos.items()}
+    # the column files, each task writing its own: null where there was no usable pHash to check
+    target = pool_root / "columns" / "decontam"
+    staging = pool_root / ".decontam.staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        cosine_uids = sorted(set(cos["uid"].tolist()))
+        done = _map(engine, check_phash_file, [(f, str(staging)) for f in files], (eval_values, max_distance, cosine_uids))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    ph = _concat(done, ("eval", "row", "distance"))
+    order = np.lexsort((ph["row"], ph["eval"]))
+    ph = {k: v[order] for k, v in ph.items()}
+    qi = ph["eval"].astype(np.int64)
+    report_table = pa.concat_tables([pa.table({
+        "pool_uid": pa.array(ph["uid"].tolist(), pa.string()),
+        "eval_set": evals.column("eval_set").take(pa.array(qi)),
+        "eval_shard": evals.column("eval_shard").take(pa.array(qi)),
+        "eval_key": evals.column("eval_key").take(pa.array(qi)),
+        "method": pa.array(["phash"] * len(qi), pa.string()),
+        "distance": pa.array(ph["distance"].astype(np.int32), pa.int32()),
+        "cosine": pa.nulls(len(qi), pa.float32()),
+    }), pa.table({
+        "pool_uid": pa.array(cos["uid"].tolist(), pa.string()),
+        "eval_set": pa.array(q_set[cos["eval"].astype(np.int64)], pa.string()),
+        "eval_shard": pa.nulls(len(cos["eval"]), pa.int32()),
+        "eval_key": pa.array(q_key[cos["eval"].astype(np.int64)], pa.string()),
+        "method": pa.array(["cosine"] * len(cos["eval"]), pa.string()),
+        "distance": pa.nulls(len(cos["eval"]), pa.int32()),
+        "cosine": pa.array(cos["cosine"].astype(np.float32), pa.float32()),
+    })])
+    _swap(staging, target, pool_root / ".decontam.old")
     with atomic_path(pool_root / "decontamination_report.parquet") as tmp:
         pq.write_table(report_table, tmp)
     per_set = {}
@@ -209,16 +291,17 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
         per_set[name] = {"matches": int(pc.sum(sel).as_py() or 0),
                          "pool_samples": len(pc.unique(report_table.column("pool_uid").filter(sel)))}
     stats = {
-        "pool": str(pool_root), "eval_dir": str(eval_dir), "max_distance": max_distance, "min_cosine": min_cosine,
-        **estats,
-        "pool_rows": int(len(valid)), "pool_rows_checked": int(valid.sum()),
-        "pool_rows_without_phash": int((~present).sum()), "pool_rows_malformed_phash": int((present & ~valid).sum()),
-        "phash_matches": int(len(qi)), "cosine_matches": int(cosine_matches),
-        "contaminated": int(contaminated.sum()), "per_eval_set": per_set,
+        "pool": str(pool_root), "eval_dir": str(eval_dir), "engine": getattr(engine, "name", "local"),
+        "max_distance": max_distance, "min_cosine": min_cosine, **estats,
+        "pool_rows": sum(d["rows"] for d in done), "pool_rows_checked": sum(d["checked"] for d in done),
+        "pool_rows_without_phash": sum(d["without"] for d in done), "pool_rows_malformed_phash": sum(d["malformed"] for d in done),
+        "phash_matches": int(len(qi)), "cosine_matches": int(len(cos["eval"])),
+        "contaminated": sum(d["contaminated"] for d in done), "per_eval_set": per_set,
         "report": str(pool_root / "decontamination_report.parquet"), "seconds": round(time.perf_counter() - start, 3),
     }
     write_json(pool_root / "columns" / "decontam_stats.json", stats)
     return stats
 
 
-__all__ = ["EvalReadError", "eval_sets", "hash_eval_sets", "iter_eval_images", "run_decontaminate"]
+__all__ = ["EvalReadError", "check_phash_file", "cosine_matches", "eval_sets", "hash_eval_sets", "iter_eval_images",
+           "run_decontaminate"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from curate.commands.common import add_engine_arguments, engine_from_args
+
 NAME = "decontaminate"
 ORDER = 26
 HELP = "mark pool images that match evaluation images (pHash within D bits, optionally CLIP cosine)"
@@ -20,16 +22,21 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-embeddings", default=None, metavar="NPZ",
                    help="eval image embeddings from the pool's CLIP model: npz with embeddings, eval_set, eval_key")
     p.add_argument("--arch", choices=["l14", "b32"], default="l14", help="which pool embeddings to compare with")
+    add_engine_arguments(p)
 
 
 def main(args) -> int:
     from curate.decontaminate import run_decontaminate
 
-    s = run_decontaminate(args.pool, args.eval_dir, max_distance=args.max_distance, min_cosine=args.min_cosine,
-                          eval_embeddings=args.eval_embeddings, arch=args.arch)
+    options = dict(max_distance=args.max_distance, min_cosine=args.min_cosine, eval_embeddings=args.eval_embeddings, arch=args.arch)
+    if args.engine == "local":
+        s = run_decontaminate(args.pool, args.eval_dir, **options)  # in this process: the search is vectorised numpy
+    else:
+        with engine_from_args(args) as engine:
+            s = run_decontaminate(args.pool, args.eval_dir, engine=engine, **options)
     print(f"decontaminate: {s['eval_images']} eval images vs {s['pool_rows_checked']} pool pHashes "
           f"(D={s['max_distance']}): {s['contaminated']} contaminated pool samples, {s['phash_matches']} pHash matches, "
-          f"{s['cosine_matches']} cosine matches ({s['seconds']} s)")
+          f"{s['cosine_matches']} cosine matches ({s['seconds']} s on {s['engine']})")
     for name, c in s["per_eval_set"].items():
         if c["matches"]:
             print(f"  {name:24s} {c['pool_samples']} pool samples, {c['matches']} matches")

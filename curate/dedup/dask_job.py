@@ -1,8 +1,10 @@
-"""`curate dedup --method phash|sha256 --engine dask`: the dataframe job of curate.dedup.frames on a Dask cluster.
+"""`curate dedup --engine dask`: the dataframe jobs of curate.dedup.frames (phash, sha256) and
+curate.dedup.semantic on a Dask cluster.
 
-Workers read the column files, explode block keys, join, verify, run the star rounds of the connected
+Workers read the column files (or the partitions' embeddings), explode block keys, join and verify (or
+assign clusters with scattered centroids and pair rows per cluster), run the star rounds of the connected
 components and write the output files; the driver builds the task graph and pulls back only counts (the
-plan's input, per-round change counts, statistics).
+plan's input, per-round change counts, statistics) and, for semantic, the k-means training sample.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import numpy as np
 from curate.dedup import frames as fr
 
 ROWS_PER_PARTITION = 200_000  # shuffles use about one partition per this many rows (tests lower it)
+EXPLODED_ROWS_PER_PARTITION = 2_000_000  # phash: the block-key join gets about one partition per this many rows a
+JOINED_ROWS_PER_PARTITION = 4_000_000  # side, and per this many rows it emits (whichever asks for more)
+EMBEDDING_BYTES_PER_PARTITION = 256 << 20  # semantic: about one shuffle partition per this many bytes of embeddings
 
 
 def _persist(client, df):
@@ -62,58 +67,13 @@ def components(client, edges, stats: dict, parts: int = 1, max_rounds: int = 200
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 
-def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str,
-               score_column: str | None, staging: Path, stats: dict) -> None:
-    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
-    to `staging`, one per input file."""
+def _keep_and_write(client, pool_root: Path, rows, grouped, nvalid: int, keep: str, score_column: str | None, files: list,
+                    staging: Path, stats: dict, gcol: str, kcol: str, parts: int) -> None:
+    """Grouped rows (row, uid, group) -> the keep rule, the group statistics, and one output file per input
+    file with rows (row, file, uid) in `rows` (steps 5 and 6 of curate.dedup.frames)."""
     import dask.dataframe as dd
 
-    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
-    key = "h" if method == "phash" else "k"
-    for f in files:
-        if not f.rows:
-            fr.write_empty(staging / f"{Path(f.path).stem}.parquet", gcol, kcol)
     nonempty = [f for f in files if f.rows]
-    if not nonempty:
-        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
-                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
-        return
-    rows = _persist(client, dd.from_map(fr.read_rows, nonempty, signal=method, meta=fr.rows_meta(), enforce_metadata=False))
-    # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
-    parts = max(1, min(len(nonempty), sum(f.rows for f in nonempty) // ROWS_PER_PARTITION + 1))
-    stats["partitions"] = parts
-    valid = rows[rows.valid][["row", key, "uid"]]
-    nodes = _persist(client, _by(valid[["row", key]], key, parts).map_partitions(fr.min_row_per_key, key, meta=fr.nodes_meta(key)))
-    total, present, nvalid, nnodes, missing_status = _compute(
-        client, rows.row.count(), rows.present.sum(), rows.valid.sum(), nodes.node.count(),
-        rows[~rows.present].status.fillna("null").value_counts())
-    total, present, nvalid = int(total), int(present), int(nvalid)
-    stats["rows"] = total
-    stats["malformed"] = present - nvalid
-    if stats["malformed"]:
-        (ex,) = _compute(client, rows[rows.present & ~rows.valid][["row", "uid", "bad"]].nsmallest(5, "row"))
-        stats["malformed_examples"] = [{"uid": u, method: b} for u, b in zip(ex.uid, ex.bad)]
-    stats["without_value"] = total - present
-    if stats["without_value"] and method == "phash":
-        stats["without_value_by_status"] = {str(k): int(v) for k, v in missing_status.items()}
-    stats["distinct_hashes"] = int(nnodes)
-    if method == "phash":
-        plan = fr.join_plan(int(nnodes), max_distance)
-        stats["plan"] = plan.describe()
-        flips = fr.explode_tables(plan)
-        node_h = nodes[["node", "h"]]
-        left = node_h.map_partitions(fr.explode, flips["left"], meta=fr.explode_meta())
-        right = node_h.map_partitions(fr.explode, flips["right"], meta=fr.explode_meta())
-        joined = left.merge(right, on=["b", "z"], suffixes=("_l", "_r"), npartitions=parts)
-        edges = _persist(client, joined.map_partitions(fr.keep_edges, plan, meta=fr.edges_meta()))
-        (npairs,) = _compute(client, edges.u.count())
-        stats["pairs_of_distinct_hashes"] = int(npairs)
-        stars = components(client, edges, stats, parts) if npairs else edges
-        labels = stars.rename(columns={"u": "node", "v": "label"})
-        grouped = valid.merge(nodes, on=key, npartitions=parts).merge(labels, on="node", how="left", npartitions=parts)
-        grouped = grouped.assign(group=grouped.label.fillna(grouped.node).astype("int64"))[["row", "uid", "group"]]
-    else:  # identical digests: the group is the smallest row holding the digest
-        grouped = valid.merge(nodes, on=key, npartitions=parts).rename(columns={"node": "group"})[["row", "uid", "group"]]
     if keep != "first":
         col = fr.score_column(pool_root, score_column)
         stats["score_column"] = col
@@ -141,4 +101,121 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
         raise RuntimeError(f"dedup output missing for files {sorted(missing)}")
 
 
-__all__ = ["components", "dask_dedup"]
+def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str,
+               score_column: str | None, staging: Path, stats: dict) -> None:
+    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
+    to `staging`, one per input file."""
+    import dask.dataframe as dd
+
+    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
+    key = "h" if method == "phash" else "k"
+    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
+    if not nonempty:
+        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
+                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+        return
+    rows = _persist(client, dd.from_map(fr.read_rows, nonempty, signal=method, meta=fr.rows_meta(), enforce_metadata=False))
+    # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
+    parts = max(1, min(len(nonempty), sum(f.rows for f in nonempty) // ROWS_PER_PARTITION + 1))
+    stats["partitions"] = parts
+    valid = rows[rows.valid][["row", key, "uid"]]
+    nodes = _persist(client, _by(valid[["row", key]], key, parts).map_partitions(fr.min_row_per_key, key, meta=fr.nodes_meta(key)))
+    total, present, nvalid, nnodes, missing_status = _compute(
+        client, rows.row.count(), rows.present.sum(), rows.valid.sum(), nodes.node.count(),
+        rows[~rows.present].status.fillna("null").value_counts())
+    total, present, nvalid = int(total), int(present), int(nvalid)
+    stats["rows"] = total
+    stats["malformed"] = present - nvalid
+    if stats["malformed"]:
+        (ex,) = _compute(client, rows[rows.present & ~rows.valid][["row", "uid", "bad"]].nsmallest(5, "row"))
+        stats["malformed_examples"] = [{"uid": u, method: b} for u, b in zip(ex.uid, ex.bad)]
+    stats["without_value"] = total - present
+    if stats["without_value"] and method == "phash":
+        stats["without_value_by_status"] = {str(k): int(v) for k, v in missing_status.items()}
+    stats["distinct_hashes"] = int(nnodes)
+    if method == "phash":
+        plan = fr.join_plan(int(nnodes), max_distance)
+        stats["plan"] = plan.describe()
+        flips = fr.explode_tables(plan)
+        # the join is far larger than the nodes (1M hashes at D=8: 67M rows a side, ~380M joined rows before
+        # the checks), so it gets its own partition count; with the nodes' count, 5 GB workers were killed
+        side, emitted = fr.join_sizes(int(nnodes), plan)
+        join_parts = max(parts, side // EXPLODED_ROWS_PER_PARTITION + 1, emitted // JOINED_ROWS_PER_PARTITION + 1)
+        stats["join_partitions"] = join_parts
+        node_h = nodes[["node", "h"]]
+        if join_parts > node_h.npartitions:
+            node_h = node_h.repartition(npartitions=join_parts)
+        left = node_h.map_partitions(fr.explode, flips["left"], meta=fr.explode_meta())
+        right = node_h.map_partitions(fr.explode, flips["right"], meta=fr.explode_meta())
+        joined = left.merge(right, on=["b", "z"], suffixes=("_l", "_r"), npartitions=join_parts)
+        edges = _persist(client, joined.map_partitions(fr.keep_edges, plan, meta=fr.edges_meta()))
+        (npairs,) = _compute(client, edges.u.count())
+        stats["pairs_of_distinct_hashes"] = int(npairs)
+        stars = components(client, edges, stats, parts) if npairs else edges
+        labels = stars.rename(columns={"u": "node", "v": "label"})
+        grouped = valid.merge(nodes, on=key, npartitions=parts).merge(labels, on="node", how="left", npartitions=parts)
+        grouped = grouped.assign(group=grouped.label.fillna(grouped.node).astype("int64"))[["row", "uid", "group"]]
+    else:  # identical digests: the group is the smallest row holding the digest
+        grouped = valid.merge(nodes, on=key, npartitions=parts).rename(columns={"node": "group"})[["row", "uid", "group"]]
+    _keep_and_write(client, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol, parts)
+
+
+def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
+                  score_column: str | None, staging: Path, stats: dict) -> None:
+    """`--method semantic` (curate.dedup.semantic): workers read their partitions' embeddings, the driver trains
+    k-means on the collected sample, workers assign clusters (centroids broadcast), pairs are found per
+    cluster after a shuffle by cluster, then star rounds, keep rule and output as for pHash."""
+    import dask.dataframe as dd
+
+    from curate.dedup import semantic as sem
+
+    gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
+    total = sum(f.rows for f in files)
+    k = clusters if clusters is not None else sem.default_clusters(total)
+    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
+    sample = sem.sample_rows(total, k, seed)
+    cuts = np.searchsorted(sample, [f.offset for f in nonempty] + [total])
+    reads = [(f, sample[a:b]) for f, a, b in zip(nonempty, cuts[:-1], cuts[1:])]
+    rows = _persist(client, dd.from_map(_read_embeddings, reads, pool_root=str(pool_root), col=col, meta=sem.rows_meta(),
+                                        enforce_metadata=False)) if nonempty else None
+    stats.update({"embedding_column": col, "rows": total, "without_value": 0, "malformed": 0, "kmeans_sample": 0, "clusters": 0,
+                  "pairs": 0})
+    if rows is None:
+        stats.update({"groups": 0, "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0,
+                      "removed_as_duplicates": 0})
+        return
+    present, nvalid, train_rows = _compute(client, rows.present.sum(), rows.valid.sum(), rows[rows.sampled & rows.valid][["row", "emb"]])
+    present, nvalid = int(present), int(nvalid)
+    train_set = sem.training_set(train_rows)
+    stats.update({"malformed": present - nvalid, "without_value": total - present, "kmeans_sample": len(train_set)})
+    if stats["malformed"]:
+        (ex,) = _compute(client, rows[rows.present & ~rows.valid][["row", "uid", "bad"]].nsmallest(5, "row"))
+        stats["malformed_examples"] = [{"uid": u, "semantic": b} for u, b in zip(ex.uid, ex.bad)]
+    valid = rows[rows.valid]
+    # shuffles go to about one partition per EMBEDDING_BYTES_PER_PARTITION of embeddings
+    parts = max(1, min(len(nonempty), nvalid * 4 * train_set.shape[1] // EMBEDDING_BYTES_PER_PARTITION + 1))
+    stats["partitions"] = parts
+    grouped = valid[["row", "uid"]].assign(group=valid.row)  # singletons, unless pairs join them below
+    if nvalid:
+        centroids = sem.train(train_set, k, seed)
+        stats["clusters"] = len(centroids)
+        shared = client.scatter(centroids, broadcast=True) if client is not None else centroids
+        assigned = valid[["row", "emb"]].map_partitions(sem.assign_frame, shared, meta=sem.assigned_meta())
+        edges = _persist(client, _by(assigned, "cluster", parts).map_partitions(sem.cluster_pairs, 1.0 - eps, meta=fr.edges_meta()))
+        (npairs,) = _compute(client, edges.u.count())
+        stats["pairs"] = int(npairs)
+        if npairs:
+            labels = components(client, edges, stats, parts).rename(columns={"u": "row", "v": "label"})
+            grouped = valid[["row", "uid"]].merge(labels, on="row", how="left", npartitions=parts)
+            grouped = grouped.assign(group=grouped.label.fillna(grouped.row).astype("int64"))[["row", "uid", "group"]]
+    _keep_and_write(client, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol, parts)
+
+
+def _read_embeddings(read, pool_root: str, col: str):
+    from curate.dedup.semantic import embedding_rows
+
+    f, sample = read
+    return embedding_rows(f, sample, pool_root, col)
+
+
+__all__ = ["components", "dask_dedup", "dask_semantic"]

@@ -1,5 +1,6 @@
 """pHash (and sha256) dedup as a dataframe job: the pieces that Dask (curate.dedup.dask_job) and Spark
-(curate.dedup.spark_job) share, so both compute exactly what the local search computes.
+(curate.dedup.spark_job) share, so both compute exactly what the local search computes. The semantic
+job (curate.dedup.semantic) has its own steps 1-3 and shares steps 4-6.
 
 The job, for pools that do not fit one machine (the driver only holds the plan, file list and counts):
 
@@ -75,6 +76,18 @@ def _join_cost(n: int, widths, radii) -> float:
         ra, rb = halves(t)
         cost += n * (ball_size(w, ra) + ball_size(w, rb)) + n * n / 2 * ball_size(w, t) / 2.0 ** w
     return cost
+
+
+def join_sizes(n: int, plan: Plan) -> tuple[int, int]:
+    """(exploded rows on the larger side, rows the join emits before the canonical and distance checks) for
+    n random distinct hashes: every key z of a w-bit block meets about n * ball(ra) / 2^w left rows and
+    n * ball(rb) / 2^w right rows. For sizing partitions; `_join_cost` counts the joined rows lower."""
+    side = joined = 0.0
+    for blk in plan.blocks:
+        ra, rb = halves(blk.radius)
+        side += n * ball_size(blk.nbits, ra)
+        joined += float(n) * n * ball_size(blk.nbits, ra) * ball_size(blk.nbits, rb) / 2.0 ** blk.nbits
+    return int(side), int(joined)
 
 
 def join_plan(n: int, max_distance: int) -> Plan:
@@ -290,6 +303,14 @@ def write_empty(path: Path, group_col: str, keep_col: str) -> None:
 
     pq.write_table(pa.table({"uid": pa.array([], pa.string()), group_col: pa.array([], pa.int64()),
                              keep_col: pa.array([], pa.bool_())}), path)
+
+
+def write_empty_files(files: list[ColumnFile], staging: Path, group_col: str, keep_col: str) -> list[ColumnFile]:
+    """Write the output of each input file without rows (no task will see it); returns the others."""
+    for f in files:
+        if not f.rows:
+            write_empty(staging / f"{f.stem}.parquet", group_col, keep_col)
+    return [f for f in files if f.rows]
 
 
 def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:

@@ -2,20 +2,25 @@
 
 Methods:
 - `phash`: every pair within `max_distance` bits of pHash, exactly (curate.dedup.hamming), grouped
-  transitively. With `--engine dask` or `--engine spark` the whole method runs as a dataframe job on the
-  cluster (curate.dedup.frames: workers read the phash files, join block keys, verify, find connected
-  components by star rounds, apply the keep rule and write the output files); the driver holds only the
-  plan and counts. Every engine writes identical columns (`semantic` runs in the driver on every engine);
-- `sha256`: identical image bytes (on Dask or Spark also a dataframe job: group by digest);
-- `semantic`: SemDeDup-style: faiss k-means over L2-normalised CLIP image embeddings, then pairs within
-  one cluster with cosine > 1 - eps, grouped transitively.
+  transitively;
+- `sha256`: identical image bytes;
+- `semantic`: SemDeDup-style (curate.dedup.semantic): faiss k-means, trained on a bounded sample of the
+  L2-normalised CLIP image embeddings, then pairs within one cluster with cosine > 1 - eps, grouped
+  transitively.
+
+On the local engine each method runs in this process (vectorised numpy). With `--engine dask` or
+`--engine spark` every method runs as a dataframe job on the cluster: workers read the files, pair rows
+(phash: block keys joined and verified, curate.dedup.frames; sha256: group by digest; semantic: clusters
+assigned with broadcast centroids, then pairs per cluster), find connected components by star rounds,
+apply the keep rule and write the output files; the driver holds only the plan, the k-means sample and
+centroids, and counts. Every engine writes identical columns.
 
 Output, one file per input file (the stage's column files for phash/sha256, the pool's partitions for
 semantic): `uid`, `dedup_<method>_group` (int64: the smallest row index among the group's members, rows
 numbered over the input files in name order) and `dedup_<method>_keep` (one True per group by the keep
-rule). Rows without a usable value (no image, failed decode, malformed hash) get nulls, and the `dedup`
-filter rejects them. The whole folder is written beside the store and swapped in when complete, so a
-killed run leaves the previous result or none, never a mix. Statistics go to
+rule). Rows without a usable value (no image, failed decode, malformed hash or embedding) get nulls, and
+the `dedup` filter rejects them. The whole folder is written beside the store and swapped in when
+complete, so a killed run leaves the previous result or none, never a mix. Statistics go to
 `POOL/columns/dedup_<method>_stats.json`.
 """
 
@@ -204,21 +209,33 @@ def _swap_in(pool_root: Path, method: str, staging: Path) -> Path:
 
 
 def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: str, score_column: str | None,
-                stats: dict, start: float) -> dict:
-    """phash or sha256 as a Dask or Spark dataframe job (curate.dedup.frames)."""
-    from curate.dedup.frames import list_files
+                stats: dict, start: float, eps: float, clusters: int | None, arch: str, seed: int) -> dict:
+    """Any method as a Dask or Spark dataframe job (curate.dedup.frames, curate.dedup.semantic)."""
+    if method == "semantic":
+        from curate.dedup.semantic import embedding_column, list_partitions
 
-    files = list_files(pool_root, method)
+        col = embedding_column(arch)
+        files = list_partitions(pool_root, col)
+    else:
+        from curate.dedup.frames import list_files
+
+        files = list_files(pool_root, method)
     staging = _staging(pool_root, method)
     try:
         if engine.name == "dask":
-            from curate.dedup.dask_job import dask_dedup
+            from curate.dedup import dask_job
 
-            dask_dedup(engine.client, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+            if method == "semantic":
+                dask_job.dask_semantic(engine.client, pool_root, files, col, eps, clusters, seed, keep, score_column, staging, stats)
+            else:
+                dask_job.dask_dedup(engine.client, pool_root, method, files, max_distance, keep, score_column, staging, stats)
         else:
-            from curate.dedup.spark_job import spark_dedup
+            from curate.dedup import spark_job
 
-            spark_dedup(engine.spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+            if method == "semantic":
+                spark_job.spark_semantic(engine.spark, pool_root, files, col, eps, clusters, seed, keep, score_column, staging, stats)
+            else:
+                spark_job.spark_dedup(engine.spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -249,12 +266,13 @@ def run_dedup(
         raise DedupError(f"unknown keep rule {keep!r}; choose one of {', '.join(KEEP_RULES)}")
     start = time.perf_counter()
     stats: dict = {"pool": str(pool_root), "method": method, "keep": keep, "engine": getattr(engine, "name", "local")}
-    if method in ("phash", "sha256") and stats["engine"] in ("dask", "spark"):
-        if method == "phash":
-            stats["max_distance"] = max_distance
-        return _run_frames(pool_root, method, engine, max_distance, keep, score_column, stats, start)
     if method == "phash":
         stats["max_distance"] = max_distance
+    elif method == "semantic":
+        stats.update({"eps": eps, "arch": arch})
+    if stats["engine"] in ("dask", "spark"):
+        return _run_frames(pool_root, method, engine, max_distance, keep, score_column, stats, start, eps, clusters, arch, seed)
+    if method == "phash":
         rows = read_store_signal(pool_root, "phash")
         valid, group = phash_groups(rows, max_distance, engine, stats)
         names, sizes, uid = rows.names, rows.sizes, rows.uid
@@ -265,7 +283,6 @@ def run_dedup(
     else:
         from curate.dedup.semantic import semantic_groups
 
-        stats.update({"eps": eps, "arch": arch})
         names, sizes, uid, valid, group = semantic_groups(pool_root, eps=eps, clusters=clusters, arch=arch, seed=seed, stats=stats)
     index = np.flatnonzero(valid)
     scores = None

@@ -1,13 +1,17 @@
-"""`curate dedup --method phash|sha256 --engine spark`: the dataframe job of curate.dedup.frames on Spark.
+"""`curate dedup --engine spark`: the dataframe jobs of curate.dedup.frames (phash, sha256) and
+curate.dedup.semantic on Spark.
 
 Executors read the phash files (mapInPandas over the file list) and write the output files
 (applyInPandas per file); block keys, the join, verification, the star rounds of the connected
-components and the keep rule are Spark SQL (bit_count, shifts and XOR on longs; no Python UDFs). The
-driver collects only counts and the per-file row counts it wrote.
+components and the keep rule are Spark SQL (bit_count, shifts and XOR on longs; no Python UDFs). For
+semantic, executors read the partitions' embeddings, assign clusters (centroids in a broadcast
+variable) and pair rows per cluster (groupBy cluster, applyInPandas). The driver collects only counts,
+the per-file row counts it wrote and, for semantic, the k-means training sample.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from curate.dedup import frames as fr
@@ -99,62 +103,33 @@ def _phash_groups(spark, valid, nodes, nnodes: int, max_distance: int, stats: di
     return grouped
 
 
-def spark_dedup(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
-                staging: Path, stats: dict) -> None:
-    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
-    to `staging`, one per input file."""
+@contextmanager
+def _shuffle_partitions(spark, rows: int):
+    """Spark's default of 200 shuffle partitions is for big joins; a small pool would wait on empty tasks."""
     previous = spark.conf.get("spark.sql.shuffle.partitions")
-    total_rows = sum(f.rows for f in files)
-    # Spark's default of 200 shuffle partitions is for big joins; a small pool would wait on empty tasks.
-    spark.conf.set("spark.sql.shuffle.partitions", str(max(2, min(2000, total_rows // 50_000))))
+    spark.conf.set("spark.sql.shuffle.partitions", str(max(2, min(2000, rows // 50_000))))
     try:
-        _job(spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+        yield
     finally:
         spark.conf.set("spark.sql.shuffle.partitions", previous)
 
 
-def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
-         staging: Path, stats: dict) -> None:
-    import pandas as pd
+def spark_dedup(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
+                staging: Path, stats: dict) -> None:
+    """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
+    to `staging`, one per input file."""
+    with _shuffle_partitions(spark, sum(f.rows for f in files)):
+        _job(spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
+
+
+def _keep_and_write(spark, pool_root: Path, rows, grouped, nvalid: int, keep: str, score_column: str | None, files: list,
+                    staging: Path, stats: dict, gcol: str, kcol: str) -> None:
+    """Grouped rows (row, uid, group) -> the keep rule, the group statistics, and one output file per input
+    file with rows (row, file, uid) in `rows` (steps 5 and 6 of curate.dedup.frames)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
-    key = "h" if method == "phash" else "k"
     nonempty = [f for f in files if f.rows]
-    for f in files:
-        if not f.rows:
-            fr.write_empty(staging / f"{Path(f.path).stem}.parquet", gcol, kcol)
-    if not nonempty:
-        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
-                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
-        return
-    listing = pd.DataFrame({"path": [f.path for f in nonempty], "index": [f.index for f in nonempty],
-                            "offset": [f.offset for f in nonempty], "rows": [f.rows for f in nonempty],
-                            "signal": [method] * len(nonempty)})
-    file_rdd = spark.sparkContext.parallelize(listing.to_dict("records"), numSlices=len(nonempty))
-    file_df = spark.createDataFrame(file_rdd, "path string, index int, offset long, rows long, signal string")
-    rows = file_df.mapInPandas(_read_batches, ROW_SCHEMA).cache()
-    agg = rows.agg(F.count("*").alias("n"), F.sum(F.col("present").cast("long")).alias("present"),
-                   F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
-    total, present, nvalid = int(agg["n"]), int(agg["present"] or 0), int(agg["valid"] or 0)
-    stats["rows"] = total
-    stats["malformed"] = present - nvalid
-    if stats["malformed"]:
-        ex = rows.where(F.col("present") & ~F.col("valid")).orderBy("row").limit(5).select("uid", "bad").collect()
-        stats["malformed_examples"] = [{"uid": r["uid"], method: r["bad"]} for r in ex]
-    stats["without_value"] = total - present
-    if stats["without_value"] and method == "phash":
-        by = rows.where(~F.col("present")).groupBy(F.coalesce(F.col("status"), F.lit("null")).alias("s")).count().collect()
-        stats["without_value_by_status"] = {r["s"]: int(r["count"]) for r in by}
-    valid = rows.where("valid").select("row", key, "uid")
-    nodes = valid.groupBy(key).agg(F.min("row").alias("node")).cache()
-    nnodes = nodes.count()
-    stats["distinct_hashes"] = nnodes
-    if method == "phash":
-        grouped = _phash_groups(spark, valid, nodes, nnodes, max_distance, stats)
-    else:  # identical digests: the group is the smallest row holding the digest
-        grouped = valid.join(nodes, key).select("row", "uid", F.col("node").alias("group"))
     if keep == "first":
         grouped = grouped.withColumn("keep", F.col("row") == F.col("group"))
     else:
@@ -198,9 +173,133 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
     missing = {f.index for f in nonempty} - {int(r["file"]) for r in done}
     if missing:
         raise RuntimeError(f"dedup output missing for files {sorted(missing)}")
-    rows.unpersist()
-    nodes.unpersist()
     grouped.unpersist()
 
 
-__all__ = ["components", "spark_dedup"]
+def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
+         staging: Path, stats: dict) -> None:
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
+    key = "h" if method == "phash" else "k"
+    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
+    if not nonempty:
+        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
+                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+        return
+    listing = pd.DataFrame({"path": [f.path for f in nonempty], "index": [f.index for f in nonempty],
+                            "offset": [f.offset for f in nonempty], "rows": [f.rows for f in nonempty],
+                            "signal": [method] * len(nonempty)})
+    file_rdd = spark.sparkContext.parallelize(listing.to_dict("records"), numSlices=len(nonempty))
+    file_df = spark.createDataFrame(file_rdd, "path string, index int, offset long, rows long, signal string")
+    rows = file_df.mapInPandas(_read_batches, ROW_SCHEMA).cache()
+    agg = rows.agg(F.count("*").alias("n"), F.sum(F.col("present").cast("long")).alias("present"),
+                   F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
+    total, present, nvalid = int(agg["n"]), int(agg["present"] or 0), int(agg["valid"] or 0)
+    stats["rows"] = total
+    stats["malformed"] = present - nvalid
+    if stats["malformed"]:
+        ex = rows.where(F.col("present") & ~F.col("valid")).orderBy("row").limit(5).select("uid", "bad").collect()
+        stats["malformed_examples"] = [{"uid": r["uid"], method: r["bad"]} for r in ex]
+    stats["without_value"] = total - present
+    if stats["without_value"] and method == "phash":
+        by = rows.where(~F.col("present")).groupBy(F.coalesce(F.col("status"), F.lit("null")).alias("s")).count().collect()
+        stats["without_value_by_status"] = {r["s"]: int(r["count"]) for r in by}
+    valid = rows.where("valid").select("row", key, "uid")
+    nodes = valid.groupBy(key).agg(F.min("row").alias("node")).cache()
+    nnodes = nodes.count()
+    stats["distinct_hashes"] = nnodes
+    if method == "phash":
+        grouped = _phash_groups(spark, valid, nodes, nnodes, max_distance, stats)
+    else:  # identical digests: the group is the smallest row holding the digest
+        grouped = valid.join(nodes, key).select("row", "uid", F.col("node").alias("group"))
+    _keep_and_write(spark, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol)
+    rows.unpersist()
+    nodes.unpersist()
+
+
+def _read_embedding_batches(batches):
+    import numpy as np
+
+    from curate.dedup.semantic import embedding_rows
+
+    for pdf in batches:
+        for path, index, offset, rows, sample, pool, col in zip(pdf.path, pdf["index"], pdf.offset, pdf.rows, pdf["sample"],
+                                                                pdf["pool"], pdf["col"]):
+            f = fr.ColumnFile(int(index), str(path), int(offset), int(rows))
+            yield embedding_rows(f, np.asarray(sample, np.int64), str(pool), str(col))
+
+
+def spark_semantic(spark, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
+                   score_column: str | None, staging: Path, stats: dict) -> None:
+    """`--method semantic` (curate.dedup.semantic): executors read their partitions' embeddings, the driver
+    trains k-means on the collected sample, executors assign clusters (centroids in a broadcast variable),
+    pairs are found per cluster (groupBy cluster, applyInPandas), then star rounds, keep rule and output."""
+    with _shuffle_partitions(spark, sum(f.rows for f in files)):
+        _semantic_job(spark, pool_root, files, col, eps, clusters, seed, keep, score_column, staging, stats)
+
+
+def _semantic_job(spark, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
+                  score_column: str | None, staging: Path, stats: dict) -> None:
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from curate.dedup import semantic as sem
+
+    gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
+    total = sum(f.rows for f in files)
+    k = clusters if clusters is not None else sem.default_clusters(total)
+    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
+    stats.update({"embedding_column": col, "rows": total, "without_value": 0, "malformed": 0, "kmeans_sample": 0, "clusters": 0,
+                  "pairs": 0})
+    if not nonempty:
+        stats.update({"groups": 0, "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0,
+                      "removed_as_duplicates": 0})
+        return
+    sample = sem.sample_rows(total, k, seed)
+    cuts = np.searchsorted(sample, [f.offset for f in nonempty] + [total])
+    listing = [{"path": f.path, "index": f.index, "offset": f.offset, "rows": f.rows, "sample": sample[a:b].tolist(),
+                "pool": str(pool_root), "col": col} for f, a, b in zip(nonempty, cuts[:-1], cuts[1:])]
+    file_df = spark.createDataFrame(spark.sparkContext.parallelize(listing, numSlices=len(nonempty)),
+                                    "path string, index int, offset long, rows long, sample array<long>, pool string, col string")
+    rows = file_df.mapInPandas(_read_embedding_batches, sem.ROW_SCHEMA).cache()
+    agg = rows.agg(F.sum(F.col("present").cast("long")).alias("present"), F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
+    present, nvalid = int(agg["present"] or 0), int(agg["valid"] or 0)
+    train_set = sem.training_set(rows.where(F.col("sampled") & F.col("valid")).select("row", "emb").toPandas())
+    stats.update({"malformed": present - nvalid, "without_value": total - present, "kmeans_sample": len(train_set)})
+    if stats["malformed"]:
+        ex = rows.where(F.col("present") & ~F.col("valid")).orderBy("row").limit(5).select("uid", "bad").collect()
+        stats["malformed_examples"] = [{"uid": r["uid"], "semantic": r["bad"]} for r in ex]
+    valid = rows.where("valid")
+    grouped = valid.select("row", "uid", F.col("row").alias("group"))
+    shared = None
+    if nvalid:
+        centroids = sem.train(train_set, k, seed)
+        stats["clusters"] = len(centroids)
+        shared = spark.sparkContext.broadcast(centroids)
+        min_cosine = 1.0 - eps
+
+        def assign(batches):
+            c = shared.value
+            for pdf in batches:
+                yield sem.assign_frame(pdf, c)
+
+        def pairs(pdf):
+            return sem.cluster_pairs(pdf, min_cosine)
+
+        assigned = valid.select("row", "emb").mapInPandas(assign, "row long, cluster long, emb binary")
+        edges = assigned.groupBy("cluster").applyInPandas(pairs, "u long, v long").localCheckpoint()
+        npairs = edges.count()
+        stats["pairs"] = int(npairs)
+        if npairs:
+            labels = components(edges, stats).select(F.col("u").alias("row"), F.col("v").alias("label"))
+            grouped = valid.select("row", "uid").join(labels, "row", "left").select(
+                "row", "uid", F.coalesce("label", "row").alias("group"))
+    _keep_and_write(spark, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol)
+    rows.unpersist()
+    if shared is not None:
+        shared.destroy()
+
+
+__all__ = ["components", "spark_dedup", "spark_semantic"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable, Sequence
 
@@ -21,6 +22,11 @@ class Engine:
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
         raise NotImplementedError
+
+    def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
+        """`fn(item, shared=shared)` for each item, where `shared` is one larger read-only value every task
+        needs (lookup tables, eval hashes): engines with workers send it to each worker once, not per task."""
+        return self.map(functools.partial(fn, shared=shared), items, desc)
 
     def close(self) -> None:
         """Release what the engine started (worker processes, clusters, sessions)."""

@@ -32,10 +32,22 @@ class DaskEngine(Engine):
             self.client = Client(self._cluster)
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+        items = list(items)
+        return self._gather(self.client.map(fn, items, pure=False), items, desc)
+
+    def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
+        items = list(items)
+        if not items:
+            return []
+        (value,) = self.client.scatter([shared], broadcast=True, hash=False)  # a list: `shared` stays one object
+        try:
+            return self._gather(self.client.map(fn, items, shared=value, pure=False), items, desc)
+        finally:
+            self.client.cancel([value])
+
+    def _gather(self, futures, items: list, desc: str | None) -> list[Any]:
         from distributed import as_completed
 
-        items = list(items)
-        futures = self.client.map(fn, items, pure=False)
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(items)
         with tqdm(total=len(items), desc=desc, unit="task", disable=True if desc is None else None, leave=False) as bar:

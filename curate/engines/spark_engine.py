@@ -48,6 +48,16 @@ class SparkEngine(Engine):
             results[i] = value
         return results
 
+    def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
+        items = list(items)
+        if not items:
+            return []
+        value = self.spark.sparkContext.broadcast(shared)  # shipped to each executor once
+        try:
+            return self.map(lambda item: fn(item, shared=value.value), items, desc)
+        finally:
+            value.destroy()
+
     def close(self) -> None:
         if self._owned:
             self.spark.stop()

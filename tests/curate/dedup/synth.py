@@ -79,3 +79,61 @@ def reference_groups(values: np.ndarray, max_distance: int) -> np.ndarray:
             if a != b:
                 parent[max(a, b)] = min(a, b)
     return np.array([find(i) for i in range(n)], dtype=np.int64)  # the root is the smallest member: unions keep the smaller root
+
+
+def planted_embeddings(n_random: int, n_groups: int, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, list[list[int]]]:
+    """Random directions plus planted semantic duplicates for eps = 0.01 (cosine > 0.99): near copies (cosine
+    ~0.9998) and chains a-b-c at 0, 6 and 12 degrees (a~b and b~c at cosine 0.9945, a and c at 0.978). No
+    pair lies within 1e-3 of the threshold. Returns (float32 rows, planted groups as positions)."""
+    rng = np.random.default_rng(seed)
+    rows = [r for r in rng.normal(size=(n_random, dim))]
+    groups = []
+    for g in range(n_groups):
+        root = rng.normal(size=dim)
+        root /= np.linalg.norm(root)
+        members = [len(rows)]
+        rows.append(root)
+        if g % 3 == 0:  # a chain in the plane of root and a random orthogonal direction
+            other = rng.normal(size=dim)
+            other -= other @ root * root
+            other /= np.linalg.norm(other)
+            for deg in (6, 12):
+                members.append(len(rows))
+                rows.append(np.cos(np.radians(deg)) * root + np.sin(np.radians(deg)) * other)
+        else:
+            for _ in range(int(rng.integers(1, 3))):
+                members.append(len(rows))
+                rows.append(root + rng.normal(scale=0.02 / np.sqrt(dim), size=dim))
+        groups.append(members)
+    emb = np.array(rows, np.float32)
+    perm = rng.permutation(len(emb))  # planted members spread over the partitions
+    where = np.empty(len(emb), np.int64)
+    where[perm] = np.arange(len(emb))
+    return emb[perm], [sorted(int(where[m]) for m in g) for g in groups]
+
+
+def write_embedding_pool(root: Path, emb: np.ndarray, sizes: list[int], seed: int = 0, store: tuple[int, ...] = (),
+                         null_rows: tuple[int, ...] = ()) -> pa.Table:
+    """Metadata partitions of `sizes` rows holding `emb` in order: an .npz beside each parquet (DataComp's
+    layout), except partitions in `store`, whose embeddings go to the column store (columns/clip/) with
+    `null_rows` (pool rows) null there."""
+    from curate.columns import embeddings_to_arrow
+
+    assert sum(sizes) == len(emb)
+    meta = generate_metadata(len(emb), seed=seed, null_rate=0.1)
+    (root / "metadata").mkdir(parents=True, exist_ok=True)
+    start = 0
+    for p, n in enumerate(sizes):
+        part = meta.slice(start, n)
+        pq.write_table(part, root / "metadata" / f"{p:08d}.parquet")
+        e = emb[start:start + n].astype(np.float16)
+        if p in store:
+            (root / "columns" / "clip").mkdir(parents=True, exist_ok=True)
+            arr = embeddings_to_arrow(e)
+            null = np.array([start + k in null_rows for k in range(n)], bool)
+            arr = pa.FixedSizeListArray.from_arrays(arr.values, e.shape[1], mask=pa.array(null)) if n else arr
+            pq.write_table(pa.table({"uid": part.column("uid"), "l14_img": arr}), root / "columns" / "clip" / f"{p:08d}.parquet")
+        else:
+            np.savez(root / "metadata" / f"{p:08d}.npz", l14_img=e)
+        start += n
+    return meta
