@@ -12,7 +12,7 @@ import torch
 from train import checkpoint, cli
 from train.logs import read_log
 
-STEPS, BATCH, EVERY = 20, 8, 4
+STEPS, BATCH, EVERY = 40, 8, 4  # 36 steps after the first checkpoint for the kill to land in
 
 
 def _args(shards, run, *extra):
@@ -37,18 +37,20 @@ def test_kill_and_resume_matches_an_unbroken_run(shards, tmp_path):
     victim = subprocess.Popen([sys.executable, "-m", "train.cli", *_args(shards, broken)],
                               env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, start_new_session=True)
-    with one_thread():  # the unbroken run, here, while the subprocess imports
-        assert cli.main(_args(shards, whole)) == 0
-
+    # Killed as soon as its first checkpoint appears (the unbroken run only after: run side by side, a fast
+    # machine finished the victim before the kill came).
     first = checkpoint.step_path(broken, EVERY)
     deadline = time.time() + 120
     while not first.exists() and victim.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.005)
     os.killpg(victim.pid, signal.SIGKILL)  # the trainer and its data workers, mid-run
     assert victim.wait() == -signal.SIGKILL, victim.stderr.read().decode()
     assert first.exists() and not checkpoint.final_path(broken).exists(), "the run was not interrupted mid-way"
     killed_at = checkpoint.load(checkpoint.latest(broken))["step"]
     assert EVERY <= killed_at < STEPS
+
+    with one_thread():  # the unbroken run
+        assert cli.main(_args(shards, whole)) == 0
 
     with one_thread():
         assert cli.main(_args(shards, broken, "--resume", "latest")) == 0
