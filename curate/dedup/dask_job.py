@@ -107,13 +107,10 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
     to `staging`, one per input file."""
     import dask.dataframe as dd
 
-    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
-    key = "h" if method == "phash" else "k"
-    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
-    if not nonempty:
-        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
-                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+    started = fr.start_job(method, files, staging, stats)
+    if started is None:
         return
+    gcol, kcol, key, nonempty = started
     rows = _persist(client, dd.from_map(fr.read_rows, nonempty, signal=method, meta=fr.rows_meta(), enforce_metadata=False))
     # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
     parts = max(1, min(len(nonempty), sum(f.rows for f in nonempty) // ROWS_PER_PARTITION + 1))

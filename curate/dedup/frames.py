@@ -313,6 +313,21 @@ def write_empty_files(files: list[ColumnFile], staging: Path, group_col: str, ke
     return [f for f in files if f.rows]
 
 
+EMPTY_POOL_STATS = {"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
+                    "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0}
+
+
+def start_job(method: str, files: list[ColumnFile], staging: Path, stats: dict):
+    """The common start of the Dask and Spark hash jobs: (group column, keep column, key column, files with
+    rows), or None when no file has rows (their empty outputs written, `stats` filled)."""
+    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
+    nonempty = write_empty_files(files, staging, gcol, kcol)
+    if not nonempty:
+        stats.update(EMPTY_POOL_STATS)
+        return None
+    return gcol, kcol, "h" if method == "phash" else "k", nonempty
+
+
 def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
     """The signal's column files with their row counts (parquet footers only)."""
     import pyarrow.parquet as pq

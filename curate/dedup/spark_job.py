@@ -181,13 +181,10 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
     import pandas as pd
     from pyspark.sql import functions as F
 
-    gcol, kcol = f"dedup_{method}_group", f"dedup_{method}_keep"
-    key = "h" if method == "phash" else "k"
-    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
-    if not nonempty:
-        stats.update({"rows": 0, "malformed": 0, "without_value": 0, "distinct_hashes": 0, "groups": 0,
-                      "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0, "removed_as_duplicates": 0})
+    started = fr.start_job(method, files, staging, stats)
+    if started is None:
         return
+    gcol, kcol, key, nonempty = started
     listing = pd.DataFrame({"path": [f.path for f in nonempty], "index": [f.index for f in nonempty],
                             "offset": [f.offset for f in nonempty], "rows": [f.rows for f in nonempty],
                             "signal": [method] * len(nonempty)})
