@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
@@ -44,6 +45,20 @@ def write_json(path: str | os.PathLike, obj) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def replace_folder(staging: str | os.PathLike, target: str | os.PathLike, old: str | os.PathLike) -> None:
+    """Put a fully written `staging` folder at `target`: the previous target moves aside to `old` first and is
+    removed after, so `target` is at every moment either the whole old folder or the whole new one."""
+    staging, target, old = Path(staging), Path(target), Path(old)
+    if old.exists():
+        shutil.rmtree(old)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old.exists():
+        shutil.rmtree(old)
 
 
 def is_temporary(path: str | os.PathLike) -> bool:

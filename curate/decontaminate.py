@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.atomic import atomic_path, write_json
+from curate.atomic import atomic_path, replace_folder, write_json
 from curate.dedup.hamming import cross_pairs, parse_hex64
 from curate.dedup.run import DedupError
 from curate.wds import member_key
@@ -213,17 +213,6 @@ def _concat(found: list[dict], keys: tuple[str, ...]) -> dict:
     return out
 
 
-def _swap(staging: Path, target: Path, old: Path) -> None:
-    if old.exists():
-        shutil.rmtree(old)
-    if target.exists():
-        os.replace(target, old)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, target)
-    if old.exists():
-        shutil.rmtree(old)
-
-
 def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike, *, engine=None, max_distance: int = 4,
                       min_cosine: float | None = None, eval_embeddings: str | None = None, arch: str = "l14") -> dict:
     """Match the pool against the eval sets and write the decontam columns and the report. The eval side
@@ -282,7 +271,7 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
         "distance": pa.nulls(len(cos["eval"]), pa.int32()),
         "cosine": pa.array(cos["cosine"].astype(np.float32), pa.float32()),
     })])
-    _swap(staging, target, pool_root / ".decontam.old")
+    replace_folder(staging, target, pool_root / ".decontam.old")
     with atomic_path(pool_root / "decontamination_report.parquet") as tmp:
         pq.write_table(report_table, tmp)
     per_set = {}

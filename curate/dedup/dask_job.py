@@ -166,21 +166,13 @@ def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, cl
 
     from curate.dedup import semantic as sem
 
-    gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
-    total = sum(f.rows for f in files)
-    k = clusters if clusters is not None else sem.default_clusters(total)
-    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
-    sample = sem.sample_rows(total, k, seed)
-    cuts = np.searchsorted(sample, [f.offset for f in nonempty] + [total])
-    reads = [(f, sample[a:b]) for f, a, b in zip(nonempty, cuts[:-1], cuts[1:])]
-    rows = _persist(client, dd.from_map(_read_embeddings, reads, pool_root=str(pool_root), col=col, meta=sem.rows_meta(),
-                                        enforce_metadata=False)) if nonempty else None
-    stats.update({"embedding_column": col, "rows": total, "without_value": 0, "malformed": 0, "kmeans_sample": 0, "clusters": 0,
-                  "pairs": 0})
-    if rows is None:
-        stats.update({"groups": 0, "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0,
-                      "removed_as_duplicates": 0})
+    started = sem.start_job(files, col, clusters, seed, staging, stats)
+    if started is None:
         return
+    gcol, kcol, k, reads = started
+    total = stats["rows"]
+    rows = _persist(client, dd.from_map(_read_embeddings, reads, pool_root=str(pool_root), col=col, meta=sem.rows_meta(),
+                                        enforce_metadata=False))
     present, nvalid, train_rows = _compute(client, rows.present.sum(), rows.valid.sum(), rows[rows.sampled & rows.valid][["row", "emb"]])
     present, nvalid = int(present), int(nvalid)
     train_set = sem.training_set(train_rows)
@@ -190,7 +182,7 @@ def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, cl
         stats["malformed_examples"] = [{"uid": u, "semantic": b} for u, b in zip(ex.uid, ex.bad)]
     valid = rows[rows.valid]
     # shuffles go to about one partition per EMBEDDING_BYTES_PER_PARTITION of embeddings
-    parts = max(1, min(len(nonempty), nvalid * 4 * train_set.shape[1] // EMBEDDING_BYTES_PER_PARTITION + 1))
+    parts = max(1, min(len(reads), nvalid * 4 * train_set.shape[1] // EMBEDDING_BYTES_PER_PARTITION + 1))
     stats["partitions"] = parts
     grouped = valid[["row", "uid"]].assign(group=valid.row)  # singletons, unless pairs join them below
     if nvalid:

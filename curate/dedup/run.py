@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.atomic import is_temporary, write_json
+from curate.atomic import is_temporary, replace_folder, write_json
 from curate.dedup.groups import group_ids, keep_representatives
 from curate.dedup.hamming import distinct_pairs, make_plan, parse_hex64
 
@@ -196,15 +196,7 @@ def _staging(pool_root: Path, method: str) -> Path:
 
 def _swap_in(pool_root: Path, method: str, staging: Path) -> Path:
     target = pool_root / "columns" / f"dedup_{method}"
-    old = pool_root / f".dedup_{method}.old"
-    if old.exists():
-        shutil.rmtree(old)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(staging, target)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_folder(staging, target, pool_root / f".dedup_{method}.old")
     return target
 
 

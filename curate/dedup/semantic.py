@@ -249,6 +249,28 @@ def unpack(values) -> np.ndarray:
     return data.view(np.float32).reshape(n, int(widths[0]) // 4)
 
 
+GROUP_KEYS = ("groups", "groups_with_duplicates", "largest_group", "kept", "rows_grouped", "removed_as_duplicates")
+
+
+def start_job(files: list, col: str, clusters: int | None, seed: int, staging: Path, stats: dict):
+    """The common start of the Dask and Spark semantic jobs: (group column, keep column, k, [(file, its sample
+    rows)] for the files with rows), or None when no file has rows (their empty outputs written, `stats` filled)."""
+    from curate.dedup.frames import write_empty_files
+
+    gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
+    total = sum(f.rows for f in files)
+    k = clusters if clusters is not None else default_clusters(total)
+    nonempty = write_empty_files(files, staging, gcol, kcol)
+    stats.update({"embedding_column": col, "rows": total, "without_value": 0, "malformed": 0, "kmeans_sample": 0,
+                  "clusters": 0, "pairs": 0})
+    if not nonempty:
+        stats.update(dict.fromkeys(GROUP_KEYS, 0))
+        return None
+    sample = sample_rows(total, k, seed)
+    cuts = np.searchsorted(sample, [f.offset for f in nonempty] + [total])
+    return gcol, kcol, k, [(f, sample[a:b]) for f, a, b in zip(nonempty, cuts[:-1], cuts[1:])]
+
+
 def embedding_rows(f, sample: np.ndarray, pool_root: str, col: str):
     """One partition as the jobs' row frame (ROW_SCHEMA): `sampled` marks the rows of the training sample
     that fall in this partition, `emb` the unit embedding of each usable row."""

@@ -239,26 +239,18 @@ def spark_semantic(spark, pool_root: Path, files: list, col: str, eps: float, cl
 
 def _semantic_job(spark, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
                   score_column: str | None, staging: Path, stats: dict) -> None:
-    import numpy as np
     from pyspark.sql import functions as F
 
     from curate.dedup import semantic as sem
 
-    gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
-    total = sum(f.rows for f in files)
-    k = clusters if clusters is not None else sem.default_clusters(total)
-    nonempty = fr.write_empty_files(files, staging, gcol, kcol)
-    stats.update({"embedding_column": col, "rows": total, "without_value": 0, "malformed": 0, "kmeans_sample": 0, "clusters": 0,
-                  "pairs": 0})
-    if not nonempty:
-        stats.update({"groups": 0, "groups_with_duplicates": 0, "largest_group": 0, "kept": 0, "rows_grouped": 0,
-                      "removed_as_duplicates": 0})
+    started = sem.start_job(files, col, clusters, seed, staging, stats)
+    if started is None:
         return
-    sample = sem.sample_rows(total, k, seed)
-    cuts = np.searchsorted(sample, [f.offset for f in nonempty] + [total])
-    listing = [{"path": f.path, "index": f.index, "offset": f.offset, "rows": f.rows, "sample": sample[a:b].tolist(),
-                "pool": str(pool_root), "col": col} for f, a, b in zip(nonempty, cuts[:-1], cuts[1:])]
-    file_df = spark.createDataFrame(spark.sparkContext.parallelize(listing, numSlices=len(nonempty)),
+    gcol, kcol, k, reads = started
+    total = stats["rows"]
+    listing = [{"path": f.path, "index": f.index, "offset": f.offset, "rows": f.rows, "sample": sample.tolist(),
+                "pool": str(pool_root), "col": col} for f, sample in reads]
+    file_df = spark.createDataFrame(spark.sparkContext.parallelize(listing, numSlices=len(reads)),
                                     "path string, index int, offset long, rows long, sample array<long>, pool string, col string")
     rows = file_df.mapInPandas(_read_embedding_batches, sem.ROW_SCHEMA).cache()
     agg = rows.agg(F.sum(F.col("present").cast("long")).alias("present"), F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
