@@ -230,3 +230,34 @@ def test_cli_runs_both_commands_on_dask(world, tmp_path, capsys):
                         "--engine", "dask", "--processes", "2"]) == 0
     assert "on dask" in capsys.readouterr().out
     assert _read(root / "columns" / "dedup_semantic") == want
+
+
+def test_malformed_embedding_inputs_get_clear_errors(tmp_path):
+    """Eval embeddings without --min-cosine, an eval npz missing arrays or with mismatched lengths, and a pool
+    embedding column that is not one fixed-width vector per row: each a DedupError naming the problem."""
+    emb, _ = planted_embeddings(20, 2, seed=2)
+    root = tmp_path / "pool"
+    write_embedding_pool(root, emb, [10, len(emb) - 10], seed=2)
+    (root / "columns" / "phash").mkdir(parents=True)
+    pq.write_table(pa.table({"uid": ["x"], "phash": ["0123456789abcdef"]}), root / "columns" / "phash" / "00000000.parquet")
+    evals = tmp_path / "evals"
+    _write_eval_set(evals, "cars", [_smooth_png(2)])
+    q = tmp_path / "q.npz"
+    np.savez(q, embeddings=np.ones((1, emb.shape[1])), eval_set=np.array(["cars"]), eval_key=np.array(["e0"]))
+    with pytest.raises(DedupError, match="--eval-embeddings needs --min-cosine"):
+        run_decontaminate(root, evals, eval_embeddings=str(q))
+    np.savez(q, embeddings=np.ones((1, emb.shape[1])), eval_set=np.array(["cars"]))
+    with pytest.raises(DedupError, match="expected arrays embeddings, eval_set, eval_key"):
+        run_decontaminate(root, evals, min_cosine=0.9, eval_embeddings=str(q))
+    np.savez(q, embeddings=np.ones((2, emb.shape[1])), eval_set=np.array(["cars"]), eval_key=np.array(["e0"]))
+    with pytest.raises(DedupError, match=r"must be \(N, D\) with N eval_set and eval_key entries"):
+        run_decontaminate(root, evals, min_cosine=0.9, eval_embeddings=str(q))
+    assert not (root / "columns" / "decontam").exists()
+
+    # a variable-length list column in the partition's parquet instead of a fixed-size vector
+    part = root / "metadata" / "00000000.parquet"
+    t = pq.read_table(part)
+    pq.write_table(t.append_column("l14_img", pa.array([[0.5] * (1 + i % 3) for i in range(t.num_rows)], pa.list_(pa.float32()))), part)
+    with pytest.raises(DedupError, match="not a fixed-size list"):
+        run_dedup(root, "semantic", eps=0.01)
+    assert not (root / "columns" / "dedup_semantic").exists()
