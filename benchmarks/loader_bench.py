@@ -9,6 +9,8 @@ the way, so it runs on any machine. Both loaders get the same ViT-B-32 train tra
 `image_transform(224, is_train=True)`: RandomResizedCrop, RGB, ToTensor, Normalize) and tokenizer, DataComp's
 resampled shards, and the same synthetic ~256 px JPEG shards (benchmarks/train_bench.py's generator).
 Ours also seeds each sample's augmentation (for exact resume); open_clip's adds its sample shuffle buffer.
+Ours hands on uint8 batches, as the trainer's loader does for a GPU, which normalises them there
+(train/pixels.py: bit-identical to the transform's ToTensor and Normalize, one gather per batch on the GPU).
 
 Each measurement is its own process (the reference needs webdataset 0.2.86 first on its path, see
 train_bench.py), alternating ours and theirs; the first 2 x workers batches (pool start, prefetch) are not timed.
@@ -41,9 +43,10 @@ def _transform_and_tokenizer():
 
 def _ours(shards: str, batch_size: int, workers: int):
     from train.data import Position, make_loader, resolve_shards
+    from train.pixels import Pixels
 
     preprocess, tokenizer = _transform_and_tokenizer()
-    loader = make_loader(resolve_shards(shards), batch_size, preprocess, tokenizer, seed=0, rank=0,
+    loader = make_loader(resolve_shards(shards), batch_size, Pixels(preprocess), tokenizer, seed=0, rank=0,
                          num_workers=workers, position=Position(workers))
     for batch in loader:
         yield batch["images"].shape[0]
@@ -102,7 +105,7 @@ def main():
     env = {"ours": {**os.environ, "PYTHONPATH": root},
            "open_clip": {**os.environ, "PYTHONPATH": os.pathsep.join([ref_path, root])}}
     print(f"cpu: {os.cpu_count()} visible; batch {args.batch_size}, {args.batches} timed batches, "
-          f"{args.shards} shards x {args.per_shard} ~256 px JPEGs, ViT-B-32 train transform (224 px)")
+          f"{args.shards} shards x {args.per_shard} ~256 px JPEGs, ViT-B-32 train transform (224 px); ours hands on uint8")
     print("| loader workers | ours samples/s (median) | open_clip samples/s (median) | ratio | runs (ours / theirs) |")
     print("|---|---|---|---|---|")
     for workers in args.workers:

@@ -26,6 +26,8 @@ from PIL import Image
 
 from curate.wds import member_key
 
+from .pixels import Pixels
+
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
 SKIP_REASONS = ("missing_image", "missing_caption", "corrupt_image", "bad_caption", "corrupt_shard")
@@ -212,15 +214,17 @@ class ShardStream:
 class ShardBatches(torch.utils.data.IterableDataset):
     """Endless batches (images, tokens, stream state) for one rank; one seeded stream per DataLoader worker.
 
+    Images are uint8 when the transform allows (see `pixels`): `Pixels.to_model` finishes them on the device.
+
     `worker_offset` rotates which stream each worker continues: the DataLoader hands out batches round-robin
     from worker 0, so after k consumed batches the next one must come from stream k % num_workers.
     """
 
-    def __init__(self, shards, batch_size, preprocess, tokenizer, seed, rank=0, num_workers=0,
+    def __init__(self, shards, batch_size, pixels: Pixels, tokenizer, seed, rank=0, num_workers=0,
                  worker_offset=0, states: dict | None = None, mix: int = 4):
         self.shards = list(shards)
         self.batch_size = batch_size
-        self.preprocess = preprocess
+        self.pixels = pixels
         self.tokenizer = tokenizer
         self.seed = seed
         self.rank = rank
@@ -253,7 +257,7 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 found_usable = True
                 image, caption = decoded
                 with seeded(derive_seed(self.seed, self.rank, role, index)):  # resumable augmentation
-                    images.append(self.preprocess(image))
+                    images.append(self.pixels.worker(image))
                 texts.append(caption)
             yield {
                 "images": torch.stack(images),
@@ -315,17 +319,21 @@ class Position:
         return cls(d["num_workers"], d["batches"], d["states"])
 
 
-def make_loader(shards, batch_size, preprocess, tokenizer, seed, rank, num_workers,
+def make_loader(shards, batch_size, preprocess: Pixels | Callable, tokenizer, seed, rank, num_workers,
                 position: Position, pin_memory=False, mix: int = 4):
-    """A DataLoader that continues from `position` (a fresh Position starts the stream)."""
+    """A DataLoader that continues from `position` (a fresh Position starts the stream).
+
+    `preprocess` is a train transform or its `Pixels`; batches of uint8 images need `Pixels.to_model`.
+    """
+    pixels = preprocess if isinstance(preprocess, Pixels) else Pixels(preprocess)
     if position.num_workers != num_workers:
         raise DataError(f"the checkpoint was written with --workers {position.num_workers}; resume with the same "
                         f"number (got {num_workers}) so the data stream continues exactly")
-    dataset = ShardBatches(shards, batch_size, preprocess, tokenizer, seed, rank, num_workers,
+    dataset = ShardBatches(shards, batch_size, pixels, tokenizer, seed, rank, num_workers,
                            worker_offset=position.batches % position.num_streams, states=position.states, mix=mix)
     # prefetch 2 batches a worker (torch's default, as open_clip_train): the batches in flight cost
-    # workers x prefetch x batch bytes of shared memory, 2.5 GB each at 4096 x 224 px, so 4 a worker would hold
-    # 138 GB of host memory with 14 workers at the `small` batch on one GPU (128 GB on an H200 host)
+    # workers x prefetch x batch bytes of shared memory, 616 MB each at 4096 x 224 px in uint8 (2.5 GB as floats,
+    # when the transform cannot be split), so 14 workers at the `small` batch hold 17 GB (69 GB as floats)
     return torch.utils.data.DataLoader(
         dataset, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
         persistent_workers=False, prefetch_factor=2 if num_workers > 0 else None)
