@@ -9,7 +9,8 @@
 #   on the device:       run(command="bash benchmarks/gpu_check.sh run", carry=[".whl"], timeout_s=600)
 #       installs them into /tmp/site and runs, each under its own time limit (STAGE_S, TRAIN_S seconds):
 #         stage_bench.py --gpu   ViT-B-32 and ViT-L-14, bf16: forward-only vs the stage vs DataLoader+PIL
-#         train_bench.py gpu     ViT-B-32, DataComp's small flags, batch 4096, STEPS steps, each trainer
+#         train_bench.py gpu     ViT-B-32, DataComp's small flags, batch 4096, STEPS steps, each trainer,
+#                                then ours without gradient checkpointing (an equivalent option)
 #       logs and JSON results go to $OUT (gpu_check.log, stage_gpu.txt, train_gpu.txt).
 #
 # The device image has torch, torchvision, timm, numpy, pillow, pyarrow, scipy, numba (KINDS.md); versions
@@ -44,11 +45,11 @@ run() {
   python3 -c "import sys, torch, torchvision, open_clip, webdataset, PIL, numpy; print(sys.version.split()[0], 'torch', torch.__version__, 'tv', torchvision.__version__, 'open_clip', open_clip.__version__, 'wds', webdataset.__version__, 'pillow', PIL.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
   nproc
   local work=/tmp/gpu_check
-  timeout "${STAGE_S:-200}" python3 benchmarks/stage_bench.py --gpu --n "${N:-20000}" --unique 2000 \
+  timeout "${STAGE_S:-170}" python3 benchmarks/stage_bench.py --gpu --n "${N:-20000}" --unique 2000 \
       --workers "${WORKERS:-14}" --precision bf16 --batch-size 256 --work "$work/stage" 2>&1 | tee "$out/stage_gpu.txt"
   echo "stage_bench exit: ${PIPESTATUS[0]}"
-  timeout "${TRAIN_S:-330}" python3 benchmarks/train_bench.py gpu --steps "${STEPS:-60}" --workers "${WORKERS:-14}" \
-      --shards 32 --per-shard 1000 --ref-wheels "$WHL/ref" --work "$work/train" 2>&1 \
+  timeout "${TRAIN_S:-380}" python3 benchmarks/train_bench.py gpu --steps "${STEPS:-60}" --workers "${WORKERS:-14}" \
+      --shards 32 --per-shard 1000 --no-checkpointing --ref-wheels "$WHL/ref" --work "$work/train" 2>&1 \
       | grep -v "Train Epoch" | tail -60 | tee "$out/train_gpu.txt"
   echo "train_bench exit: ${PIPESTATUS[0]}"
 }

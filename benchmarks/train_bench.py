@@ -1,10 +1,11 @@
 """Trainer speed, side by side with open_clip's own entry point, on the same synthetic shards and machine.
 
-    python benchmarks/train_bench.py gpu [--gpus 1] [--steps 300] [--batch-size 1024]
+    python benchmarks/train_bench.py gpu [--gpus 1] [--steps 300] [--batch-size 1024] [--no-checkpointing]
         makes synthetic JPEG shards (~256 px, captions), trains DataComp's `small` configuration (ViT-B-32,
         amp, local loss, gather-with-grad, grad checkpointing, resampled shards) for --steps steps with
         `train`, then with `python -m open_clip_train.main` and DataComp's flags, and prints steady-state
         samples/s of each and the ratio (target: train >= 1.3x open_clip, data-wait < 5%).
+        --no-checkpointing adds a run of ours without gradient checkpointing (same gradients, more memory).
     python benchmarks/train_bench.py cpu
         times `train --scale tiny` end to end on CPU (the demo), on 256 px JPEG shards.
     python benchmarks/train_bench.py cpu-compare [--model datacomp-tiny|ViT-S-32] [--steps 60] [--batch-size 64]
@@ -203,6 +204,8 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int, default=None,
                    help="per-GPU batch (gpu mode; default: 4096 / gpus, DataComp's small global batch)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--no-checkpointing", action="store_true",
+                   help="gpu: also run ours with --grad-checkpointing off (an equivalent option: same gradients)")
     p.add_argument("--shards", type=int, default=None)
     p.add_argument("--per-shard", type=int, default=None)
     args = p.parse_args(argv)
@@ -230,17 +233,28 @@ def main(argv=None) -> int:
         t = time.time()
         data = make_shards(work / "shards", args.shards or 64, args.per_shard or 1000)
         print(f"shards: {time.time() - t:.1f} s")
-        for name in ("run_train", "run_open_clip"):
+        for name in ("run_train", "run_train_nockpt", "run_open_clip"):
             shutil.rmtree(work / name, ignore_errors=True)
         ours = run_train("small", data, work / "run_train", args.gpus, samples=samples, batch_size=batch,
                          workers=workers)
         ref = run_open_clip(data, work / "run_open_clip", args.gpus, samples, batch, reference_path(work, args.ref_wheels),
                             workers=workers)
-        ratio = ours["samples_per_s"] / ref["samples_per_s"] if ours["samples_per_s"] and ref["samples_per_s"] else None
-        print(json.dumps({"train": ours, "open_clip": ref, "ratio": ratio, "gpus": args.gpus,
-                          "batch_per_gpu": batch, "steps": args.steps, "workers": workers}, indent=2))
-        print(f"train {ours['samples_per_s']:.0f} samples/s vs open_clip {ref['samples_per_s']:.0f}: "
-              f"{ratio:.2f}x (data wait {ours['data_wait']:.1%} vs {ref['data_wait']:.1%})")
+        results = {"train": ours, "open_clip": ref}
+        if args.no_checkpointing:  # same gradients, more memory: may not fit the batch on every GPU
+            try:
+                results["train_no_checkpointing"] = run_train(
+                    "small", data, work / "run_train_nockpt", args.gpus, samples=samples, batch_size=batch,
+                    workers=workers, extra=["--grad-checkpointing", "off"])
+            except subprocess.CalledProcessError as e:
+                results["train_no_checkpointing"] = {"error": f"exit {e.returncode} (out of memory?)"}
+        ratios = {name: r["samples_per_s"] / ref["samples_per_s"] for name, r in results.items()
+                  if name != "open_clip" and r.get("samples_per_s") and ref["samples_per_s"]}
+        print(json.dumps({**results, "ratios": ratios, "gpus": args.gpus, "batch_per_gpu": batch,
+                          "steps": args.steps, "workers": workers}, indent=2))
+        for name, ratio in ratios.items():
+            r = results[name]
+            print(f"{name} {r['samples_per_s']:.0f} samples/s vs open_clip {ref['samples_per_s']:.0f}: "
+                  f"{ratio:.2f}x (data wait {r['data_wait']:.1%} vs {ref['data_wait']:.1%})")
         return 0
     finally:
         if args.work is None:

@@ -37,6 +37,11 @@ def init(device: str | None = None) -> World:
     if device == "cuda":
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
+        # open_clip_train's main sets these for every run: TF32 for the fp32 matmuls and convolutions left
+        # outside autocast, and cuDNN's autotuner
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     else:
         dev = torch.device(device)
     if world_size > 1 and not dist.is_initialized():

@@ -26,6 +26,7 @@ from . import checkpoint, distributed, logs
 from . import model as model_lib
 from .data import Position, make_loader, resolve_shards
 from .loss import make_loss, split_batch
+from .pixels import Pixels
 from .scales import Scale
 
 log = logging.getLogger("train")
@@ -72,8 +73,6 @@ class Options:
             out["precision"] = self.precision
         if self.model is not None and self.model != self.scale.model:
             out["model"] = self.model
-        if self.grad_checkpointing is not None and self.grad_checkpointing != self.scale.grad_checkpointing:
-            out["grad_checkpointing"] = self.grad_checkpointing
         for name in ("patch_dropout", "image_size", "aug_scale", "re_prob"):
             if getattr(self, name) is not None:
                 out[name] = list(v) if isinstance(v := getattr(self, name), tuple) else v
@@ -84,8 +83,19 @@ class Options:
         return out
 
     def equivalent(self) -> dict:
-        """Options that trade memory for time but give the standard run's gradients (recorded, not non-standard)."""
-        return {"accum_freq": self.accum_freq} if self.accum_freq > 1 else {}
+        """Options that trade memory for time but give the standard run's gradients (recorded, not non-standard).
+
+        Gradient checkpointing recomputes each block's forward in the backward pass: the same gradients (a test
+        checks), a third more compute and much less activation memory. DataComp turned it on to fit its
+        per-GPU batch; a GPU with the memory to spare may turn it off and stay on the protocol.
+        """
+        out = {"accum_freq": self.accum_freq} if self.accum_freq > 1 else {}
+        if self.grad_checkpointing is not None and self.grad_checkpointing != self.scale.grad_checkpointing:
+            out["grad_checkpointing"] = self.grad_checkpointing
+        return out
+
+    def uses_grad_checkpointing(self) -> bool:
+        return self.scale.grad_checkpointing if self.grad_checkpointing is None else self.grad_checkpointing
 
     def aug_cfg(self) -> dict:
         cfg = {}
@@ -220,8 +230,6 @@ def _run(opts: Options, world: distributed.World) -> dict:
         scale = scale.replace(global_batch=opts.batch_size * opts.accum_freq * world.world_size)
     if opts.model is not None:
         scale = scale.replace(model=opts.model)
-    if opts.grad_checkpointing is not None:
-        scale = scale.replace(grad_checkpointing=opts.grad_checkpointing)
     if scale.global_batch % world.world_size:
         raise ValueError(f"global batch {scale.global_batch} does not divide over {world.world_size} ranks")
     if scale.samples_seen < 1:
@@ -246,7 +254,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
     random.seed(opts.seed)
     np.random.seed(opts.seed % 2**32)
     model, preprocess, tokenizer = model_lib.create(
-        scale.model, device, grad_checkpointing=scale.grad_checkpointing, patch_dropout=opts.patch_dropout,
+        scale.model, device, grad_checkpointing=opts.uses_grad_checkpointing(), patch_dropout=opts.patch_dropout,
         image_size=opts.image_size, aug_cfg=opts.aug_cfg(), siglip=opts.siglip)
     optimizer = model_lib.optimizer(model, scale, fused=True if device.type == "cuda" else None)
     scaler = torch.amp.GradScaler("cuda") if precision == "amp" else None
@@ -288,6 +296,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
         "world_size": world.world_size,
         "batch_per_rank": local_batch,
         "micro_batch_per_rank": math.ceil(local_batch / opts.accum_freq),
+        "grad_checkpointing": opts.uses_grad_checkpointing(),
         "workers": opts.workers,
         "checkpoint_every": every,
         "keep": opts.keep,
@@ -314,7 +323,8 @@ def _run(opts: Options, world: distributed.World) -> dict:
     peak = model_lib.peak_flops(device)
     start = time.time()
     if step < steps:
-        loader = make_loader(shards, local_batch, preprocess, tokenizer, opts.seed, world.rank, opts.workers,
+        pixels = Pixels(preprocess, uint8=device.type != "cpu")  # uint8 from the workers, normalised on the GPU
+        loader = make_loader(shards, local_batch, pixels, tokenizer, opts.seed, world.rank, opts.workers,
                              position, pin_memory=device.type == "cuda", mix=opts.mix)
         batches = iter(loader)
         bar = None
@@ -332,7 +342,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
             window["wait"] += time.perf_counter() - asked
             position.consume(batch)
             n = sizes[world.rank]
-            images = batch["images"][:n].to(device, non_blocking=True)
+            images = pixels.to_model(batch["images"][:n].to(device, non_blocking=True))
             texts = batch["texts"][:n].to(device, non_blocking=True)
 
             lr = schedule(step)

@@ -127,3 +127,20 @@ def test_resume_with_accumulation(shards, tmp_path):
     crash_after_step_2()
     assert _train(shards, run, "--batch-size", "8", "--resume", "latest") == 0
     _assert_close(_final(run), unbroken)
+
+
+@pytest.mark.parametrize("patch_dropout", [None, 0.5])
+def test_grad_checkpointing_gives_the_same_gradients(patch_dropout):
+    """Why --grad-checkpointing is an equivalent option: recomputing the blocks changes no gradient (FLIP's
+    patch dropout is drawn before the checkpointed blocks, so it is drawn once either way)."""
+    results = []
+    for on in (False, True):
+        model, images, texts = _inputs(grad_checkpointing=on, patch_dropout=patch_dropout)
+        torch.manual_seed(3)
+        loss = forward_backward(model, make_loss(False), images, texts, [len(CAPTIONS)], World())
+        results.append((float(loss), _grads(model), torch.get_rng_state()))
+    (loss, expected, rng), (got_loss, got, got_rng) = results
+    assert got_loss == loss and torch.equal(got_rng, rng)
+    assert got.keys() == expected.keys() and len(got) > 10
+    for name, grad in expected.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-5, atol=1e-7, msg=name)

@@ -158,12 +158,13 @@ def test_torch_compile_trains_the_compiled_model(shards, tmp_path, monkeypatch):
     _loads_in_open_clip(compiled)
 
 
-@pytest.mark.parametrize("scale_on, flag, marked", [
+@pytest.mark.parametrize("scale_on, flag, recorded", [
     (False, "on", {"grad_checkpointing": True}),
     (True, "off", {"grad_checkpointing": False}),
-    (True, None, {}),  # the scale's own setting (DataComp's scales checkpoint) is standard
+    (True, None, {}),  # the scale's own setting (DataComp's scales checkpoint)
 ])
-def test_grad_checkpointing_override(shards, tmp_path, monkeypatch, scale_on, flag, marked):
+def test_grad_checkpointing_override(shards, tmp_path, monkeypatch, scale_on, flag, recorded):
+    """Either way is on the protocol (same gradients, see test_train_accum): recorded as equivalent, not marked."""
     real_scale = cli.get_scale
     monkeypatch.setattr(cli, "get_scale", lambda name: real_scale(name).replace(grad_checkpointing=scale_on))
     calls = []
@@ -173,7 +174,11 @@ def test_grad_checkpointing_override(shards, tmp_path, monkeypatch, scale_on, fl
     assert _train(shards, run, *(("--grad-checkpointing", flag) if flag else ())) == 0
     on = flag == "on" or (flag is None and scale_on)
     assert len(calls) == (2 * (2 + 2) if on else 0)  # 2 steps x (2 image + 2 text blocks)
-    assert _marked(run) == {**STANDARD, **marked}
+    assert _marked(run) == STANDARD
+    info = read_info(run)
+    assert info["equivalent_options"] == recorded and info["grad_checkpointing"] == on
+    assert info["protocol"]["grad_checkpointing"] == scale_on  # the scale itself is not rewritten
+    assert [r["equivalent_options"] for r in read_log(run) if r.get("event") == "start"] == [recorded]
 
 
 def test_model_with_a_timm_convnext_image_tower(shards, tmp_path, built):
