@@ -235,8 +235,9 @@ def main(argv=None) -> int:
         print(f"shards: {time.time() - t:.1f} s")
         for name in ("run_train", "run_train_nockpt", "run_open_clip"):
             shutil.rmtree(work / name, ignore_errors=True)
+        # a log record every 10 steps, as open_clip's here (each record synchronises with the GPU)
         ours = run_train("small", data, work / "run_train", args.gpus, samples=samples, batch_size=batch,
-                         workers=workers)
+                         workers=workers, extra=["--log-every", "10"])
         ref = run_open_clip(data, work / "run_open_clip", args.gpus, samples, batch, reference_path(work, args.ref_wheels),
                             workers=workers)
         results = {"train": ours, "open_clip": ref}
@@ -244,7 +245,7 @@ def main(argv=None) -> int:
             try:
                 results["train_no_checkpointing"] = run_train(
                     "small", data, work / "run_train_nockpt", args.gpus, samples=samples, batch_size=batch,
-                    workers=workers, extra=["--grad-checkpointing", "off"])
+                    workers=workers, extra=["--grad-checkpointing", "off", "--log-every", "10"])
             except subprocess.CalledProcessError as e:
                 results["train_no_checkpointing"] = {"error": f"exit {e.returncode} (out of memory?)"}
         ratios = {name: r["samples_per_s"] / ref["samples_per_s"] for name, r in results.items()

@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mix", type=int, default=4, help="shards each worker reads at once, interleaved (shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--log-every", type=int, default=1,
-                   help="steps per log.jsonl record (throughput and data wait are averaged over them)")
+                   help="steps per log.jsonl record (throughput and data wait are averaged over them; each "
+                        "record waits for the GPU to finish its queued work, so on a GPU log every 10 or more)")
     ns = p.add_argument_group("beyond DataComp (non-standard: recorded in info.json, log.jsonl and checkpoints)")
     ns.add_argument("--model", default=None, help="any open_clip model name instead of the scale's (e.g. convnext_base)")
     ns.add_argument("--patch-dropout", type=float, default=None, help="FLIP: fraction of image patches dropped")

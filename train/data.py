@@ -132,7 +132,8 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str] | str:
     try:
         image = Image.open(io.BytesIO(sample[image_ext]))
         image.load()
-        image = image.convert("RGB")
+        if image.mode != "RGB":  # convert() would copy an RGB image too
+            image = image.convert("RGB")
     except Exception:  # PIL raises many types for undecodable bytes
         return "corrupt_image"
     return image, caption
