@@ -49,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="'latest' (the newest checkpoint of --output; starts fresh if none) or a checkpoint path")
     p.add_argument("--precision", choices=("amp", "amp_bf16", "fp32"), default=None,
                    help="autocast precision (default: the scale's; amp falls back to fp32 without a GPU)")
-    p.add_argument("--workers", type=int, default=4, help="data loading processes per rank (0: in the main process)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loading processes per rank (0: in the main process). Default: on resume the "
+                        "checkpoint's; on a GPU the rank's share of the CPUs less one (at most 16); on a CPU 4")
     p.add_argument("--seed", type=int, default=0, help="seeds model init, shard sampling and augmentation")
     p.add_argument("--batch-size", type=int, default=None,
                    help="per-rank batch of one forward pass; the global batch becomes batch x accum-freq x ranks "

@@ -299,6 +299,13 @@ class Position:
         self.batches = batches
         self.states = {int(k): v for k, v in (states or {}).items()}
 
+    def check_workers(self, num_workers: int) -> None:
+        """A stream continues exactly only with the workers it was saved with."""
+        if self.num_workers != num_workers:
+            raise DataError(f"the checkpoint was written with --workers {self.num_workers}; resume with the same "
+                            f"number (got {num_workers}), or leave --workers out, so the data stream continues "
+                            f"exactly")
+
     def consume(self, batch: dict) -> None:
         self.states[int(batch["role"])] = batch["state"]
         self.batches += 1
@@ -327,9 +334,7 @@ def make_loader(shards, batch_size, preprocess: Pixels | Callable, tokenizer, se
     `preprocess` is a train transform or its `Pixels`; batches of uint8 images need `Pixels.to_model`.
     """
     pixels = preprocess if isinstance(preprocess, Pixels) else Pixels(preprocess)
-    if position.num_workers != num_workers:
-        raise DataError(f"the checkpoint was written with --workers {position.num_workers}; resume with the same "
-                        f"number (got {num_workers}) so the data stream continues exactly")
+    position.check_workers(num_workers)
     dataset = ShardBatches(shards, batch_size, pixels, tokenizer, seed, rank, num_workers,
                            worker_offset=position.batches % position.num_streams, states=position.states, mix=mix)
     # prefetch 2 batches a worker (torch's default, as open_clip_train): the batches in flight cost

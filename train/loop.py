@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -41,7 +42,7 @@ class Options:
     output: Path
     resume: str | None = None
     precision: str | None = None  # None: the scale's
-    workers: int = 4
+    workers: int | None = None  # loader processes per rank; None: the checkpoint's on resume, else default_workers
     seed: int = 0
     batch_size: int | None = None  # per-rank batch of one forward pass; global: x accum_freq x ranks (non-standard)
     samples: int | None = None  # override of samples seen (non-standard; tests and demos)
@@ -205,6 +206,23 @@ def _unwrap(m):
     return m.module if hasattr(m, "module") else m
 
 
+def default_workers(device: torch.device, world) -> int:
+    """Loader processes per rank when --workers is not given: on a GPU, this rank's share of the CPUs less one
+    for the training process itself (at most 16); on a CPU, 4 (open_clip's default), leaving cores to compute.
+
+    A GPU eats samples several times faster than a worker decodes them (about 300-400 a second per core at
+    224 px), so a fixed 4 would leave it waiting.
+    """
+    if device.type == "cpu":
+        return 4
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))
+    return max(1, min(16, cpus // max(1, local_ranks) - 1))
+
+
 def _resolve_precision(opts: Options, device: torch.device) -> str:
     precision = opts.precision or opts.scale.precision
     if precision == "amp" and device.type != "cuda":
@@ -264,7 +282,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
     loss_fn = make_loss(opts.siglip, rank=world.rank, world_size=world.world_size)
 
     step, samples_seen = 0, 0
-    position = Position(opts.workers)
+    position = None
     resume_from = checkpoint.resolve(run_dir, opts.resume)
     if resume_from is not None:
         state = checkpoint.load(resume_from)
@@ -274,9 +292,16 @@ def _run(opts: Options, world: distributed.World) -> dict:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, samples_seen = int(state["step"]), int(state["samples_seen"])
-        position = Position.from_dict(state["data"][world.rank])
+        position = Position.from_dict(state["data"][world.rank])  # make_loader checks its worker count
         checkpoint.set_rng_state(state["rng"][world.rank], device)
         del state
+
+    workers = opts.workers
+    if workers is None:
+        workers = position.num_workers if position is not None else default_workers(device, world)
+    if position is None:
+        position = Position(workers)
+    position.check_workers(workers)  # before anything is written
 
     ddp_model = model
     if world.distributed:
@@ -297,7 +322,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
         "batch_per_rank": local_batch,
         "micro_batch_per_rank": math.ceil(local_batch / opts.accum_freq),
         "grad_checkpointing": opts.uses_grad_checkpointing(),
-        "workers": opts.workers,
+        "workers": workers,
         "checkpoint_every": every,
         "keep": opts.keep,
         "device": str(device),
@@ -324,7 +349,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
     start = time.time()
     if step < steps:
         pixels = Pixels(preprocess, uint8=device.type != "cpu")  # uint8 from the workers, normalised on the GPU
-        loader = make_loader(shards, local_batch, pixels, tokenizer, opts.seed, world.rank, opts.workers,
+        loader = make_loader(shards, local_batch, pixels, tokenizer, opts.seed, world.rank, workers,
                              position, pin_memory=device.type == "cuda", mix=opts.mix)
         batches = iter(loader)
         bar = None

@@ -65,3 +65,37 @@ def test_kill_and_resume_matches_an_unbroken_run(shards, tmp_path):
     log_b = [r for r in read_log(broken) if "loss" in r]
     assert [r["step"] for r in log_b] == list(range(1, STEPS + 1))  # no step twice, none missing
     assert [r["loss"] for r in log_a] == [r["loss"] for r in log_b]
+
+
+def test_resume_takes_the_checkpoints_worker_count_when_none_is_given(shards, tmp_path):
+    """The data position belongs to the checkpoint's loader workers: without --workers a resume reuses them;
+    another number is a clear error, since the stream could not continue exactly."""
+    from train.logs import read_info
+
+    run = tmp_path / "run"
+    base = ["--scale", "tiny", "--data", str(shards), "--output", str(run), "--samples", "24", "--batch-size", "8",
+            "--checkpoint-every", "1", "--no-progress"]
+    assert cli.main([*base, "--workers", "1"]) == 0
+    first = checkpoint.step_path(run, 1)
+    before = (run / "log.jsonl").read_text(), (run / "info.json").read_text()
+    assert cli.main([*base, "--resume", str(first), "--workers", "2"]) == 2  # DataError: exit 2
+    assert ((run / "log.jsonl").read_text(), (run / "info.json").read_text()) == before  # nothing written
+    assert cli.main([*base, "--resume", str(first)]) == 0
+    info = read_info(run)
+    assert info["workers"] == 1 and info["resumed_from"] == str(first) and info["steps_done"] == 3
+    assert [r["event"] for r in read_log(run) if "event" in r].count("resume") == 1
+
+
+def test_default_workers_follow_the_cpus_of_each_gpu(monkeypatch):
+    from train.distributed import World
+    from train.loop import default_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert default_workers(cpu, World()) == 4
+    assert default_workers(cuda, World()) == 15
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")  # torchrun: 8 GPUs share the host's CPUs
+    assert default_workers(cuda, World(world_size=16)) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(256)))
+    assert default_workers(cuda, World(world_size=16)) == 16  # 256 // 8 - 1 = 31, capped
