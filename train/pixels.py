@@ -7,6 +7,9 @@ at the cropped RGB image and sends its uint8 pixels; the device maps each byte t
 channel that was computed by that same ToTensor and Normalize. A byte can only map to one float, so the model
 sees exactly the tensor open_clip's transform would have made, on any device.
 
+The crop itself, when it is open_clip's (RandomResizedCrop with Pillow's BICUBIC), runs as a compiled kernel
+that gives Pillow's bytes (`crop`), three times faster than Pillow's resize.
+
 A transform that does not end in ToTensor, Normalize (timm's, with random erasing after Normalize) runs whole
 in the worker, and its floats cross as before. So does every transform when training on CPU: there the
 lookup (about 1 ms an image at 224 px) would only move work from the loader workers to the training process.
@@ -19,6 +22,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torchvision import transforms
+
+from .crop import ResizedCrop
 
 CHUNK = 256  # images normalised at a time: bounds the int32 index tensor at CHUNK x C x H x W x 4 bytes
 
@@ -49,6 +54,8 @@ class Pixels:
             self.crop, self.table = preprocess, None
         else:
             self.crop, self.table = split[0], _table(split[1], split[2])
+        # open_clip's crop (RandomResizedCrop, BICUBIC) compiled, bit for bit; other crops run in Pillow
+        self.fast_crop = ResizedCrop.of(self.crop.transforms) if self.table is not None else None
         self._on_device: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
@@ -60,6 +67,8 @@ class Pixels:
         """One sample's tensor as it crosses to the main process: uint8 CHW, or the whole transform's floats."""
         if self.table is None:
             return self.crop(image)
+        if self.fast_crop is not None:
+            return self.fast_crop(image)
         out = self.crop(image)
         if getattr(out, "mode", "RGB") != "RGB":
             out = out.convert("RGB")

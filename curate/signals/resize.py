@@ -146,10 +146,13 @@ def _resample_row(row, start, count, kk, out):
 
 @njit(cache=True, nogil=True)
 def _resample_cols(img, y0, start, count, kk, out):
-    """Vertical pass: out[yy] = clip8(sum_k img[start[yy] - y0 + k] * kk[yy, k] + half), row-wise."""
+    """Vertical pass: out[yy] = clip8(sum_k img[start[yy] - y0 + k] * kk[yy, k] + half), row-wise.
+
+    Whole rows at a time (a vector multiply-add per weight); also train.crop's pass, on both axes.
+    """
     w = img.shape[1]
     acc = np.empty(w, np.int32)
-    for yy in range(SIZE):
+    for yy in range(start.shape[0]):
         acc[:] = _HALF
         s0 = start[yy] - y0
         wts = kk[yy]

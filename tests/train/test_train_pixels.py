@@ -45,9 +45,14 @@ def _both(preprocess, images, seed=7):
     return reference, wire, pixels
 
 
-@pytest.mark.parametrize("size", [224, 32])
-def test_uint8_path_is_bit_identical_to_open_clips_transform(size):
-    reference, wire, pixels = _both(_train_transform(size), _images())
+@pytest.mark.filterwarnings("ignore:Unused augmentation")
+@pytest.mark.parametrize("size, aug, compiled_crop", [
+    (224, {}, True), (32, {}, True),
+    (32, {"color_jitter_prob": 1.0, "color_jitter": (0.4, 0.4, 0.4, 0.1)}, False),  # Pillow crops, then jitters
+])
+def test_uint8_path_is_bit_identical_to_open_clips_transform(size, aug, compiled_crop):
+    reference, wire, pixels = _both(_train_transform(size, **aug), _images())
+    assert (pixels.fast_crop is not None) == compiled_crop
     assert pixels.uint8 and wire.dtype == torch.uint8 and wire.shape == reference.shape
     assert wire.element_size() * wire.nelement() * 4 == reference.element_size() * reference.nelement()
     assert torch.equal(pixels.to_model(wire), reference)
