@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
-import io
 import json
 import random
 import tarfile
@@ -24,13 +23,18 @@ from typing import Callable, Iterator
 import torch
 from PIL import Image
 
+from curate.signals.decode import TOO_MANY_PIXELS, DecodeLimits, decode_image
 from curate.wds import member_key
 
 from .pixels import Pixels
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
-SKIP_REASONS = ("missing_image", "missing_caption", "corrupt_image", "bad_caption", "corrupt_shard")
+SKIP_REASONS = ("missing_image", "missing_caption", "corrupt_image", "too_many_pixels", "bad_caption",
+                "corrupt_shard")
+# The pixel bound of every decode of untrusted images (Pillow's bomb limit, checked on the header before any
+# pixel is decoded); no aspect-ratio bound: the trainer trains on what the subset holds, as open_clip does.
+TRAIN_DECODE_LIMITS = DecodeLimits(max_aspect_ratio=float("inf"))
 
 
 class DataError(RuntimeError):
@@ -129,14 +133,10 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str] | str:
         return "bad_caption"
     if not caption:
         return "missing_caption"
-    try:
-        image = Image.open(io.BytesIO(sample[image_ext]))
-        image.load()
-        if image.mode != "RGB":  # convert() would copy an RGB image too
-            image = image.convert("RGB")
-    except Exception:  # PIL raises many types for undecodable bytes
-        return "corrupt_image"
-    return image, caption
+    decoded = decode_image(sample[image_ext], TRAIN_DECODE_LIMITS, forms=("RGB",))
+    if not decoded.ok:
+        return "too_many_pixels" if decoded.status == TOO_MANY_PIXELS else "corrupt_image"
+    return decoded.rgb, caption
 
 
 # --------------------------------------------------------------------------------------------- the stream

@@ -54,6 +54,15 @@ def test_corrupt_samples_are_skipped_and_counted(tmp_path):
     assert state["emitted"] == 30 + sum(skipped.values())
 
 
+def test_an_image_over_the_pixel_bound_is_skipped_before_decoding(tmp_path):
+    """Untrusted images are bounded on their header: a decompression bomb is counted, never decoded."""
+    write_shards(tmp_path / "s", n_shards=1, per_shard=6, bad={1: "bomb", 4: "bomb"})
+    loader, position = _loader(tmp_path / "s", batch=4)
+    position.consume(next(iter(loader)))
+    skipped = position.skipped()
+    assert skipped["too_many_pixels"] >= 1 and skipped["corrupt_image"] == 0
+
+
 def test_nothing_trainable_is_a_clear_error(tmp_path):
     write_shards(tmp_path / "s", n_shards=2, per_shard=3, bad={0: "corrupt", 1: "no_caption", 2: "no_image"})
     loader, _ = _loader(tmp_path / "s")

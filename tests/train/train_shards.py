@@ -19,6 +19,18 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that claims any size and holds one empty row of pixel data: Pillow opens it from its header."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00")) + chunk(b"IEND", b""))
+
+
 def image_bytes(rng: np.random.Generator, colour, size: int, fmt: str = "JPEG") -> bytes:
     pixels = np.clip(np.array(colour)[None, None, :] + rng.normal(0, 20, (size, size, 3)), 0, 255).astype(np.uint8)
     buf = io.BytesIO()
@@ -28,7 +40,8 @@ def image_bytes(rng: np.random.Generator, colour, size: int, fmt: str = "JPEG") 
 
 def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 16, size: int = 40, seed: int = 0,
                  bad: dict | None = None) -> list[Path]:
-    """Write n_shards tars; `bad` maps a sample index in each shard to 'corrupt'|'no_image'|'no_caption'."""
+    """Write n_shards tars; `bad` maps a sample index in each shard to 'corrupt'|'no_image'|'no_caption'|'bomb'
+    (a PNG whose header declares 10000 x 10000 pixels, over Pillow's bomb limit but under twice it)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     names = list(COLOURS)
@@ -41,8 +54,11 @@ def write_shards(folder: Path, n_shards: int = 2, per_shard: int = 16, size: int
                 colour = names[int(rng.integers(len(names)))]
                 kind = (bad or {}).get(i)
                 if kind != "no_image":
-                    data = b"\xff\xd8not a jpeg" if kind == "corrupt" else image_bytes(rng, COLOURS[colour], size)
-                    _add(tar, f"{key}.jpg", data)
+                    if kind == "bomb":
+                        _add(tar, f"{key}.png", png_header(10_000, 10_000))
+                    else:
+                        data = b"\xff\xd8not a jpeg" if kind == "corrupt" else image_bytes(rng, COLOURS[colour], size)
+                        _add(tar, f"{key}.jpg", data)
                 if kind != "no_caption":
                     _add(tar, f"{key}.txt", f"a photo of a {colour} square".encode())
                 _add(tar, f"{key}.json", json.dumps({"uid": f"{s:016x}{i:016x}"}).encode())
