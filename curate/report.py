@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from curate.atomic import atomic_open
+from curate.signals.decode import PIXELS_ONLY
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
 THUMB = 160
@@ -175,6 +176,8 @@ def _json_uid(sample) -> str | None:
 def _thumbnail_uri(data: bytes, size: int) -> str | None:
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if im.width * im.height > PIXELS_ONLY.max_pixels:  # bounded on the header, never decoded
+                return None
             im.draft("RGB", (size, size))
             im = im.convert("RGB")
             im.thumbnail((size, size))

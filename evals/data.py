@@ -129,10 +129,22 @@ def iter_tar_samples(path: Path, keep: Callable[[int], bool] = lambda i: True) -
 
 
 def decode_image(sample: dict, shard: Path) -> Image.Image:
+    """The sample's RGB image; an undecodable or oversized one (pixels bounded on the header, before decoding)
+    is a clear error: skipping it would change the task's score."""
     for ext in IMAGE_EXTS:
         if ext in sample:
-            return Image.open(io.BytesIO(sample[ext])).convert("RGB")
+            return rgb_image(sample[ext], f"{shard}: sample {sample['__key__']}")
     raise EvalDataError(f"{shard}: sample {sample['__key__']} has no image ({'/'.join(IMAGE_EXTS)})")
+
+
+def rgb_image(data: bytes, where: str) -> Image.Image:
+    """Untrusted image bytes as RGB through the curation decoder, or EvalDataError naming `where`."""
+    from curate.signals.decode import PIXELS_ONLY, decode_image as decode
+
+    decoded = decode(data, PIXELS_ONLY, forms=("RGB",))
+    if not decoded.ok:
+        raise EvalDataError(f"{where}: its image cannot be used ({decoded.status})")
+    return decoded.rgb
 
 
 def decode_field(sample: dict, name: str, shard: Path):

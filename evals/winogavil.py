@@ -19,14 +19,12 @@ The data is the webdataset that `evaluate download` writes from nlphuji/winogavi
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
 import torch
-from PIL import Image
 
-from evals.data import EvalDataError, EvalSet, _one_thread, iter_tar_samples
+from evals.data import EvalDataError, EvalSet, _one_thread, iter_tar_samples, rgb_image
 from evals.model import encode_texts
 from evals.zeroshot import image_features
 
@@ -91,7 +89,7 @@ class WinoDataset(torch.utils.data.IterableDataset):
         imgs = [s.get(k) for k in sorted(k for k in s if k[:2].isdigit() and "." in k)]
         if not cands or len(imgs) != len(cands):
             raise EvalDataError(f"{shard}: sample {s['__key__']} has {len(cands)} candidates but {len(imgs)} images")
-        images = torch.stack([self.transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in imgs])
+        images = torch.stack([self.transform(rgb_image(b, f"{shard}: sample {s['__key__']}")) for b in imgs])
         y_true = np.isin(np.array(cands, dtype=object), np.array(meta.get("associations") or [], dtype=object))
         return images, str(meta["cue"]), y_true
 

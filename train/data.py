@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 import torch
 from PIL import Image
 
-from curate.signals.decode import TOO_MANY_PIXELS, DecodeLimits, decode_image
+from curate.signals.decode import PIXELS_ONLY, TOO_MANY_PIXELS, decode_image
 from curate.wds import member_key
 
 from .pixels import Pixels
@@ -32,9 +32,6 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXT = "txt"
 SKIP_REASONS = ("missing_image", "missing_caption", "corrupt_image", "too_many_pixels", "bad_caption",
                 "corrupt_shard")
-# The pixel bound of every decode of untrusted images (Pillow's bomb limit, checked on the header before any
-# pixel is decoded); no aspect-ratio bound: the trainer trains on what the subset holds, as open_clip does.
-TRAIN_DECODE_LIMITS = DecodeLimits(max_aspect_ratio=float("inf"))
 
 
 class DataError(RuntimeError):
@@ -133,7 +130,8 @@ def decode_sample(sample: dict) -> tuple[Image.Image, str] | str:
         return "bad_caption"
     if not caption:
         return "missing_caption"
-    decoded = decode_image(sample[image_ext], TRAIN_DECODE_LIMITS, forms=("RGB",))
+    # pixels bounded on the header, before decoding; no aspect bound: it trains on what the subset holds
+    decoded = decode_image(sample[image_ext], PIXELS_ONLY, forms=("RGB",))
     if not decoded.ok:
         return "too_many_pixels" if decoded.status == TOO_MANY_PIXELS else "corrupt_image"
     return decoded.rgb, caption

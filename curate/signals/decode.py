@@ -45,6 +45,8 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+# For training and evaluation: the pixel bound only. They use the samples they are given, whatever their shape.
+PIXELS_ONLY = DecodeLimits(max_aspect_ratio=float("inf"))
 
 
 @dataclass

@@ -105,3 +105,19 @@ def test_histogram_marks_the_threshold():
     red = (px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] < 60)
     cols = np.flatnonzero(red.sum(axis=0) > 100)  # a full-height vertical line
     assert len(cols) >= 1
+
+
+def test_thumbnails_bound_pixels_on_the_header(monkeypatch):
+    """An example image over the pixel bound is left out of the page before it is decoded."""
+    from curate import report
+    from curate.signals.decode import DecodeLimits
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    small, large = png(8, 8), png(20, 20)
+    monkeypatch.setattr(report, "PIXELS_ONLY", DecodeLimits(max_pixels=100))
+    assert report._thumbnail_uri(small, 16).startswith("data:image/jpeg;base64,")
+    assert report._thumbnail_uri(large, 16) is None  # a valid image, over this bound

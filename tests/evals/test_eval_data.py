@@ -92,3 +92,23 @@ def test_sample_without_label_is_named(tmp_path):
     ds = EvalDataset(open_eval_set(root).shards, lambda im: torch.zeros(1), ("cls",))
     with pytest.raises(EvalDataError, match=r"0\.tar: sample s0000001 has no \.cls"):
         list(ds)
+
+
+@pytest.mark.parametrize("bad, status", [(b"<html>not an image</html>", "unidentified"), ("bomb", "too_many_pixels")])
+def test_unusable_image_is_named(tmp_path, bad, status):
+    """A broken or oversized image (bounded on its header, never decoded) fails the task, naming the sample."""
+    from tests.train.train_shards import png_header
+
+    root = evalsynth.make_classification_set(tmp_path / "c", n_images=2, n_shards=1)
+    shard = root / "test" / "0.tar"
+    with tarfile.open(shard) as tf:
+        members = [(m, tf.extractfile(m).read()) for m in tf]
+    with tarfile.open(shard, "w") as tf:
+        for m, data in members:
+            if m.name.startswith("s0000001.") and m.name.rsplit(".", 1)[1] in ("jpg", "png", "webp"):
+                data = png_header(10_000, 10_000) if bad == "bomb" else bad
+                m.size = len(data)
+            tf.addfile(m, io.BytesIO(data))
+    ds = EvalDataset(open_eval_set(root).shards, lambda im: torch.zeros(1), ("cls",))
+    with pytest.raises(EvalDataError, match=rf"0\.tar: sample s0000001: its image cannot be used \({status}\)"):
+        list(ds)
