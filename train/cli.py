@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     p.add_argument("--mix", type=int, default=4, help="shards each worker reads at once, interleaved (shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--log-every", type=int, default=1,
-                   help="steps per log.jsonl record (throughput and data wait are averaged over them; each "
-                        "record waits for the GPU to finish its queued work, so on a GPU log every 10 or more)")
+    p.add_argument("--log-every", type=int, default=None,
+                   help="steps per log.jsonl record (throughput and data wait are averaged over them). Each record "
+                        "waits for the GPU to finish its queued work; default 1 on a CPU, 10 on a GPU")
     ns = p.add_argument_group("beyond DataComp (non-standard: recorded in info.json, log.jsonl and checkpoints)")
     ns.add_argument("--model", default=None, help="any open_clip model name instead of the scale's (e.g. convnext_base)")
     ns.add_argument("--patch-dropout", type=float, default=None, help="FLIP: fraction of image patches dropped")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = Options(scale=scale, data=args.data, output=args.output, resume=args.resume,
                    precision=args.precision, workers=args.workers, seed=args.seed, batch_size=args.batch_size,
                    samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
-                   mix=args.mix, progress=not args.no_progress, log_every=max(1, args.log_every), keep=args.keep,
+                   mix=args.mix, progress=not args.no_progress, log_every=None if args.log_every is None else max(1, args.log_every), keep=args.keep,
                    accum_freq=args.accum_freq, model=args.model,
                    patch_dropout=args.patch_dropout, image_size=args.image_size,
                    aug_scale=tuple(args.aug_scale) if args.aug_scale else None, re_prob=args.re_prob,

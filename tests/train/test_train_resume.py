@@ -88,7 +88,9 @@ def test_resume_takes_the_checkpoints_worker_count_when_none_is_given(shards, tm
 
 def test_default_workers_follow_the_cpus_of_each_gpu(monkeypatch):
     from train.distributed import World
-    from train.loop import default_workers
+    from train.loop import default_log_every, default_workers
+
+    assert (default_log_every(torch.device("cpu")), default_log_every(torch.device("cuda", 0))) == (1, 10)
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(16)))
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
