@@ -302,7 +302,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
         step, samples_seen = int(state["step"]), int(state["samples_seen"])
-        position = Position.from_dict(state["data"][world.rank])  # make_loader checks its worker count
+        position = Position.from_dict(state["data"][world.rank])
         checkpoint.set_rng_state(state["rng"][world.rank], device)
         del state
 
