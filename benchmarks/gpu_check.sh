@@ -43,7 +43,7 @@ run() {
   export PYTHONPATH="/tmp/site:$PWD"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import sys, torch, torchvision, open_clip, webdataset, PIL, numpy; print(sys.version.split()[0], 'torch', torch.__version__, 'tv', torchvision.__version__, 'open_clip', open_clip.__version__, 'wds', webdataset.__version__, 'pillow', PIL.__version__, 'numpy', numpy.__version__, 'cuda', torch.cuda.is_available())"
-  nproc
+  nproc; df -h /dev/shm | tail -1  # loader batches pass through it: ~17 GB at 14 workers, batch 4096, uint8
   local work=/tmp/gpu_check
   timeout "${STAGE_S:-170}" python3 benchmarks/stage_bench.py --gpu --n "${N:-20000}" --unique 2000 \
       --workers "${WORKERS:-14}" --precision bf16 --batch-size 256 --work "$work/stage" 2>&1 | tee "$out/stage_gpu.txt"
