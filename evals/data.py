@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from curate.signals.decode import PIXELS_ONLY
+from curate.signals.decode import decode_image as decode
 from curate.wds import member_key
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")  # CLIP_benchmark's preference order
@@ -139,8 +141,6 @@ def decode_image(sample: dict, shard: Path) -> Image.Image:
 
 def rgb_image(data: bytes, where: str) -> Image.Image:
     """Untrusted image bytes as RGB through the curation decoder, or EvalDataError naming `where`."""
-    from curate.signals.decode import PIXELS_ONLY, decode_image as decode
-
     decoded = decode(data, PIXELS_ONLY, forms=("RGB",))
     if not decoded.ok:
         raise EvalDataError(f"{where}: its image cannot be used ({decoded.status})")

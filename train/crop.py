@@ -24,7 +24,7 @@ import math
 import numpy as np
 from numba import njit
 
-from curate.signals.resize import _resample_cols
+from curate.signals.resize import _resample_cols, packed
 
 _ONE = float(1 << 22)  # Pillow's PRECISION_BITS for 8 bits a channel
 
@@ -82,49 +82,47 @@ def vertical_first(w: int, h: int, ow: int, oh: int) -> bool:
     return h > oh and h - oh > 2 * (w - ow)
 
 
-def _transposed(rows: np.ndarray, n: int) -> np.ndarray:
-    """(a, n * 4) uint8 RGBX rows -> the (n, a * 4) uint8 rows of the transposed image (a pixel moves whole)."""
-    pixels = rows.view(np.uint32).reshape(rows.shape[0], n)
-    return np.ascontiguousarray(pixels.T).view(np.uint8).reshape(n, rows.shape[0] * 4)
+def _bytes(pixels: np.ndarray) -> np.ndarray:
+    """(a, n) uint32 RGBX pixels as the (a, n * 4) uint8 rows `_resample_cols` passes over (no copy)."""
+    return pixels.view(np.uint8).reshape(pixels.shape[0], pixels.shape[1] * 4)
+
+
+def _pass(pixels: np.ndarray, y0: int, start, count, kk) -> np.ndarray:
+    """One row pass over (a, n) uint32 RGBX pixels: the (len(start), n) uint32 RGBX result."""
+    out = np.empty((start.shape[0], pixels.shape[1]), np.uint32)
+    _resample_cols(_bytes(pixels), y0, start, count, kk, _bytes(out))
+    return out
 
 
 def resize_chw(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """`Image.fromarray(pixels).resize((ow, oh), BICUBIC)` of RGB pixels (h, w, 3|4 uint8, a 4th byte ignored;
-    any strides, e.g. a crop of a larger image), as (3, oh, ow) uint8. `size` is (oh, ow), torchvision's order.
+    """`Image.fromarray(pixels).resize((ow, oh), BICUBIC)` of RGB pixels as (3, oh, ow) uint8; `size` is (oh, ow),
+    torchvision's order. pixels: (h, w) uint32 RGBX (`phash.pixel_view` of an RGB image) or (h, w, 3|4) uint8
+    (a 4th byte ignored), with any strides, e.g. a crop of a larger image.
 
     Both passes run as row passes (`_resample_cols`, whole rows a weight): the horizontal one on the
-    transposed image, with whole RGBX pixels moved by each transpose.
+    transposed image, whole RGBX pixels moved by each transpose.
     """
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] not in (3, 4):
-        raise ValueError(f"expected (h, w, 3|4) uint8 pixels, got {pixels.dtype} {pixels.shape}")
-    h, w = pixels.shape[:2]
+    if pixels.ndim == 2 and pixels.dtype != np.uint32 or pixels.ndim == 3 and pixels.dtype != np.uint8:
+        raise ValueError(f"expected (h, w) uint32 RGBX or (h, w, 3|4) uint8 pixels, got {pixels.dtype} "
+                         f"{pixels.shape}")
     oh, ow = size
-    if min(h, w, oh, ow) < 1:
-        raise ValueError(f"cannot resize {w}x{h} to {ow}x{oh}")
-    if pixels.shape[2] == 3 or pixels.strides[1:] != (4, 1):  # RGBX pixels, each row one run
-        rgbx = np.zeros((h, w, 4), np.uint8)
-        rgbx[..., :3] = pixels[..., :3]
-        pixels = rgbx
+    if min(*pixels.shape[:2], oh, ow) < 1:
+        raise ValueError(f"cannot resize {pixels.shape[1]}x{pixels.shape[0]} to {ow}x{oh}")
+    pixels = packed(pixels)  # (h, w) uint32 RGBX, one copy of the crop
+    h, w = pixels.shape
     hs, hc, hk = _coeffs(w, ow)
     vs, vc, vk = _coeffs(h, oh)
     need_h, need_v = ow != w, oh != h
     if need_h and need_v and vertical_first(w, h, ow, oh):
-        rows = np.empty((oh, w * 4), np.uint8)
-        _resample_cols(np.ascontiguousarray(pixels).reshape(h, w * 4), 0, vs, vc, vk, rows)
-        cols = np.empty((ow, oh * 4), np.uint8)
-        _resample_cols(_transposed(rows, w), 0, hs, hc, hk, cols)
-        return np.ascontiguousarray(cols.reshape(ow, oh, 4).transpose(2, 1, 0)[:3])
-    y0, y1 = (int(vs[0]), int(vs[-1] + vc[-1])) if need_v else (0, h)  # only the rows the vertical pass reads
-    rows = np.ascontiguousarray(pixels[y0:y1]).reshape(y1 - y0, w * 4)
+        cols = _pass(np.ascontiguousarray(_pass(pixels, 0, vs, vc, vk).T), 0, hs, hc, hk)  # (ow, oh)
+        return np.ascontiguousarray(_bytes(cols).reshape(ow, oh, 4).transpose(2, 1, 0)[:3])
+    y0 = int(vs[0]) if need_v else 0  # only the rows the vertical pass reads, as Pillow
+    rows = pixels[y0:int(vs[-1] + vc[-1])] if need_v else pixels
     if need_h:
-        cols = np.empty((ow, (y1 - y0) * 4), np.uint8)
-        _resample_cols(_transposed(rows, w), 0, hs, hc, hk, cols)
-        rows = _transposed(cols, y1 - y0)
+        rows = np.ascontiguousarray(_pass(np.ascontiguousarray(rows.T), 0, hs, hc, hk).T)
     if need_v:
-        out = np.empty((oh, ow * 4), np.uint8)
-        _resample_cols(rows, y0, vs, vc, vk, out)
-        rows = out
-    return np.ascontiguousarray(rows.reshape(oh, ow, 4).transpose(2, 0, 1)[:3])
+        rows = _pass(rows, y0, vs, vc, vk)
+    return np.ascontiguousarray(_bytes(rows).reshape(oh, ow, 4).transpose(2, 0, 1)[:3])
 
 
 class ResizedCrop:
@@ -157,8 +155,6 @@ class ResizedCrop:
         if image.mode != "RGB":
             image = image.convert("RGB")
         pixels = pixel_view(image)  # Pillow's own RGBX buffer, or a copy of a very large image's pixels
-        if pixels.ndim == 2:
-            pixels = pixels.view(np.uint8).reshape(*pixels.shape, 4)
         size = self.crop.size
         return torch.from_numpy(resize_chw(pixels[top:top + h, left:left + w], (size[0], size[1])))
 

@@ -256,10 +256,10 @@ class ShardBatches(torch.utils.data.IterableDataset):
                 found_usable = True
                 image, caption = decoded
                 with seeded(derive_seed(self.seed, self.rank, role, index)):  # resumable augmentation
-                    pixels = self.pixels.worker(image)
+                    tensor = self.pixels.worker(image)
                 if images is None:
-                    images = _batch_tensor(self.batch_size, pixels, shared=info is not None)
-                images[len(texts)] = pixels
+                    images = _batch_tensor(self.batch_size, tensor, shared=info is not None)
+                images[len(texts)] = tensor
                 texts.append(caption)
             yield {
                 "images": images,
