@@ -1,17 +1,35 @@
 """Write files whole or not at all: a temporary name in the same folder, then an atomic rename.
 
 Every output of the project goes through here, so a killed process never leaves a file that looks whole.
+A temporary is created with the mode the user's umask gives (as `open` would; mkstemp's is 0600) and is
+locked (flock) while its writer lives, so a later command can tell the leftover of a killed write, which
+it removes, from a write in progress.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new empty file beside `path`, locked by this process; returns its descriptor and name."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        if os.fstat(fd).st_nlink:
+            return fd, tmp
+        os.close(fd)  # a cleaner removed it between the open and the lock: take another name
 
 
 @contextlib.contextmanager
@@ -19,15 +37,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    fd, tmp_path = _create_temporary(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        try:
+            if tmp_path.exists():
+                tmp_path.unlink()
+        finally:
+            os.close(fd)  # releases the lock
 
 
 @contextlib.contextmanager
@@ -65,3 +84,35 @@ def is_temporary(path: str | os.PathLike) -> bool:
     """True for the leftovers of an interrupted atomic write (never to be read as output)."""
     name = Path(path).name
     return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of killed writes directly in `folders` (those no live writer holds locked).
+
+    Each command calls it on the folders it writes, so a finished rerun leaves no `.*.tmp` behind, while a
+    write in progress by another process is left alone.
+    """
+    removed = []
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if not is_temporary(p) or not p.is_file():
+                continue
+            try:
+                fd = os.open(p, os.O_RDWR | os.O_CLOEXEC)
+            except (FileNotFoundError, PermissionError):
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue  # its writer is alive
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+            finally:
+                os.close(fd)
+    return removed

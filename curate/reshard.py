@@ -19,8 +19,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.atomic import atomic_path, write_json
+from curate.atomic import atomic_path, remove_stale_temporaries, write_json
 from curate.engines import Engine
+from curate.paths import refuse_overlap
 from curate.pool import Pool, Shard, read_partition
 from curate.subset import SubsetFileError, read_subset, subset_counts
 from curate.uids import UidError, hex_to_pair, uids_to_pairs, valid_uid_mask
@@ -170,13 +171,31 @@ def successful_uids(shard: Shard) -> set[str]:
     return {u.lower() for u in ok.column("uid").to_pylist() if isinstance(u, str)}
 
 
-def prepare_output(out_dir: Path, overwrite: bool) -> None:
+#: written before the output folder is touched, removed once reshard_stats.json is written: while it is
+#: there, the folder holds an unfinished reshard, which a rerun redoes without asking for --overwrite
+UNFINISHED = ".reshard-unfinished"
+
+
+def _is_output(p: Path) -> bool:
+    return p.suffix == ".tar" or p.name.endswith("_stats.json") or p.name == "sizes.json"
+
+
+def prepare_output(out_dir: Path, overwrite: bool) -> bool:
+    """Empty `out_dir` of a previous reshard's files; returns True when it was an unfinished one.
+
+    A finished reshard's shards are replaced only with `overwrite`; a killed one's always (its marker says so).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    old = [p for p in out_dir.iterdir() if p.suffix == ".tar" or p.name.endswith("_stats.json") or p.name == "sizes.json"]
-    if old and not overwrite:
+    unfinished = (out_dir / UNFINISHED).exists()
+    old = [p for p in out_dir.iterdir() if _is_output(p)]
+    if old and not (overwrite or unfinished):
         raise ReshardError(f"{out_dir}: already holds shards; pass --overwrite to replace them")
+    write_json(out_dir / UNFINISHED, {"note": "a reshard is writing this folder; rerun it to finish"})
     for p in old:
         p.unlink()
+    shutil.rmtree(out_dir / "_tmp", ignore_errors=True)
+    remove_stale_temporaries(out_dir)
+    return unfinished
 
 
 def reshard(
@@ -191,6 +210,7 @@ def reshard(
     """Write the subset's samples from the pool's shards into `output`; return the reconciled counts."""
     if shard_size < 1:
         raise ReshardError("--shard-size must be at least 1")
+    refuse_overlap({"the pool": pool.root, "the subset file": subset_path}, output)
     subset_path = str(subset_path)
     subset = read_subset(subset_path)
     unique, multiplicity = np.unique(subset, return_counts=True)
@@ -213,7 +233,7 @@ def reshard(
         raise SubsetFileError(f"{subset_path}: {len(missing)} uids are not in the pool {pool.root} (first: {example})")
 
     out_dir = Path(output)
-    prepare_output(out_dir, overwrite)
+    redone = prepare_output(out_dir, overwrite)
     tmp_dir = out_dir / "_tmp"
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
@@ -269,4 +289,5 @@ def reshard(
         "reconciled": written + not_downloaded_rows + lost_rows == len(subset),
     }
     write_json(out_dir / "reshard_stats.json", stats)
-    return stats
+    (out_dir / UNFINISHED).unlink()
+    return {**stats, "redid_unfinished": redone}

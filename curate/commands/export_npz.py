@@ -29,8 +29,12 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from curate.atomic import atomic_path, is_temporary
+    from curate.atomic import atomic_path, is_temporary, remove_stale_temporaries
+    from curate.paths import refuse_overlap
 
+    out = Path(output) if output else Path(pool_root) / "npz"
+    if out.resolve() != (Path(pool_root) / "npz").resolve():  # the pool's own npz folder, or one outside the pool
+        refuse_overlap({"the pool": pool_root}, out)
     root = Path(pool_root) / "columns"
     available = sorted(p.name[len("clip_"):] for p in root.glob("clip_*") if p.is_dir()) if root.is_dir() else []
     tags = list(dict.fromkeys(tags or available))
@@ -39,10 +43,10 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
     missing = [t for t in tags if t not in available]
     if missing:
         raise ValueError(f"no clip columns for tag(s) {', '.join(missing)} in {root}; available: {', '.join(available) or 'none'}")
-    out = Path(output) if output else Path(pool_root) / "npz"
     shard_files = {t: {p.name: p for p in (root / f"clip_{t}").glob("*.parquet") if not is_temporary(p)} for t in tags}
     names = sorted(set.intersection(*(set(f) for f in shard_files.values())))
     skipped = sorted(set.union(*(set(f) for f in shard_files.values())) - set(names))
+    remove_stale_temporaries(out)  # left by a killed export
     rows = 0
     for name in names:
         arrays, cols, uids = {}, {}, None

@@ -15,7 +15,8 @@ def add_arguments(p) -> None:
     p.add_argument("--subset", required=True, help="DataComp subset file (.npy of dtype u8,u8, sorted)")
     p.add_argument("--output", required=True)
     p.add_argument("--shard-size", type=int, default=10000)
-    p.add_argument("--overwrite", action="store_true", help="replace shards already in OUTPUT")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the shards of a finished reshard in OUTPUT (an unfinished one is always redone)")
     add_engine_arguments(p)
 
 
@@ -30,6 +31,8 @@ def main(args) -> int:
 
 
 def print_summary(s: dict) -> None:
+    if s.get("redid_unfinished"):
+        print("reshard: the output held an unfinished reshard (killed); it was written again from the start")
     print(f"reshard: {s['subset_rows']} subset rows -> wrote {s['written']} samples in {s['output_shards']} shards; "
           f"not downloaded {s['not_downloaded']}, lost to corrupt shards {s['lost_to_corrupt_shards']}; reconcile: {s['reconciled']}")
     for c in s["corrupt_shards"]:

@@ -68,12 +68,16 @@ def build_steps(args) -> tuple[list, dict | None]:
 
 
 def main(args) -> int:
+    from curate.atomic import remove_stale_temporaries
+    from curate.paths import refuse_overlap
     from curate.pool import Pool
     from curate.reshard import reshard
     from curate.run import run_filters
 
     steps, recipe = build_steps(args)
     pool = Pool(args.pool)
+    refuse_overlap({"--pool": args.pool}, args.output)
+    remove_stale_temporaries(args.output, pool.column_dir("language"))  # left by a killed run
     with engine_from_args(args) as engine:
         if pool.has_shards() and not args.no_compute:
             from curate.stage import ensure_columns
