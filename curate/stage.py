@@ -39,7 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate.atomic import write_json
+from curate.atomic import remove_stale_temporaries, write_json
 from curate.engines import Engine
 from curate.pool import Pool, Shard
 from curate.signals.aesthetic import AESTHETIC_COLUMN, DEFAULT_FEED
@@ -339,6 +339,7 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         raise StageError(f"{pool.root}: no whole shards in {pool.shards_dir} (run `curate download` first)")
     start = time.perf_counter()
     root = str(pool.root / "columns")
+    remove_stale_temporaries(*(Path(root) / o.folder for o in outputs))  # left by a killed stage
     work = [(s, missing_outputs(outputs, root, s.shard_id)) for s in shards]
     todo = [(s, outs) for s, outs in work if outs]
     needs_model = any(o.kind == "clip" for _, outs in todo for o in outs)
@@ -350,12 +351,6 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
     else:
         tasks = [StageTask(s, outputs, root, options) for s, _ in todo]
         computed = [r for r in engine.map(stage_shard, tasks, desc=desc) if not r["skipped"]]
-    totals: dict[str, Counter] = {o.folder: Counter() for o in outputs}
-    in_counts: Counter = Counter()
-    for r in computed:
-        for folder, counts in r["status"].items():
-            totals[folder].update(counts)
-            in_counts[folder] += r["samples"] - r["samples_without_uid"]
     seconds = time.perf_counter() - start
     samples = sum(r["samples"] for r in computed)
     stats = {
@@ -369,16 +364,29 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         "shards": len(shards),
         "shards_computed": len(computed),
         "shards_skipped": len(shards) - len(computed),
-        "samples": samples,
+        "samples": samples,  # read by this run; per_signal counts the whole pool
         "samples_without_uid": sum(r["samples_without_uid"] for r in computed),
-        "per_signal": {f: {"samples": in_counts[f], "ok": totals[f].get("ok", 0),
-                           "failed": {k: v for k, v in totals[f].items() if k != "ok"}} for f in totals},
+        "per_signal": column_counts(outputs, root, shards),
         "read_errors": {f"{r['shard']:08d}.tar": r["read_error"] for r in computed if r["read_error"]},
         "seconds": round(seconds, 3),
         "images_per_second": round(samples / seconds, 1) if seconds > 0 else None,
     }
     write_json(pool.root / "columns" / "stage_stats.json", stats)
     return stats
+
+
+def column_counts(outputs: tuple[Output, ...], columns_root: str, shards: list[Shard]) -> dict:
+    """Per output folder, the samples its files hold for the pool's whole shards, ok and failed by reason:
+    counted from the files on disk, so a resumed stage describes every shard, whichever run wrote it."""
+    out = {}
+    for o in outputs:
+        status: Counter = Counter()
+        for s in shards:
+            path = o.path(columns_root, s.shard_id)
+            if path.exists():
+                status.update(pq.ParquetFile(path).read(columns=["status"]).column("status").to_pylist())
+        out[o.folder] = {"samples": sum(status.values()), "ok": status.pop("ok", 0), "failed": dict(status)}
+    return out
 
 
 def read_signal(pool: Pool, signal: str) -> pa.Table:
