@@ -122,11 +122,47 @@ class Pool:
                 f"{self.root}: no metadata found (expected {self.root}/metadata/*.parquet, "
                 f"*.parquet directly in the folder, or downloaded shards in {self.root}/shards/)"
             )
+        key = tuple(map(str, files))
+        if key != getattr(self, "_schemas_checked", None):
+            check_schemas(files)
+            self._schemas_checked = key
         return [Partition(name=p.stem, path=str(p)) for p in files]
 
 
 # img2dataset names the caption column `caption`; DataComp's metadata calls it `text`.
 COLUMN_ALIASES = {"text": ("caption",)}
+
+
+def value_kind(t: pa.DataType) -> str | None:
+    """What a column's values are, for comparing files: widths, string/binary forms and dictionary encoding
+    may differ between a pool's files (pandas writes integers with nulls as floats); None for an all-null
+    column, which fits any."""
+    if pa.types.is_dictionary(t):
+        return value_kind(t.value_type)
+    if pa.types.is_null(t):
+        return None
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        return "text"
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t):
+        return f"list of {value_kind(t.value_type)}"
+    return str(t)
+
+
+def check_schemas(files: list) -> None:
+    """Refuse partitions whose columns hold different kinds of values (a score as text in one file, as a
+    number in the others), naming both files, before any task fails on it without a name."""
+    first: dict[str, tuple[str, pa.DataType, str]] = {}
+    for f in files:
+        for field in partition_schema(str(f)):
+            kind = value_kind(field.type)
+            if kind is None:
+                continue
+            seen = first.setdefault(field.name, (kind, field.type, str(f)))
+            if seen[0] != kind:
+                raise PoolError(f"{f}: column {field.name!r} is {field.type}, but {seen[1]} in {seen[2]}; "
+                                "a pool's metadata files must agree on each column's type")
 
 
 def partition_schema(path: str) -> pa.Schema:
@@ -155,7 +191,31 @@ def read_partition(path: str, columns: list[str]) -> pa.Table:
         table = pq.ParquetFile(path).read(columns=list(dict.fromkeys(chosen.values())))
     except Exception as e:
         raise PoolError(f"{path}: failed to read columns {list(chosen.values())} ({e})") from e
+    for col, src in chosen.items():
+        _check_utf8(path, src, table.column(src))
     return pa.table({col: table.column(src) for col, src in chosen.items()})
+
+
+def _check_utf8(path: str, name: str, column: pa.ChunkedArray) -> None:
+    """A string column must hold UTF-8 (parquet's rule, which its readers do not check): name the file,
+    column and row that breaks it, instead of a decoding error later that names none."""
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        return
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        as_bytes = column.cast(pa.large_binary()).to_pylist()  # no check on this cast
+        row = next(i for i, v in enumerate(as_bytes) if v is not None and not _is_utf8(v))
+        raise PoolError(f"{path}: column {name!r} is a string column but row {row} is not valid UTF-8 "
+                        f"({as_bytes[row][:40]!r}); store it as binary or re-encode it") from None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def partition_num_rows(path: str) -> int:

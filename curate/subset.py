@@ -32,31 +32,49 @@ def write_subset(path: str | os.PathLike, pairs: np.ndarray) -> Path:
 
 
 def read_subset(path: str | os.PathLike) -> np.ndarray:
-    """Load and validate a subset file: dtype `u8,u8`, one dimension, sorted ascending."""
+    """Load and validate a subset file: dtype `u8,u8`, one dimension, sorted ascending.
+
+    The header is checked against the file's size before any array is allocated: a header may claim
+    any number of rows.
+    """
     path = Path(path)
     if not path.is_file():
         raise SubsetFileError(f"{path}: subset file not found")
     with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise SubsetFileError(f"{path}: not a readable .npy file (no numpy header)")
-    try:
-        arr = np.load(path, allow_pickle=False, mmap_mode=None)
-    except ValueError as e:  # object arrays need pickle, which we refuse
-        raise SubsetFileError(f"{path}: not a plain numpy array ({e})") from e
-    except (OSError, EOFError) as e:
-        raise SubsetFileError(f"{path}: not a readable .npy file ({e})") from e
-    if not isinstance(arr, np.ndarray):
-        raise SubsetFileError(f"{path}: expected one .npy array, found {type(arr).__name__}")
-    if arr.dtype != UID_DTYPE:
-        raise SubsetFileError(
-            f"{path}: dtype is {arr.dtype}, DataComp subset files use {UID_DTYPE} "
-            "(upper and lower 64 bits of each uid)"
-        )
-    if arr.ndim != 1:
-        raise SubsetFileError(f"{path}: expected a 1-D array, got shape {arr.shape}")
+        shape, dtype = _read_header(path, f)
+        if dtype != UID_DTYPE:
+            raise SubsetFileError(
+                f"{path}: dtype is {dtype}, DataComp subset files use {UID_DTYPE} "
+                "(upper and lower 64 bits of each uid)"
+            )
+        if len(shape) != 1:
+            raise SubsetFileError(f"{path}: expected a 1-D array, got shape {shape}")
+        data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+        if data_bytes != shape[0] * dtype.itemsize:
+            raise SubsetFileError(f"{path}: its header says {shape[0]} rows ({shape[0] * dtype.itemsize} bytes), "
+                                  f"but the file holds {data_bytes} bytes of rows (truncated or corrupt)")
+        arr = np.fromfile(f, dtype=dtype, count=shape[0])
     if len(arr) > 1 and not _is_sorted(arr):
         raise SubsetFileError(f"{path}: rows are not sorted; DataComp's resharder binary-searches them (sort with np.sort)")
     return arr
+
+
+def _read_header(path: Path, f) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from an .npy header, refusing Fortran order and object dtypes (which need pickle)."""
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        read = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"unsupported .npy format version {version}")
+        shape, fortran, dtype = read(f)
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise SubsetFileError(f"{path}: not a readable .npy file ({e})") from e
+    if fortran and len(shape) > 1:
+        raise SubsetFileError(f"{path}: a Fortran-ordered array; DataComp subset files are 1-D")
+    if dtype.hasobject:
+        raise SubsetFileError(f"{path}: not a plain numpy array (dtype {dtype} needs pickle, which is refused)")
+    return shape, dtype
 
 
 def sort_pairs(pairs: np.ndarray) -> np.ndarray:
