@@ -98,9 +98,10 @@ def run_demo(workdir: str = "demo_out", samples: int = 2000, seed: int = 0, proc
         table = build_world(work / "web", samples, seed, server.url)
         with atomic_path(work / "url_list.parquet") as tmp:
             pq.write_table(table, tmp)
-        print(f"[2/7] downloading it from {server.base} (only http(s) is fetched; the rest is counted)", flush=True)
+        print(f"[2/7] downloading it from {server.base} (only http(s) is fetched; the rest is counted; "
+              "--allow-private because this server is on loopback, which is refused by default)", flush=True)
         step("curate", "download", "--url-list", work / "url_list.parquet", "--pool", work / "pool", "--image-size", 128,
-             "--shard-size", 500, "--threads", 16, "--timeout", 5, *procs, quiet=False)
+             "--shard-size", 500, "--threads", 16, "--timeout", 5, "--allow-private", *procs, quiet=False)
     download = json.loads((work / "pool" / "download_stats.json").read_text())
 
     print("[3/7] training the scoring CLIP on the clean set", flush=True)

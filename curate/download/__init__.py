@@ -1,43 +1,49 @@
 """`curate download`: a DataComp-schema URL list into `POOL/shards/` as webdataset, with img2dataset.
 
-We build img2dataset's own Reader (which cuts the list into shards and skips shards already done, so a
-re-run resumes) and Downloader (fetch, resize, blur faces, write tar + parquet + stats), and map the
-Downloader over the shards with our engine instead of img2dataset's distributor, so `--engine dask`
-works as well as local and Spark. Before img2dataset sees the list we refuse every URL that is not
-http(s), and every redirect to another scheme, and bound the pixels OpenCV will decode.
+We run img2dataset's own Downloader (fetch, resize, blur faces, write tar + parquet + stats) on each shard,
+mapped by our engine instead of img2dataset's distributor, so `--engine dask` and Spark work as well as
+local. Rows are cut into shards as img2dataset's Reader cuts them, from our plans. Around them, for a web
+of strangers:
+
+* `urllist`: rows that must not be fetched (not http(s), invalid or repeated uid, bytes that are not
+  UTF-8) are refused and counted before img2dataset sees the list;
+* `worker`: one shard's task, which builds img2dataset's Downloader in the worker (see there for why);
+* `guard`: in each download process, urllib fetches only public addresses, on every redirect hop, with a
+  byte bound and a whole-request deadline;
+* `resize`: pixels are bounded on the image header before OpenCV allocates them;
+* `plans`: which rows go to which shards is kept on disk, so a rerun resumes, fetches rows a longer list
+  gained into new shards, or re-fetches failed rows (`retry_failed`);
+* `outcomes`: the counts, each from its own source, reconcile or say they do not.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import urllib.error
-import urllib.parse
-import urllib.request
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
-import pyarrow.json as pajson
-import pyarrow.parquet as pq
-
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # img2dataset imports albumentations, which phones home
 
-from curate.atomic import atomic_path, write_json
-from curate.engines import Engine
-from curate.uids import valid_uid_mask
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
-REQUIRED_COLUMNS = ("uid", "url", "text")
-ALLOWED_SCHEMES = ("http", "https")
+from curate.atomic import atomic_path, is_temporary, write_json
+from curate.download import guard, plans, reasons
+from curate.download.outcomes import FAILED_TO_DOWNLOAD, finished_shards, read_outcomes, summarize
+from curate.download.plans import PlanError
+from curate.download.worker import FetchOptions, ShardDownload, run_shard_download
+from curate.download.urllist import (
+    DUPLICATE_UID, INVALID_UID, UrlListError, invalid_utf8_rows, read_url_list, refusal_reasons, repaired,
+)
+from curate.engines import Engine
+
+__all__ = ["DownloadOptions", "PlanError", "UrlListError", "download", "read_url_list", "refusal_reasons"]
+
 DEFAULT_MAX_PIXELS = 89_478_485  # PIL's decompression-bomb limit
 METADATA_ROWS_PER_FILE = 1_000_000
-
-
-class UrlListError(ValueError):
-    """A URL list that cannot be read or lacks DataComp's columns."""
 
 
 @dataclass
@@ -50,274 +56,149 @@ class DownloadOptions:
     encode_format: str = "jpg"
     encode_quality: int = 95  # jpg/webp quality; png takes a compression level 0-9
     shard_size: int = 10000
-    timeout: int = 10
+    timeout: int = 10  # seconds for one socket operation (img2dataset's timeout)
+    deadline: float | None = None  # seconds for a whole request, redirects and body included (None: 3 x timeout)
+    max_bytes: int = guard.DEFAULT_MAX_BYTES
+    allow_private: bool = False  # fetch loopback/private/link-local addresses (a local test server)
+    allow_networks: tuple[str, ...] = ()  # or only these non-public networks (CIDR)
     retries: int = 0
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_aspect_ratio: float = float("inf")
     min_image_size: int = 0
+    retry_failed: tuple[str, ...] | None = None  # re-fetch rows that failed to download for these reasons
+
+    def limits(self) -> guard.FetchLimits:
+        deadline = self.deadline if self.deadline is not None else 3.0 * self.timeout
+        return guard.FetchLimits(max_bytes=self.max_bytes, deadline=deadline, allow_private=self.allow_private,
+                                 allow_networks=tuple(self.allow_networks))
 
 
-def read_url_list(path: str | os.PathLike) -> pa.Table:
-    """Read a parquet, csv or jsonl URL list; check DataComp's required columns are there."""
-    path = str(path)
-    p = Path(path)
-    if not p.exists():
-        raise UrlListError(f"{path}: URL list not found")
-    files = sorted(x for x in p.iterdir() if x.suffix in (".parquet", ".csv", ".jsonl")) if p.is_dir() else [p]
-    if not files:
-        raise UrlListError(f"{path}: no .parquet, .csv or .jsonl files in this folder")
-    tables = [_read_one(str(f)) for f in files]
-    try:
-        table = pa.concat_tables(tables, promote_options="permissive")
-    except pa.ArrowInvalid as e:
-        raise UrlListError(f"{path}: URL list files disagree on their columns ({e})") from e
-    return table
+def retry_reasons(spec: str) -> tuple[str, ...]:
+    """`--retry-failed` values: empty for the transient failures, `all`, or reason names (`5xx` = `http_5xx`)."""
+    if not spec:
+        return reasons.TRANSIENT
+    if spec == "all":
+        return ("all",)
+    out = []
+    for name in (x.strip() for x in spec.split(",") if x.strip()):
+        name = f"http_{name}" if name[:1].isdigit() else name
+        if name not in reasons.NAMES:
+            raise ValueError(f"--retry-failed: unknown reason {name!r} (known: all, {', '.join(reasons.NAMES)})")
+        out.append(name)
+    return tuple(out)
 
 
-def _read_one(path: str) -> pa.Table:
-    suffix = Path(path).suffix.lower()
-    try:
-        if suffix == ".parquet":
-            table = pq.read_table(path)
-        elif suffix == ".csv":
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types={"uid": pa.string(), "text": pa.string(), "url": pa.string()}))
-        elif suffix in (".jsonl", ".json"):
-            table = pajson.read_json(path)
-        else:
-            raise UrlListError(f"{path}: unsupported URL list format {suffix!r} (use .parquet, .csv or .jsonl)")
-    except UrlListError:
-        raise
-    except Exception as e:
-        raise UrlListError(f"{path}: cannot read URL list ({e})") from e
-    missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
-    if missing:
-        raise UrlListError(f"{path}: missing column(s) {', '.join(missing)} (columns present: {', '.join(table.column_names)})")
-    for col in ("uid", "url", "text"):
-        if not pa.types.is_string(table.schema.field(col).type):
-            table = table.set_column(table.column_names.index(col), col, pc.cast(table.column(col), pa.string()))
-    return table
+def _refuse_overlap(url_list: Path, pool_root: Path) -> None:
+    a, b = url_list.resolve(), pool_root.resolve()
+    if a == b or b in a.parents or a in b.parents:
+        raise UrlListError(f"--pool {pool_root} overlaps --url-list {url_list}: the pool must be a folder of its own")
 
 
-def refusal_reasons(table: pa.Table) -> list[str | None]:
-    """Per row: None when the row may be fetched, else why not (`invalid_uid`, `duplicate_uid`, `scheme`, `missing_url`)."""
-    uid_ok = valid_uid_mask(table.column("uid"))
-    uids = table.column("uid").to_pylist()
-    seen: set[str] = set()
-    reasons: list[str | None] = []
-    for i, url in enumerate(table.column("url").to_pylist()):
-        if not uid_ok[i]:
-            reasons.append("invalid_uid")
-            continue
-        key = uids[i].lower()
-        if key in seen:
-            reasons.append("duplicate_uid")
-            continue
-        seen.add(key)
-        if not url:
-            reasons.append("missing_url")
-            continue
-        parsed = urllib.parse.urlsplit(url.strip())
-        if parsed.scheme.lower() not in ALLOWED_SCHEMES or not parsed.netloc:
-            reasons.append("scheme")
-            continue
-        reasons.append(None)
-    return reasons
+def _clean_leftovers(*folders: Path) -> None:
+    """Remove what a killed run left half-written (temporary names), so a finished run leaves none."""
+    for folder in folders:
+        if folder.is_dir():
+            for p in folder.iterdir():
+                if p.is_file() and is_temporary(p):
+                    p.unlink()
 
 
-class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s); urllib would otherwise follow one to ftp://."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in ALLOWED_SCHEMES:
-            raise urllib.error.HTTPError(newurl, code, f"redirect to a non-http(s) URL refused: {newurl}", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
-@dataclass
-class ShardDownload:
-    """One img2dataset shard, run by whatever engine; installs the http-only opener in the worker first."""
-
-    downloader: object
-    shard: tuple
-    max_pixels: int
-
-    def __call__(self) -> tuple[bool, int]:
-        os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(self.max_pixels))
-        urllib.request.install_opener(urllib.request.build_opener(_HttpOnlyRedirects()))
-        ok, _ = self.downloader(self.shard)
-        return bool(ok), int(self.shard[0])
-
-
-def run_shard_download(task: ShardDownload) -> tuple[bool, int]:
-    return task()
+def metadata_table(table: pa.Table, refused: list[str | None]) -> pa.Table:
+    """The pool's metadata: one row per distinct valid uid (as fetched), text and URL stored as valid UTF-8."""
+    keep = pa.array([r not in (INVALID_UID, DUPLICATE_UID) for r in refused])
+    out = table.filter(keep)
+    for col in ("url", "text"):
+        i = out.column_names.index(col)
+        out = out.set_column(i, col, repaired(out.column(col), invalid_utf8_rows(out.column(col))))
+    return out
 
 
 def _write_metadata(pool_root: Path, table: pa.Table) -> None:
-    """Keep the whole URL list (scores and all) as the pool's metadata, in DataComp's layout."""
+    """Keep the URL list (scores and all) as the pool's metadata, in DataComp's layout."""
     meta_dir = pool_root / "metadata"
     meta_dir.mkdir(parents=True, exist_ok=True)
-    for old in meta_dir.glob("*.parquet"):
-        old.unlink()
+    names = []
     for i, start in enumerate(range(0, max(table.num_rows, 1), METADATA_ROWS_PER_FILE)):
-        with atomic_path(meta_dir / f"{i:08d}.parquet") as tmp:
+        names.append(f"{i:08d}.parquet")
+        with atomic_path(meta_dir / names[-1]) as tmp:
             pq.write_table(table.slice(start, METADATA_ROWS_PER_FILE), tmp)
+    for old in meta_dir.glob("*.parquet"):
+        if old.name not in names:
+            old.unlink()
 
 
-def _write_input(path: Path, table: pa.Table) -> None:
-    """The rows img2dataset will fetch; rewritten only when they change, so shard ids stay stable for resume."""
-    if path.exists():
-        try:
-            if pq.read_table(path).equals(table):
-                return
-        except Exception:
-            pass
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+def _run_plans(todo: plans.Plans, opts: DownloadOptions, engine: Engine, shards_dir: Path, has_faces: bool) -> list[int]:
+    """Download every unfinished shard of every plan; returns the shards that failed as a whole."""
+    done = set(finished_shards(shards_dir))
+    fetch = FetchOptions(
+        threads=opts.threads, image_size=opts.image_size, resize_mode=opts.resize_mode,
+        resize_only_if_bigger=opts.resize_only_if_bigger, encode_format=opts.encode_format,
+        encode_quality=opts.encode_quality, timeout=opts.timeout, retries=opts.retries, max_pixels=opts.max_pixels,
+        max_aspect_ratio=opts.max_aspect_ratio, min_image_size=opts.min_image_size, limits=opts.limits())
+    jobs = []
+    for plan in todo.plans:
+        for sid in plan.shard_ids:
+            if sid not in done:
+                first, rows = plan.shard_rows(sid, todo.shard_size)
+                jobs.append(ShardDownload(str(todo.path(plan)), first, rows, sid, todo.shard_size, str(shards_dir),
+                                          has_faces, fetch))
+    results = engine.map(run_shard_download, jobs, desc="download shards") if jobs else []
+    tmp_dir = shards_dir / "_tmp"
+    if tmp_dir.exists():
+        shutil.rmtree(tmp_dir)
+    return sorted(sid for ok, sid in results if not ok)
+
+
+def _plan_retry(todo: plans.Plans, accepted: pa.Table, shards_dir: Path, wanted: tuple[str, ...]) -> plans.Plan | None:
+    """A plan of the rows whose latest outcome is a download failure for one of the `wanted` reasons."""
+    last = todo.plans[-1] if todo.plans else None
+    if last is not None and last.kind == plans.RETRY and last.reasons == list(wanted):
+        done = set(finished_shards(shards_dir))
+        if not set(last.shard_ids) <= done:
+            return last  # a killed retry of the same failures: finishing it is this retry
+    outcomes = read_outcomes(shards_dir, finished_shards(shards_dir)).table
+    failed = outcomes.filter(pc.equal(outcomes.column("status"), FAILED_TO_DOWNLOAD))
+    why = [reasons.short_reason(m) for m in failed.column("error_message").to_pylist()]
+    pick = pa.array(["all" in wanted and r not in reasons.REFUSED_AT_FETCH or r in wanted for r in why], pa.bool_())
+    uids = failed.column("uid").filter(pick)
+    rows = accepted.filter(pc.is_in(accepted.column("uid"), value_set=uids))
+    if rows.num_rows == 0:
+        return None
+    return todo.add(rows, plans.RETRY, list(wanted))
 
 
 def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, options: DownloadOptions | None = None) -> dict:
     """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json)."""
-    from img2dataset.blurrer import BoundingBoxBlurrer
-    from img2dataset.downloader import Downloader
-    from img2dataset.reader import Reader
-    from img2dataset.resizer import Resizer
-    from img2dataset.writer import WebDatasetSampleWriter
-
     opts = options or DownloadOptions()
-    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(opts.max_pixels))
     pool_root = Path(pool_root)
+    _refuse_overlap(Path(url_list), pool_root)
     table = read_url_list(url_list)
-    reasons = refusal_reasons(table)
-    refused = Counter(r for r in reasons if r)
-    accepted_mask = pa.array([r is None for r in reasons])
-    pool_root.mkdir(parents=True, exist_ok=True)
-    _write_metadata(pool_root, table)
-
+    refused_rows = refusal_reasons(table)
+    refused = Counter(r for r in refused_rows if r)
+    accepted_mask = pa.array([r is None for r in refused_rows])
     has_faces = "face_bboxes" in table.column_names
     keep_cols = ["uid", "url", "text"] + (["face_bboxes"] if has_faces else [])
     accepted = table.filter(accepted_mask).select(keep_cols)
+
     work = pool_root / "_download"
-    work.mkdir(exist_ok=True)
-    input_path = work / "input.parquet"
-    _write_input(input_path, accepted)
-
     shards_dir = pool_root / "shards"
-    shards_dir.mkdir(exist_ok=True)
-    done = {int(p.name.split("_")[0]) for p in shards_dir.glob("*_stats.json")}
-    tmp_dir = shards_dir / "_tmp"
-    tmp_dir.mkdir(exist_ok=True)
-    extra = ["uid"] + (["face_bboxes"] if has_faces else [])
-    jobs: list[ShardDownload] = []
-    if accepted.num_rows:
-        reader = Reader(
-            str(input_path), "parquet", "url", "text", None, None, list(extra), opts.shard_size, done, str(tmp_dir), 0
-        )
-        resizer = Resizer(
-            image_size=opts.image_size,
-            resize_mode=opts.resize_mode,
-            resize_only_if_bigger=opts.resize_only_if_bigger,
-            encode_format=opts.encode_format,
-            encode_quality=min(opts.encode_quality, 9) if opts.encode_format == "png" else opts.encode_quality,
-            min_image_size=opts.min_image_size,
-            max_image_area=opts.max_pixels,
-            max_aspect_ratio=opts.max_aspect_ratio,
-            blurrer=BoundingBoxBlurrer() if has_faces else None,
-        )
-        downloader = Downloader(
-            sample_writer_class=WebDatasetSampleWriter,
-            resizer=resizer,
-            thread_count=opts.threads,
-            save_caption=True,
-            extract_exif=False,
-            output_folder=str(shards_dir),
-            column_list=reader.column_list,
-            timeout=opts.timeout,
-            number_sample_per_shard=opts.shard_size,
-            oom_shard_count=8,
-            compute_hash="sha256",
-            verify_hash_type=None,
-            encode_format=opts.encode_format,
-            retries=opts.retries,
-            user_agent_token=None,
-            disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
-            blurring_bbox_col="face_bboxes" if has_faces else None,
-        )
-        jobs = [ShardDownload(downloader, shard, opts.max_pixels) for shard in reader]
-    results = engine.map(run_shard_download, jobs, desc="download shards") if jobs else []
-    failed_shards = sorted(sid for ok, sid in results if not ok)
-    for p in tmp_dir.glob("*"):
-        p.unlink()
-    tmp_dir.rmdir()
+    for folder in (work, shards_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    _clean_leftovers(pool_root, work, work / "plans", shards_dir, pool_root / "metadata")
+    todo = plans.load(work, opts.shard_size)
+    if todo.shard_size != opts.shard_size:
+        print(f"download: this pool's shards hold {todo.shard_size} samples (its first run's --shard-size); keeping it")
+    plans.extend_with_list(todo, accepted, url_list)
+    _write_metadata(pool_root, metadata_table(table, refused_rows))
 
-    summary = summarize(shards_dir, table.num_rows, refused, accepted.num_rows, failed_shards)
+    failed_shards = _run_plans(todo, opts, engine, shards_dir, has_faces)
+    if opts.retry_failed is not None and not failed_shards:
+        if _plan_retry(todo, accepted, shards_dir, tuple(opts.retry_failed)) is not None:
+            failed_shards = _run_plans(todo, opts, engine, shards_dir, has_faces)
+
+    done = finished_shards(shards_dir)
+    retried = sum(p.rows for p in todo.plans if p.kind == plans.RETRY)
+    summary = summarize(table.num_rows, refused, accepted.column("uid"), read_outcomes(shards_dir, done), len(done),
+                        failed_shards, retried)
     write_json(pool_root / "download_stats.json", summary)
     return summary
-
-
-def summarize(shards_dir: Path, rows: int, refused: Counter, accepted: int, failed_shards: list[int]) -> dict:
-    """Add up img2dataset's per-shard stats; every input row lands in exactly one bucket."""
-    success = failed_download = failed_resize = 0
-    reasons: Counter = Counter()
-    shards = 0
-    for stats_file in sorted(shards_dir.glob("*_stats.json")):
-        with open(stats_file) as f:
-            s = json.load(f)
-        shards += 1
-        success += int(s.get("successes", 0))
-        failed_download += int(s.get("failed_to_download", 0))
-        failed_resize += int(s.get("failed_to_resize", 0))
-        for msg, count in (s.get("status_dict") or {}).items():
-            if msg != "success":
-                reasons[_short_reason(msg)] += int(count)
-    attempted = success + failed_download + failed_resize
-    not_attempted = accepted - attempted
-    summary = {
-        "input_rows": rows,
-        "refused": dict(sorted(refused.items())),
-        "refused_total": int(sum(refused.values())),
-        "success": success,
-        "failed_to_download": failed_download,
-        "failed_to_resize": failed_resize,
-        "not_attempted": not_attempted,
-        "failure_reasons": dict(reasons.most_common()),
-        "shards": shards,
-        "failed_shards": failed_shards,
-    }
-    summary["reconciled"] = rows == summary["refused_total"] + success + failed_download + failed_resize + not_attempted
-    return summary
-
-
-def _short_reason(message: str) -> str:
-    """Group img2dataset's error messages (which embed URLs) into a few reasons."""
-    m = message.lower()
-    for needle, reason in (
-        ("redirect to a non-http", "redirect_refused"),
-        ("redirection to url", "redirect_refused"),
-        ("http error 404", "http_404"),
-        ("http error 403", "http_403"),
-        ("http error 5", "http_5xx"),
-        ("http error", "http_error"),
-        ("timed out", "timeout"),
-        ("connection refused", "connection_refused"),
-        ("image decoding error", "decode_error"),
-        ("image area", "too_many_pixels"),
-        ("aspect ratio", "aspect_ratio"),
-        ("too small", "too_small"),
-        ("x-robots-tag", "disallowed_by_robots_tag"),
-        ("name or service not known", "dns"),
-        ("urlopen error", "url_error"),
-    ):
-        if needle in m:
-            return reason
-    return message.strip().splitlines()[0][:80] if message.strip() else "unknown"
-
-
-def counts_by_status(shards_dir: Path) -> dict[str, int]:
-    """Status counts over the shard parquet files (what img2dataset recorded per sample)."""
-    out: Counter = Counter()
-    for p in sorted(shards_dir.glob("*.parquet")):
-        col = pq.read_table(p, columns=["status"]).column("status").to_pylist()
-        out.update(col)
-    return dict(out)
-
-

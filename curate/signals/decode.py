@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import warnings
 from dataclasses import dataclass, field
+from typing import IO
 
 from PIL import Image, UnidentifiedImageError
 
@@ -95,6 +96,32 @@ def convert(image: Image.Image, form: str) -> Image.Image:
     return image if image.mode == form else image.convert(form)
 
 
+def size_refusal(width: int, height: int, limits: DecodeLimits) -> str | None:
+    """Why an image of this header size is refused before decoding (None: it may be decoded)."""
+    if width <= 0 or height <= 0:
+        return CORRUPT
+    if width * height > limits.max_pixels:
+        return TOO_MANY_PIXELS
+    if max(width, height) > limits.max_aspect_ratio * min(width, height):
+        return ASPECT_RATIO
+    return None
+
+
+def header_refusal(stream: IO[bytes], limits: DecodeLimits) -> str | None:
+    """Read only the header of the image in `stream` and say why it must not be decoded, or None.
+
+    For decoders other than Pillow's (the downloader's OpenCV): they allocate from the header without a bound.
+    An image Pillow cannot identify is refused too, since its size cannot be bounded before decoding.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            with Image.open(stream) as im:
+                return size_refusal(*im.size, limits)
+        except Exception as exc:  # untrusted bytes
+            return _reason(exc)
+
+
 def decode_image(
     data: bytes | bytearray | memoryview | None,
     limits: DecodeLimits = DEFAULT_LIMITS,
@@ -112,13 +139,9 @@ def decode_image(
         try:
             im = Image.open(io.BytesIO(data))
             fmt = im.format
-            w, h = im.size
-            if w <= 0 or h <= 0:
-                return _failure(CORRUPT, im, fmt)
-            if w * h > limits.max_pixels:
-                return _failure(TOO_MANY_PIXELS, im, fmt)
-            if max(w, h) > limits.max_aspect_ratio * min(w, h):
-                return _failure(ASPECT_RATIO, im, fmt)
+            refused = size_refusal(*im.size, limits)
+            if refused:
+                return _failure(refused, im, fmt)
             im.load()
         except Exception as exc:  # untrusted bytes: any decoder failure is the sample's status
             return _failure(_reason(exc), im, fmt)

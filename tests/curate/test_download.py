@@ -59,7 +59,7 @@ def url_table(server, uids, kinds):
     return pa.table({"uid": uids, "url": urls, "text": [f"caption {i} of a thing" for i in range(len(uids))]})
 
 
-OPTS = DownloadOptions(image_size=64, shard_size=20, threads=4, timeout=5)
+OPTS = DownloadOptions(image_size=64, shard_size=20, threads=4, timeout=5, allow_private=True)  # the server is on loopback
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
@@ -134,7 +134,8 @@ def test_faces_are_blurred_when_boxes_are_given(tmp_path):
         pq.write_table(t, tmp_path / "l.parquet")
         with LocalEngine(1) as engine:
             s = download(str(tmp_path / "l.parquet"), tmp_path / "pool", engine,
-                         DownloadOptions(image_size=64, shard_size=10, threads=2, encode_format="png", resize_mode="no"))
+                         DownloadOptions(image_size=64, shard_size=10, threads=2, encode_format="png", resize_mode="no",
+                                         allow_private=True))
     assert s["success"] == 2
     [tar] = sorted((tmp_path / "pool" / "shards").glob("*.tar"))
     by_uid = {json.loads(f["json"])["uid"]: f for _, f in tar_samples(tar)}
@@ -171,7 +172,8 @@ def test_killed_download_resumes_without_loss_or_duplicates(tmp_path):
         urls = [f"{base}/img/{u}.jpg" if k not in ("file", "ftp", "redirect") else "file:///etc/passwd" for u, k in zip(uids, kinds)]
         pq.write_table(pa.table({"uid": uids, "url": urls, "text": ["t"] * len(uids)}), tmp_path / "l.parquet")
         cmd = [sys.executable, "-m", "curate.cli", "download", "--url-list", str(tmp_path / "l.parquet"), "--pool",
-               str(tmp_path / "pool"), "--shard-size", "10", "--threads", "2", "--processes", "2", "--image-size", "32"]
+               str(tmp_path / "pool"), "--shard-size", "10", "--threads", "2", "--processes", "2", "--image-size", "32",
+               "--allow-private"]
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         shards = tmp_path / "pool" / "shards"
         deadline = time.time() + 120

@@ -63,7 +63,7 @@ def check_engine(world, engine, tmp_path):
     # img2dataset's downloader, mapped by this engine, fills the same shards with the same samples
     with LoopbackImageServer(root / "web") as server:
         pq.write_table(url_table(server, uids, kinds), tmp_path / "list.parquet")
-        opts = DownloadOptions(image_size=32, shard_size=8, threads=2)
+        opts = DownloadOptions(image_size=32, shard_size=8, threads=2, allow_private=True)
         s = download(str(tmp_path / "list.parquet"), tmp_path / "dl", engine, opts)
         with LocalEngine(1) as local:
             ref = download(str(tmp_path / "list.parquet"), tmp_path / "dl_local", local, opts)
