@@ -8,13 +8,16 @@ RNG states and data position. `final.pt` holds the weights and what they were tr
 
 from __future__ import annotations
 
+import pickle
 import random
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from curate import atomic
 from curate.atomic import atomic_open
 
 FORMAT = "datacurate-train-1"
@@ -39,8 +42,50 @@ def save(obj: dict, path: str | Path) -> None:
         torch.save(obj, f)
 
 
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint this trainer can read or resume from; the message names it."""
+
+
 def load(path: str | Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint's contents (tensors on the CPU; no pickled code is run)."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({e.strerror})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError, UnpicklingError, EOFError... for a file it cannot read
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_why_unreadable(path, e)})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    """torch's reason in a few words (its messages run to several sentences of advice)."""
+    if not zipfile.is_zipfile(path):
+        return "truncated, or not the zip archive torch.save writes"
+    if isinstance(error, pickle.UnpicklingError):
+        return "it holds pickled objects other than tensors and plain values, which are never loaded"
+    first = re.sub(r"^\[enforce fail at [^\]]*\][\s.]*", "", str(error).strip()).split(". ")[0]
+    return first[:160] or type(error).__name__
+
+
+def load_for_resume(path: str | Path) -> dict:
+    """A training checkpoint of this trainer (not final.pt, not another tool's weights)."""
+    state = load(path)
+    if state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a training checkpoint of this trainer (no format {FORMAT!r}; "
+                              "final.pt and other weights hold no optimiser or data position to resume from)")
+    return state
+
+
+def remove_stale_temporaries(run: str | Path) -> list[Path]:
+    """The temporaries a killed run left in RUN/ and RUN/checkpoints/ (such as a 0-byte `.step_*.pt.*.tmp`)."""
+    return atomic.remove_stale_temporaries(run, checkpoint_dir(run))
 
 
 def _steps(run: str | Path) -> list[tuple[int, Path]]:
@@ -78,7 +123,7 @@ def resolve(run: str | Path, resume: str | None) -> Path | None:
         return latest(run)
     path = Path(resume)
     if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint")
+        raise CheckpointError(f"--resume {resume}: no such checkpoint file")
     return path
 
 

@@ -113,9 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                    aug_scale=tuple(args.aug_scale) if args.aug_scale else None, re_prob=args.re_prob,
                    siglip=args.siglip, compile=args.torch_compile,
                    grad_checkpointing=None if args.grad_checkpointing is None else args.grad_checkpointing == "on")
+    from .checkpoint import CheckpointError, remove_stale_temporaries
+
     try:
+        remove_stale_temporaries(args.output)  # left by a killed run
         summary = run(opts)
-    except DataError as e:
+    except (DataError, CheckpointError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     print(f"trained {summary['steps']} steps, {summary['samples_seen']:,} samples seen; "

@@ -295,7 +295,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
     position = None
     resume_from = checkpoint.resolve(run_dir, opts.resume)
     if resume_from is not None:
-        state = checkpoint.load(resume_from)
+        state = checkpoint.load_for_resume(resume_from)
         _check_compatible(state, scale, opts, world)
         model.load_state_dict(state["state_dict"])
         optimizer.load_state_dict(state["optimizer"])
