@@ -46,7 +46,10 @@ def run_eval(argv) -> int:
     from evals.suite import run_suite
     from evals.tasks import DEFAULT_TASKS, TaskError, load_tasks, select
 
+    from curate.atomic import remove_stale_temporaries
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    remove_stale_temporaries(args.output)  # left by a killed evaluation
     try:
         suite = load_tasks(args.tasks or DEFAULT_TASKS)
         tasks = select(suite, args.only)

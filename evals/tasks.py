@@ -46,8 +46,13 @@ def load_tasks(path: str | Path = DEFAULT_TASKS) -> list[Task]:
     path = Path(path)
     if not path.is_file():
         raise TaskError(f"task list not found: {path}")
-    with open(path) as f:
-        doc = yaml.safe_load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f)  # never constructs Python objects: a !!python tag is an error
+    except yaml.YAMLError as e:
+        raise TaskError(f"{path}: {_yaml_problem(e)}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskError(f"{path}: cannot read the task list ({e})") from None
     entries = doc.get("tasks") if isinstance(doc, dict) else None
     if not isinstance(entries, list) or not entries:
         raise TaskError(f"{path}: expected a top-level 'tasks:' list")
@@ -69,6 +74,16 @@ def load_tasks(path: str | Path = DEFAULT_TASKS) -> list[Task]:
         tasks.append(Task(key=key, dataset=str(e.get("dataset", key)), folder=str(e.get("folder", folder_name(key))),
                           type=ttype, main_metric=main, scored=scored))
     return tasks
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line from a YAML error: where (line:column) and what (its messages run over several lines)."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    if "python/" in what or "constructor for the tag" in what:
+        what += " (Python tags are refused: a task list holds plain values only)"
+    return f"{where}not valid YAML: {what}"
 
 
 def select(tasks: list[Task], keys: list[str] | None) -> list[Task]:
