@@ -39,6 +39,7 @@ from curate.download.urllist import (
     DUPLICATE_UID, INVALID_UID, UrlListError, invalid_utf8_rows, read_url_list, refusal_reasons, repaired,
 )
 from curate.engines import Engine
+from curate.paths import refuse_overlap
 
 __all__ = ["DownloadOptions", "PlanError", "UrlListError", "download", "read_url_list", "refusal_reasons"]
 
@@ -86,12 +87,6 @@ def retry_reasons(spec: str) -> tuple[str, ...]:
             raise ValueError(f"--retry-failed: unknown reason {name!r} (known: all, {', '.join(reasons.NAMES)})")
         out.append(name)
     return tuple(out)
-
-
-def _refuse_overlap(url_list: Path, pool_root: Path) -> None:
-    a, b = url_list.resolve(), pool_root.resolve()
-    if a == b or b in a.parents or a in b.parents:
-        raise UrlListError(f"--pool {pool_root} overlaps --url-list {url_list}: the pool must be a folder of its own")
 
 
 def _clean_leftovers(*folders: Path) -> None:
@@ -171,7 +166,7 @@ def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, option
     """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json)."""
     opts = options or DownloadOptions()
     pool_root = Path(pool_root)
-    _refuse_overlap(Path(url_list), pool_root)
+    refuse_overlap({"--url-list": url_list}, pool_root, "--pool")
     table = read_url_list(url_list)
     refused_rows = refusal_reasons(table)
     refused = Counter(r for r in refused_rows if r)

@@ -87,10 +87,15 @@ def _as_text(column: pa.ChunkedArray, path: str, name: str) -> pa.ChunkedArray:
     if pa.types.is_string(kind) or pa.types.is_large_string(kind):
         return column.cast(pa.string())
     if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return column.cast(pa.binary()).view(pa.string())  # validity is checked per row, later
+        return _view(column.cast(pa.binary()), pa.string())  # validity is checked per row, later
     if pa.types.is_integer(kind) or pa.types.is_null(kind) or pa.types.is_floating(kind):
         return column.cast(pa.string())
     raise UrlListError(f"{path}: column {name!r} holds {kind}, expected text")
+
+
+def _view(column: pa.ChunkedArray, kind: pa.DataType) -> pa.ChunkedArray:
+    """The same bytes read as another type (string <-> binary), without validating or copying."""
+    return pa.chunked_array([chunk.view(kind) for chunk in column.chunks], kind)
 
 
 def invalid_utf8_rows(column: pa.ChunkedArray) -> np.ndarray:
@@ -115,7 +120,7 @@ def repaired(column: pa.ChunkedArray, bad: np.ndarray) -> pa.ChunkedArray:
     """The column with each invalid row's bytes decoded with U+FFFD for what is not UTF-8, so it can be stored."""
     if not bad.any():
         return column
-    values = column.view(pa.binary()).to_pylist()
+    values = _view(column, pa.binary()).to_pylist()
     for i in np.flatnonzero(bad):
         values[i] = values[i].decode("utf-8", "replace").encode()
     return pa.chunked_array([pa.array(values, pa.binary()).view(pa.string())])

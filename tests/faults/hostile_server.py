@@ -17,6 +17,7 @@ Routes:
 from __future__ import annotations
 
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -40,9 +41,10 @@ def png_bomb(side: int = BOMB_SIDE) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
 
 
-def make_handler(root: Path, log: Path, bomb: bytes):
+def make_handler(root: Path, log: Path):
     lock = threading.Lock()
     seen: Counter = Counter()
+    bomb: list[bytes] = []  # made on first request (3 s of zlib)
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -78,7 +80,10 @@ def make_handler(root: Path, log: Path, bomb: bytes):
             if path.startswith("/img/"):
                 self._file(path[len("/img/"):])
             elif path == "/bomb.png":
-                self._send(200, bomb)
+                with lock:
+                    if not bomb:
+                        bomb.append(png_bomb())
+                self._send(200, bomb[0])
             elif path == "/endless":
                 self.send_response(200)
                 self.send_header("Connection", "close")
@@ -117,8 +122,33 @@ def make_handler(root: Path, log: Path, bomb: bytes):
     return Handler
 
 
+class HostileServer:
+    """The server in its own process: `.base` is its URL, `.requested()` the paths asked for so far."""
+
+    def __init__(self, root: Path, log: Path):
+        self.root, self.log = root, log
+        log.touch()
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.hostile_server", str(root), str(log)],
+                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
+        self.port = int(self.proc.stdout.readline())
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def requested(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def __enter__(self) -> "HostileServer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def serve(root: str, log: str) -> None:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(Path(root), Path(log), png_bomb()))
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(Path(root), Path(log)))
     httpd.daemon_threads = True
     print(httpd.server_address[1], flush=True)
     httpd.serve_forever()

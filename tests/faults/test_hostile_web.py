@@ -20,26 +20,10 @@ import pytest
 
 from curate.demo.metadata import random_uids
 from tests.curate.helpers import jpeg_bytes
+from tests.faults.hostile_server import HostileServer
 import numpy as np
 
 pytestmark = pytest.mark.slow
-
-
-class HostileServer:
-    def __init__(self, root: Path, log: Path):
-        self.root, self.log = root, log
-        log.touch()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.faults.hostile_server", str(root), str(log)],
-                                     stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2])
-        self.port = int(self.proc.stdout.readline())
-        self.base = f"http://127.0.0.1:{self.port}"
-
-    def requested(self) -> list[str]:
-        return self.log.read_text().splitlines()
-
-    def close(self):
-        self.proc.kill()
-        self.proc.wait()
 
 
 @pytest.fixture
