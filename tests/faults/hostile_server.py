@@ -12,6 +12,7 @@ Routes:
   /huge                200 declaring a Content-Length of 10 GB (and sending a little)
   /redirect/URL        302 to http://URL (e.g. /redirect/169.254.169.254/latest/meta-data/)
   /flaky/N/NAME        503 for the first N requests of this path, then ROOT/NAME
+  /slow/NAME           ROOT/NAME after 50 ms (so a kill lands mid-download)
 """
 
 from __future__ import annotations
@@ -107,6 +108,9 @@ def make_handler(root: Path, log: Path):
                 self.send_header("Location", "http://" + path[len("/redirect/"):])
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+            elif path.startswith("/slow/"):
+                time.sleep(0.05)
+                self._file(path[len("/slow/"):])
             elif path.startswith("/flaky/"):
                 _, _, n, name = path.split("/", 3)
                 if count <= int(n):
