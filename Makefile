@@ -5,7 +5,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml scripts/ensure-system-deps.sh
+	bash scripts/ensure-system-deps.sh setup
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps clip-benchmark==1.6.2
@@ -17,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/curate demo --workdir demo_out
 
 test: $(STAMP)
-	bash scripts/ensure-system-deps.sh
+	bash scripts/ensure-system-deps.sh test
 	$(VENV)/bin/python -m pytest -q
 
 clean:

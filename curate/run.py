@@ -28,21 +28,22 @@ from curate.columns import read_columns
 from curate.engines import Engine
 from curate.pool import Partition, Pool, partition_schema
 from curate.rank import value_at_descending_rank
-from curate.signals.language import LANGUAGE_COLUMNS
+from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
 from curate.subset import write_subset
 from curate.uids import UID_DTYPE, parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
 from filters.rules import float_column, uid_hash
 
-SIGNAL_COLUMNS = set(LANGUAGE_COLUMNS)
+#: computed column -> the language signal that gives it (curate.signals.language)
+SIGNAL_COLUMNS = {c: signal for signal, cols in LANGUAGE_SIGNALS.items() for c in cols}
 
 
 @dataclass(frozen=True)
 class PartitionJob:
     partition: Partition
     filters: tuple[Filter, ...]
-    language_cache: str | None
+    signal_cache: str | None  # POOL/columns: computed text signals are cached under it
     fasttext_model: str | None
     pool_root: str = ""
     score_columns: tuple[str, ...] = ()
@@ -54,7 +55,7 @@ class PartitionJob:
 class GatherJob:
     partition: Partition
     request: GatherRequest
-    language_cache: str | None
+    signal_cache: str | None  # POOL/columns: computed text signals are cached under it
     fasttext_model: str | None
     pool_root: str = ""
 
@@ -78,10 +79,11 @@ def load_table(job, columns: list[str]) -> pa.Table:
         # `shard-<id>` belongs to `curate stage` (rows of the tar); a downloader parquet partition has
         # failed rows too, so its cache gets a name of its own.
         prefix = "metadata" if job.partition.kind == "metadata" else "downloader"
-        cache = f"{job.language_cache}/{prefix}-{job.partition.name}.parquet" if job.language_cache else None
-        lang = language_columns(table.column("uid"), table.column("text"), cache, job.fasttext_model)
-        for c in LANGUAGE_COLUMNS:
-            table = table.append_column(c, lang.column(c))
+        for signal in dict.fromkeys(SIGNAL_COLUMNS[c] for c in wanted_signals):
+            cache = f"{job.signal_cache}/{signal}/{prefix}-{job.partition.name}.parquet" if job.signal_cache else None
+            lang = language_columns(table.column("uid"), table.column("text"), cache, job.fasttext_model, signal)
+            for c in lang.column_names:
+                table = table.append_column(c, lang.column(c))
     return table
 
 
@@ -215,7 +217,7 @@ def read_file_request(req: FileRequest):
 
 
 def resolve_filters(engine: Engine, paths_or_partitions: list, filters: list[Filter], pool_root: str = "",
-                    language_cache: str | None = None, fasttext_model: str | None = None) -> tuple[list[Filter], list[dict]]:
+                    signal_cache: str | None = None, fasttext_model: str | None = None) -> tuple[list[Filter], list[dict]]:
     """Resolve every pool request the filters make, bind the values, and repeat while bound filters ask for more.
 
     Returns the bound filters and notes: one per fraction threshold (column, fraction, rank, pool rows,
@@ -243,7 +245,7 @@ def resolve_filters(engine: Engine, paths_or_partitions: list, filters: list[Fil
                 resolved[req] = read_file_request(req)
                 notes.append({"kind": "file", "key": req.path})
             elif isinstance(req, GatherRequest):
-                jobs = [GatherJob(p, req, language_cache, fasttext_model, pool_root) for p in partitions]
+                jobs = [GatherJob(p, req, signal_cache, fasttext_model, pool_root) for p in partitions]
                 parts = engine.map(gather_partition, jobs, desc=f"pool step {req.key}")
                 resolved[req] = req.step.reduce(parts)
                 notes.append({"kind": "gather", "key": req.key})
@@ -350,6 +352,13 @@ def range_warnings(filters: list[Filter], scores: dict, thresholds: list[dict]) 
     return out
 
 
+def language_models(filters: list[Filter], fasttext_model: str | None) -> dict:
+    """For each language signal the filters read: which detector and model (file name, sha256) gave it."""
+    read = {c for f in filters for c in f.columns}
+    return {signal: detector(signal, fasttext_model).identity
+            for signal, cols in LANGUAGE_SIGNALS.items() if read & set(cols)}
+
+
 def run_filters(
     pool: Pool,
     filters: list[Filter],
@@ -368,13 +377,13 @@ def run_filters(
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     partitions = pool.partitions()
-    language_cache = str(pool.column_dir("language")) if cache_signals else None
-    bound, thresholds = resolve_filters(engine, partitions, filters, str(pool.root), language_cache, fasttext_model)
+    signal_cache = str(pool.root / "columns") if cache_signals else None
+    bound, thresholds = resolve_filters(engine, partitions, filters, str(pool.root), signal_cache, fasttext_model)
     resolve_s = time.perf_counter() - start
     score_columns = tuple(dict.fromkeys(c for f in bound for c, _ in f.score_thresholds()))
     n_examples = examples if report else 0
     sample = score_sample if report else 0
-    jobs = [PartitionJob(p, tuple(bound), language_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
+    jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
             for p in partitions]
     results = engine.map(filter_partition, jobs, desc="filter partitions")
     uids = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
@@ -393,6 +402,7 @@ def run_filters(
         "kept": int(len(uids)),
         "rejected": rows - int(len(uids)),
         "filters": [{"name": f.name or f.label(), **f.params()} for f in bound],
+        "language_models": language_models(bound, fasttext_model),
         "thresholds": [t for t in thresholds if "fraction" in t],
         "pool_steps": [t for t in thresholds if "fraction" not in t],
         "steps": steps,

@@ -1,4 +1,8 @@
-"""DataComp's metadata baselines: no_filter, basic, clip_score and laion2b, as its baselines.py defines them."""
+"""DataComp's metadata baselines: no_filter, basic, clip_score and laion2b, as its baselines.py defines them.
+
+Words are `len(text.split())` (filters.rules.word_count), languages come from fastText lid.176 (`language`)
+and, for laion2b, gcld3 (`language_gcld3`), and scores are compared with thresholds in their own float32.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from filters.base import Filter, FilterConfigError, FilterResult, RankRequest
-from filters.rules import char_count, float_column, missing_text, not_language, score_rules, word_count
+from filters.rules import char_count, float_column, missing_text, not_language, score_rules, score_values, word_count
 
 CLIP_SCORE_COLUMNS = {"b32": "clip_b32_similarity_score", "l14": "clip_l14_similarity_score"}
 
@@ -112,13 +116,14 @@ class ClipScore(Filter):
     def apply(self, table: pa.Table) -> FilterResult:
         if self.threshold is None:
             raise FilterConfigError("clip_score with a fraction must be bound to its pool-wide threshold first")
-        return FilterResult.from_rules(table.num_rows, score_rules(float_column(table.column(self.column)), self.threshold))
+        return FilterResult.from_rules(table.num_rows, score_rules(score_values(table.column(self.column)), self.threshold))
 
 
 class Laion2B(Filter):
     name = "laion2b"
-    description = "English caption and OpenAI B/32 CLIP score >= 0.28 (DataComp's LAION-2B replication)."
-    columns = ("text", "language", "clip_b32_similarity_score")
+    description = ("English caption by gcld3 and OpenAI B/32 CLIP score >= 0.28 (DataComp's LAION-2B replication, "
+                   "which uses gcld3, not fastText, for the language).")
+    columns = ("text", "language_gcld3", "clip_b32_similarity_score")
 
     threshold = 0.28  # part of the definition, not an option: `--threshold` belongs to clip_score
 
@@ -126,12 +131,13 @@ class Laion2B(Filter):
         self.language = language
 
     def params(self) -> dict:
-        return {"language": self.language, "column": "clip_b32_similarity_score", "threshold": self.threshold}
+        return {"language": self.language, "language_detector": "gcld3", "column": "clip_b32_similarity_score",
+                "threshold": self.threshold}
 
     def score_thresholds(self) -> list[tuple[str, float]]:
         return [("clip_b32_similarity_score", self.threshold)]
 
     def apply(self, table: pa.Table) -> FilterResult:
-        rules = {"not_english": not_language(table.column("language"), self.language)}
-        rules.update(score_rules(float_column(table.column("clip_b32_similarity_score")), self.threshold))
+        rules = {"not_english": not_language(table.column("language_gcld3"), self.language)}
+        rules.update(score_rules(score_values(table.column("clip_b32_similarity_score")), self.threshold))
         return FilterResult.from_rules(table.num_rows, rules)

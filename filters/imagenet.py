@@ -1,32 +1,24 @@
 """DataComp's ImageNet-anchored baselines: text_based, image_based and image_based ∩ clip_score.
 
 text_based
-    English caption, and some caption word names an ImageNet class. DataComp's rule looks each
-    whitespace-separated word up in WordNet (`wordnet.synsets(word)[0].offset()`) and keeps the caption
-    when that synset is one of ImageNet-21k's; that rule runs here when the user gives the list of WordNet
-    ids (`wordnet_ids: FILE`, one `n01440764`-style id a line, as DataComp's `imagenet21k_wordnet_ids.txt`)
-    and nltk with its WordNet data is installed. Without it the rule is offline: some run of 1-5 words of
-    the normalised caption (lowercase, punctuation as spaces) equals an ImageNet-1k class name as open_clip
-    ships them (`open_clip.zero_shot_metadata.IMAGENET_CLASSNAMES`; "a / b" names both, parentheses
-    dropped), or its plural.
+    English caption (fastText lid.176), and some word of `text.split()` whose first WordNet synset
+    (`wordnet.synsets(word)[0].offset()`, nltk) is an ImageNet-21k class: DataComp's
+    does_contain_text_entity. WordNet 3.0 and the synset list are read offline (filters.wordnet);
+    `wordnet_ids: FILE` takes another list of `n01440764`-style ids.
 
 image_based
-    English caption of more than 1 word and more than 5 characters (DataComp's caption_filter); then each
-    sample's L/14 image embedding goes to the nearest (largest inner product) of k pool centroids, and the
-    sample is kept when its centroid is the nearest centroid of some ImageNet target. The centroids come
-    from faiss k-means on a deterministic sample of the pool's embeddings (chosen by uid hash, so the same on
-    every partitioning), computed once by the runner; k = pool rows / 128, at most 100,000 (DataComp's
-    100,000 clusters at 12.8M rows and above), unless given. Targets are a .npy the user names: ImageNet-1k
-    image features (`targets_kind: image`, DataComp's rule) or text embeddings of ImageNet class prompts
-    (`targets_kind: text`, a stand-in when no image features are at hand; it is labelled
-    `image_based[text targets]` everywhere).
+    English caption of more than 1 fastText token and more than 5 characters (DataComp's caption_filter,
+    which counts `len(fasttext.tokenize(text))`); then each sample's L/14 image embedding goes to the
+    nearest (largest inner product) of k pool centroids, and the sample is kept when its centroid is the
+    nearest centroid of some ImageNet target. The centroids come from faiss k-means on a deterministic
+    sample of the pool's embeddings (chosen by uid hash, so the same on every partitioning), computed once
+    by the runner; k = pool rows / 128, at most 100,000 (DataComp's 100,000 clusters at 12.8M rows and
+    above), unless given. Targets are a .npy the user names: ImageNet-1k image features (`targets_kind:
+    image`, DataComp's rule) or text embeddings of ImageNet class prompts (`targets_kind: text`, a stand-in
+    when no image features are at hand; it is labelled `image_based[text targets]` everywhere).
 """
 
 from __future__ import annotations
-
-import importlib.util
-import os
-from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -35,57 +27,8 @@ import pyarrow.compute as pc
 from filters.base import Filter, FilterConfigError, FilterResult, FileRequest, GatherRequest
 from filters.datacomp import ClipScore
 from filters.compose import AllOf
-from filters.rules import char_count, embedding_matrix, missing_text, ngram_hits, not_language, uid_hash, word_count
-
-# --------------------------------------------------------------------------------------------------------
-# ImageNet class names, from open_clip without importing torch
-# --------------------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def imagenet_classnames() -> tuple[str, ...]:
-    """open_clip's 1000 ImageNet-1k class names (its zero_shot_metadata module has no imports of its own)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise FilterConfigError("text_based needs open_clip_torch (for its ImageNet class names)")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "zero_shot_metadata.py")
-    mod_spec = importlib.util.spec_from_file_location("_open_clip_zero_shot_metadata", path)
-    mod = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(mod)
-    return tuple(mod.IMAGENET_CLASSNAMES)
-
-
-def _normalize(name: str) -> str:
-    import re
-
-    return re.sub(r"[^\w]+|_", " ", name.lower()).strip()
-
-
-def _plurals(phrase: str) -> list[str]:
-    words = phrase.split(" ")
-    last = words[-1]
-    forms = {last, last + "s"}
-    if last.endswith(("s", "x", "z", "ch", "sh")):
-        forms.add(last + "es")
-    if last.endswith("y") and len(last) > 1 and last[-2] not in "aeiou":
-        forms.add(last[:-1] + "ies")
-    return [" ".join(words[:-1] + [f]) for f in sorted(forms)]
-
-
-@lru_cache(maxsize=1)
-def imagenet_phrases() -> tuple[frozenset, int]:
-    """Normalised ImageNet class names and their plurals; and the longest one in words."""
-    import re
-
-    phrases: set[str] = set()
-    for name in imagenet_classnames():
-        name = re.sub(r"\([^)]*\)", " ", name)
-        for alt in name.split("/"):
-            norm = _normalize(alt)
-            if norm:
-                phrases.update(_plurals(norm))
-    return frozenset(phrases), max(len(p.split(" ")) for p in phrases)
-
+from filters.rules import char_count, embedding_matrix, fasttext_token_count, missing_text, not_language, python_words, uid_hash
+from filters import wordnet as wn
 
 # --------------------------------------------------------------------------------------------------------
 # text_based
@@ -95,9 +38,8 @@ def imagenet_phrases() -> tuple[frozenset, int]:
 class TextBased(Filter):
     name = "text_based"
     description = (
-        "English caption in which some word names an ImageNet class (DataComp's text-based baseline): "
-        "DataComp's WordNet rule with `wordnet_ids` (needs nltk + WordNet data), else offline with open_clip's "
-        "ImageNet-1k class names."
+        "English caption in which some word's first WordNet synset is an ImageNet-21k class (DataComp's "
+        "text-based baseline; WordNet 3.0 and timm's ImageNet-21k synset list, offline)."
     )
     columns = ("text", "language")
     path_params = ("wordnet_ids",)
@@ -107,70 +49,52 @@ class TextBased(Filter):
         self.wordnet_ids = wordnet_ids
         self._synsets: frozenset | None = None
 
+    def _ids_file(self) -> str:
+        return self.wordnet_ids or wn.imagenet21k_file()
+
     def params(self) -> dict:
-        rule = "wordnet synsets (DataComp)" if self.wordnet_ids else "ImageNet-1k class names (open_clip), offline"
-        return {"language": self.language, "rule": rule, "wordnet_ids": self.wordnet_ids}
+        out = {"language": self.language, "rule": "first WordNet synset of a text.split() word (DataComp)",
+               "wordnet_ids": self.wordnet_ids or "ImageNet-21k (timm's imagenet21k_goog_synsets.txt)"}
+        if self._synsets is not None:
+            out.update({"synsets": len(self._synsets), **wn.wordnet_source()})
+        return out
 
     def requests(self) -> list:
-        return [FileRequest(self.wordnet_ids, "lines")] if self.wordnet_ids and self._synsets is None else []
+        return [FileRequest(self._ids_file(), "lines")] if self._synsets is None else []
 
     def bind(self, resolved: dict) -> "TextBased":
-        if not self.wordnet_ids or self._synsets is not None:
+        if self._synsets is not None:
             return self
-        lines = resolved[FileRequest(self.wordnet_ids, "lines")]
         try:
-            offsets = frozenset(int(x.strip()[1:]) for x in lines)
-        except ValueError as e:
-            raise FilterConfigError(f"{self.wordnet_ids}: expected WordNet ids like n01440764, one a line ({e})") from None
-        _wordnet()  # fail here, once, when nltk or its data is missing
+            offsets = wn.parse_wordnet_ids(resolved[FileRequest(self._ids_file(), "lines")], self._ids_file())
+            wn.wordnet()  # fail here, once, when nltk or WordNet is missing
+        except (ValueError, wn.WordNetUnavailable) as e:
+            raise FilterConfigError(str(e)) from None
         bound = TextBased(self.language, self.wordnet_ids)
         bound._synsets = offsets
         return bound
 
     def apply(self, table: pa.Table) -> FilterResult:
+        if self._synsets is None:
+            raise FilterConfigError("text_based must be bound to its synset list first")
         text = table.column("text")
-        if self.wordnet_ids:
-            if self._synsets is None:
-                raise FilterConfigError("text_based with wordnet_ids must be bound first")
-            hits = wordnet_hits(text, self._synsets)
-        else:
-            phrases, longest = imagenet_phrases()
-            hits = ngram_hits(text, set(phrases), longest)
         rules = {
             "missing_caption": missing_text(text),
             "not_english": not_language(table.column("language"), self.language),
-            "no_imagenet_class": ~hits,
+            "no_imagenet_class": ~wordnet_hits(text, self._synsets),
         }
         return FilterResult.from_rules(table.num_rows, rules)
 
 
-def _wordnet():
-    try:
-        from nltk.corpus import wordnet
-
-        wordnet.ensure_loaded()
-    except ImportError:
-        raise FilterConfigError("text_based with wordnet_ids needs nltk (pip install nltk)") from None
-    except LookupError:
-        raise FilterConfigError("text_based with wordnet_ids needs nltk's WordNet data (python -m nltk.downloader wordnet)") from None
-    return wordnet
-
-
 def wordnet_hits(text: pa.ChunkedArray, synsets: frozenset) -> np.ndarray:
-    """DataComp's does_contain_text_entity: some `text.split()` word's first synset is in `synsets`."""
-    wn = _wordnet()
-    words_list = pc.split_pattern_regex(pc.fill_null(text, ""), r"\s+")
-    if isinstance(words_list, pa.ChunkedArray):
-        words_list = words_list.combine_chunks()
-    words = pc.list_flatten(words_list)
-    parent = np.asarray(pc.list_parent_indices(words_list).to_numpy(zero_copy_only=False))
+    """DataComp's does_contain_text_entity: some `text.split()` word's first synset is in `synsets`.
+
+    Each distinct word is looked up once (nltk is per word; captions repeat words).
+    """
+    words, parent = python_words(text)
     uniq = pc.unique(words)
-    good = np.zeros(len(uniq), dtype=bool)
-    for i, w in enumerate(uniq.to_pylist()):
-        if not w:
-            continue
-        syn = wn.synsets(w)
-        good[i] = bool(syn) and syn[0].offset() in synsets
+    offsets = wn.first_synset_offsets(uniq.to_pylist())
+    good = np.array([offsets[w] in synsets for w in uniq.to_pylist()], dtype=bool)
     idx = np.asarray(pc.index_in(words, value_set=uniq).to_numpy(zero_copy_only=False))
     hits = np.zeros(len(text), dtype=bool)
     hits[parent[good[idx]]] = True
@@ -254,7 +178,7 @@ def auto_k(rows: int) -> int:
 class ImageBased(Filter):
     name = "image_based"
     description = (
-        "English caption of more than 1 word and more than 5 characters; then keep samples whose nearest "
+        "English caption of more than 1 fastText token and more than 5 characters; then keep samples whose nearest "
         "pool centroid (faiss k-means over l14_img, k = rows/128 up to 100,000) is nearest to an ImageNet target "
         "(`targets` .npy: ImageNet image features, or with targets_kind: text, class-prompt text embeddings)."
     )
@@ -347,7 +271,7 @@ class ImageBased(Filter):
                        else "ImageNet image-feature targets (DataComp)",
             "k": self.k, "points_per_centroid": self.points_per_centroid, "niter": self.niter, "seed": self.seed,
             "column": self.column, "language": self.language,
-            "words_more_than": self.min_words, "chars_more_than": self.min_chars,
+            "fasttext_tokens_more_than": self.min_words, "chars_more_than": self.min_chars,
         }
         if self._centroids is not None:
             out.update({"pool_rows": self._rows, "k_used": int(len(self._centroids)),
@@ -361,7 +285,7 @@ class ImageBased(Filter):
         caption_rules = {
             "missing_caption": missing_text(text),
             "not_english": not_language(table.column("language"), self.language),
-            "too_few_words": word_count(text) <= self.min_words,
+            "too_few_words": fasttext_token_count(text) <= self.min_words,
             "too_few_chars": char_count(text) <= self.min_chars,
         }
         ok = np.ones(table.num_rows, dtype=bool)

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from filters.base import Filter, FilterConfigError, FilterResult, RankRequest
-from filters.rules import bool_column, char_count, float_column, missing_text, score_rules, to_numpy_bool, word_count
+from filters.rules import bool_column, char_count, float_column, missing_text, score_rules, score_values, to_numpy_bool, word_count
 
 AESTHETIC = "aesthetic_score"
 
@@ -56,7 +56,7 @@ class Aesthetic(Filter):
     def apply(self, table: pa.Table) -> FilterResult:
         if self.threshold is None:
             raise FilterConfigError("aesthetic with a fraction must be bound to its pool-wide threshold first")
-        rules = score_rules(float_column(table.column(AESTHETIC)), self.threshold)
+        rules = score_rules(score_values(table.column(AESTHETIC)), self.threshold)
         return FilterResult.from_rules(table.num_rows, {"missing_aesthetic": rules["missing_score"], "below_aesthetic": rules["below_threshold"]})
 
 
@@ -76,7 +76,7 @@ class LaionA(Filter):
         return [(AESTHETIC, self.threshold)]
 
     def apply(self, table: pa.Table) -> FilterResult:
-        score = score_rules(float_column(table.column(AESTHETIC)), self.threshold)
+        score = score_rules(score_values(table.column(AESTHETIC)), self.threshold)
         keep_dedup, present = bool_column(table.column("dedup_phash_keep"))
         rules = {
             "missing_aesthetic": score["missing_score"],

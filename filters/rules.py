@@ -21,10 +21,43 @@ def not_language(language: pa.ChunkedArray, code: str) -> np.ndarray:
     return ~to_numpy_bool(pc.equal(language, code))
 
 
-def word_count(text: pa.ChunkedArray) -> np.ndarray:
-    """Whitespace-separated words, as fastText's tokenizer (which DataComp uses) splits a caption."""
-    counts = pc.count_substring_regex(text, r"\S+")
+#: Every character Python's `str.split()` splits on (`str.isspace()`), which DataComp's `len(text.split())` counts
+#: words with: ASCII whitespace, the information separators \x1c-\x1f, NEL, NBSP, U+2028/9, the Zs spaces.
+PY_WHITESPACE = ("\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006"
+                 "\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000")
+_PY_SPACE = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"
+_PY_WORD = "[^" + _PY_SPACE[1:]
+#: What fastText's tokenizer (Dictionary::readWord) splits on: these ASCII bytes only; each "\n" is also a token.
+_FASTTEXT_WORD = r"[^ \n\r\t\v\f\x00]+"
+
+
+def _counts(counts) -> np.ndarray:
     return np.asarray(pc.fill_null(counts, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def word_count(text: pa.ChunkedArray) -> np.ndarray:
+    """`len(text.split())`, as DataComp's basic filter counts words (0 for a missing caption)."""
+    return _counts(pc.count_substring_regex(text, _PY_WORD + "+"))
+
+
+def python_words(text: pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Every caption's `text.split()` flattened, and the row each word came from."""
+    lists = pc.split_pattern_regex(pc.fill_null(text, ""), _PY_SPACE + "+")
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks()
+    words = pc.list_flatten(lists)
+    parent = np.asarray(pc.list_parent_indices(lists).to_numpy(zero_copy_only=False))
+    nonempty = to_numpy_bool(pc.not_equal(words, ""))  # split_pattern keeps the ends a leading space leaves
+    return words.filter(pa.array(nonempty)), parent[nonempty]
+
+
+def fasttext_token_count(text: pa.ChunkedArray) -> np.ndarray:
+    """`len(fasttext.tokenize(text))`, as DataComp's image_based caption filter counts words.
+
+    fastText's readWord splits on space, \\n, \\r, \\t, \\v, \\f and NUL (nothing else: NBSP joins two words),
+    and emits "</s>" for every newline, so "cat\\n\\n" is 3 tokens.
+    """
+    return _counts(pc.count_substring_regex(text, _FASTTEXT_WORD)) + _counts(pc.count_substring(text, "\n"))
 
 
 def char_count(text: pa.ChunkedArray) -> np.ndarray:
@@ -37,11 +70,27 @@ def float_column(col: pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+def score_values(col: pa.ChunkedArray) -> np.ndarray:
+    """A score column in its own float type (float32 stays float32), nulls as NaN; other types as float64.
+
+    Thresholds are compared in this type, as DataComp's `df[key] >= threshold` compares a float32 column.
+    """
+    kind = col.type
+    if not (pa.types.is_float32(kind) or pa.types.is_float64(kind)):
+        return float_column(col)
+    dtype = np.float32 if pa.types.is_float32(kind) else np.float64
+    return np.asarray(pc.fill_null(col, float("nan")).to_numpy(zero_copy_only=False), dtype=dtype)
+
+
 def score_rules(score: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    """`score >= threshold`, with a missing (NaN) score its own reason."""
+    """`score >= threshold` in the score's own float type, with a missing (NaN) score its own reason.
+
+    numpy compares a float32 array with a Python float in float32, as DataComp's pandas does: a score equal
+    to float32(0.26) passes 0.26, though float64(float32(0.26)) < 0.26.
+    """
     missing = np.isnan(score)
-    with np.errstate(invalid="ignore"):
-        below = ~missing & ~(score >= threshold)
+    with np.errstate(invalid="ignore", over="ignore"):
+        below = ~missing & ~(score >= score.dtype.type(threshold))
     return {"missing_score": missing, "below_threshold": below}
 
 
@@ -119,42 +168,3 @@ def uid_hash(uids, seed: int = 0) -> np.ndarray:
 def uniform_from_hash(h: np.ndarray) -> np.ndarray:
     """Hashes to floats in [0, 1) (53 bits)."""
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
-
-
-def normalized_text(text: pa.ChunkedArray) -> pa.ChunkedArray:
-    """Lowercase, every run of characters that is not a letter or digit becomes one space, trimmed."""
-    lower = pc.utf8_lower(text)
-    spaced = pc.replace_substring_regex(lower, r"[^\p{L}\p{N}]+", " ")
-    return pc.utf8_trim_whitespace(spaced)
-
-
-def ngram_hits(text: pa.ChunkedArray, phrases: set[str], max_words: int) -> np.ndarray:
-    """True where some run of 1..max_words consecutive words of the normalised caption is in `phrases`.
-
-    Vectorised: words are flattened once, n-grams are joined from shifted slices, and membership is one
-    `is_in` per n; no per-row Python.
-    """
-    norm = normalized_text(text)
-    if isinstance(norm, pa.ChunkedArray):
-        norm = norm.combine_chunks()
-    n = len(norm)
-    hits = np.zeros(n, dtype=bool)
-    if n == 0 or not phrases:
-        return hits
-    words_list = pc.split_pattern(pc.fill_null(norm, ""), " ")
-    words = pc.list_flatten(words_list)
-    parent = np.asarray(pc.list_parent_indices(words_list).to_numpy(zero_copy_only=False))
-    value_set = pa.array(sorted(phrases), pa.string())
-    m = len(words)
-    for k in range(1, max_words + 1):
-        if m < k:
-            break
-        cnt = m - k + 1
-        same = parent[: cnt] == parent[k - 1 :]
-        if not same.any():
-            continue
-        parts = [words.slice(j, cnt) for j in range(k)]
-        gram = parts[0] if k == 1 else pc.binary_join_element_wise(*parts, " ")
-        found = to_numpy_bool(pc.is_in(gram, value_set=value_set)) & same
-        hits[parent[: cnt][found]] = True
-    return hits

@@ -1,38 +1,41 @@
-"""Text signals for a metadata partition, cached in the column store (`columns/language/<part>.parquet`).
+"""Text signals for a metadata partition, cached in the column store (`columns/<signal>/<part>.parquet`).
 
-Only the language signal so far: DataComp's metadata does not carry it, and `basic`/`laion2b` need it.
+The language signals (curate.signals.language): DataComp's metadata does not carry them, and `basic`,
+`text_based`, `image_based` (fastText, `language`) and `laion2b` (gcld3, `language_gcld3`) need them. A
+cache file records which detector and model wrote it, and is recomputed when another one is asked for.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.atomic import atomic_path
-from curate.signals.language import LANGUAGE_COLUMNS, LanguageDetector
+from curate.signals.language import LANGUAGE_SIGNALS, detector
 
 _DETECTOR_KEY = b"curate.language_detector"
 
 
-def language_columns(uids: pa.ChunkedArray, text: pa.ChunkedArray, cache_file: str | None, fasttext_model: str | None) -> pa.Table:
-    """`language` and `language_score` for each row, read from the cache when it matches, else computed."""
-    detector_name = _detector_name(fasttext_model)
+def language_columns(uids: pa.ChunkedArray, text: pa.ChunkedArray, cache_file: str | None, fasttext_model: str | None,
+                     signal: str = "language") -> pa.Table:
+    """The columns of a language `signal` for each row, read from the cache when it matches, else computed."""
+    columns = list(LANGUAGE_SIGNALS[signal])
+    det = detector(signal, fasttext_model)
     if cache_file and os.path.exists(cache_file):
         try:
             cached = pq.read_table(cache_file)
             meta = cached.schema.metadata or {}
-            if meta.get(_DETECTOR_KEY) == detector_name.encode() and cached.column("uid").equals(uids):
-                return cached.select(list(LANGUAGE_COLUMNS))
+            if meta.get(_DETECTOR_KEY) == det.name.encode() and cached.column("uid").equals(uids):
+                return cached.select(columns)
         except Exception:
             pass  # a stale or unreadable cache is recomputed
-    detected = LanguageDetector(fasttext_model).detect(_as_python_text(text))
+    detected = det.detect(_as_python_text(text))
     if cache_file:
-        table = pa.table({"uid": uids, **{c: detected.column(c) for c in LANGUAGE_COLUMNS}})
-        table = table.replace_schema_metadata({_DETECTOR_KEY: detector_name.encode()})
+        table = pa.table({"uid": uids, **{c: detected.column(c) for c in columns}})
+        table = table.replace_schema_metadata({_DETECTOR_KEY: det.name.encode()})
         try:
             with atomic_path(cache_file) as tmp:
                 pq.write_table(table, tmp)
@@ -42,7 +45,8 @@ def language_columns(uids: pa.ChunkedArray, text: pa.ChunkedArray, cache_file: s
 
 
 def _detector_name(fasttext_model: str | None) -> str:
-    return f"fasttext:{Path(fasttext_model).resolve()}" if fasttext_model else "py3langid"
+    """The cache marker of the fastText detector (`curate stage --signals language` writes it too)."""
+    return detector("language", fasttext_model).name
 
 
 def _as_python_text(text: pa.ChunkedArray) -> list[str | None]:

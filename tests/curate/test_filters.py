@@ -18,28 +18,34 @@ from tests.curate.helpers import write_metadata_pool
 _LANG_CACHE: dict = {}
 
 
-def _language(texts):
-    key = tuple(texts)
+def _language(texts, detector="fasttext"):
+    key = (detector, tuple(texts))
     if key not in _LANG_CACHE:
-        _LANG_CACHE[key] = _language_uncached(texts)
+        _LANG_CACHE[key] = _language_uncached(texts, detector)
     return _LANG_CACHE[key]
 
 
-def _language_uncached(texts):
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
+def _language_uncached(texts, detector):
+    """DataComp's get_fasttext_language / get_gcld3_language, one caption at a time."""
+    if detector == "gcld3":
+        import gcld3
 
-    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    return [None if t is None or not t.strip() else ident.classify(t)[0] for t in texts]
+        model = gcld3.NNetLanguageIdentifier(min_num_bytes=0, max_num_bytes=1000)
+        return [None if t is None else model.FindLanguage(text=t.replace("\n", " ")).language for t in texts]
+    import fasttext
+
+    from curate.signals.language import packaged_fasttext_model
+
+    model = fasttext.load_model(packaged_fasttext_model())
+    return [None if t is None else model.predict(t.replace("\n", " "))[0][0].split("__label__")[1] for t in texts]
 
 
 def reference_subset(df: pd.DataFrame, names, fraction=None, threshold=None, arch="l14") -> np.ndarray:
-    """DataComp's baselines.py rules, written plainly with pandas and Python loops."""
+    """DataComp's baselines.py rules, written plainly with pandas and Python loops (scores in their float32)."""
     keep = np.ones(len(df), bool)
-    lang = None
     for name in names:
-        if name in ("basic", "laion2b") and lang is None:
-            lang = np.array(_language(df.text.tolist()), dtype=object)
         if name == "basic":
+            lang = np.array(_language(df.text.tolist()), dtype=object)
             words = np.array([len(t.split()) if t is not None else 0 for t in df.text])
             chars = np.array([len(t) if t is not None else 0 for t in df.text])
             w = df.original_width.to_numpy(dtype=float)
@@ -49,18 +55,15 @@ def reference_subset(df: pd.DataFrame, names, fraction=None, threshold=None, arc
                 ok = (lang == "en") & (words > 2) & (chars > 5) & (mn >= 200) & (mx / mn <= 3.0)
             keep &= np.asarray(ok, dtype=bool)
         elif name == "clip_score":
-            col = f"clip_{arch}_similarity_score"
-            scores = df[col].to_numpy(dtype=float)
+            key = f"clip_{arch}_similarity_score"
+            t = threshold
             if threshold is None:
-                n = int(len(scores) * fraction)
-                t = -np.sort(-scores)[n]  # DataComp's get_threshold
-            else:
-                t = threshold
-            with np.errstate(invalid="ignore"):
-                keep &= scores >= t
+                n = int(len(df) * fraction)
+                t = -np.sort(-df[key].values)[n]  # DataComp's get_threshold
+            keep &= (df[key] >= t).to_numpy()
         elif name == "laion2b":
-            with np.errstate(invalid="ignore"):
-                keep &= (lang == "en") & (df.clip_b32_similarity_score.to_numpy(dtype=float) >= 0.28)
+            lang = np.array(_language(df.text.tolist(), "gcld3"), dtype=object)
+            keep &= (lang == "en") & (df.clip_b32_similarity_score >= 0.28).to_numpy()
         elif name != "no_filter":
             raise AssertionError(name)
     uids = df.uid[keep]

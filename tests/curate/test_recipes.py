@@ -13,7 +13,7 @@ from curate.recipe import RecipeError, load_recipe
 from curate.subset import read_subset
 from filters.base import FilterConfigError
 from tests.curate.test_filter_library import (
-    load_frame, pairs, py_language, ref_clip_fraction, ref_image_based, ref_text_based, targets_file, write_library_pool,
+    load_frame, pairs, py_gcld3_language, py_language, ref_clip_fraction, ref_image_based, ref_text_based, targets_file, write_library_pool,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,8 @@ def pool(tmp_path_factory):
     write_library_pool(root, [1300, 1100, 1200], seed=11)
     df, emb = load_frame(root)
     lang = np.array(py_language(df.text.tolist()), dtype=object)
-    return {"root": root, "df": df, "emb": emb, "lang": lang, "targets": targets_file(root / "t.npy")}
+    gcld3 = np.array(py_gcld3_language(df.text.tolist()), dtype=object)
+    return {"root": root, "df": df, "emb": emb, "lang": lang, "gcld3": gcld3, "targets": targets_file(root / "t.npy")}
 
 
 def curate_run(pool, out, *args) -> tuple[int, np.ndarray | None]:
@@ -37,8 +38,8 @@ def curate_run(pool, out, *args) -> tuple[int, np.ndarray | None]:
 def reference(name: str, pool) -> np.ndarray:
     df, lang = pool["df"], pool["lang"]
     en = lang == "en"
-    b32 = df.clip_b32_similarity_score.to_numpy(dtype=float)
-    l14 = df.clip_l14_similarity_score.to_numpy(dtype=float)
+    b32 = df.clip_b32_similarity_score.to_numpy()  # float32, compared in float32 as DataComp's pandas does
+    l14 = df.clip_l14_similarity_score.to_numpy()
     with np.errstate(invalid="ignore"):
         if name == "no_filter":
             return np.ones(len(df), bool)
@@ -51,7 +52,7 @@ def reference(name: str, pool) -> np.ndarray:
         if name == "clip_score_l14_30pct":
             return ref_clip_fraction(l14, 0.3)
         if name == "laion2b":
-            return en & (b32 >= 0.28)
+            return (pool["gcld3"] == "en") & (b32 >= 0.28)
         if name == "text_based":
             return ref_text_based(df, lang)
         if name == "image_based":
@@ -107,12 +108,12 @@ def test_and_or_not(pool, tmp_path):
     assert rc == 0
     df, lang = pool["df"], pool["lang"]
     a = df.aesthetic_score.to_numpy(dtype=float)
-    b32 = df.clip_b32_similarity_score.to_numpy(dtype=float)
+    b32 = df.clip_b32_similarity_score.to_numpy()
     w, h = df.original_width.to_numpy(dtype=float), df.original_height.to_numpy(dtype=float)
     with np.errstate(invalid="ignore"):
         step1 = (a >= 6.0) | (b32 >= 0.3)
         size_ok = ~np.isnan(w) & ~np.isnan(h) & (np.minimum(w, h) >= 300)
-        laion = (lang == "en") & (b32 >= 0.28)
+        laion = (pool["gcld3"] == "en") & (b32 >= 0.28)
     want = step1 & ~size_ok & ref_text_based(df, lang) & ~laion
     got = read_subset(out / "subset.npy")
     assert np.array_equal(got, pairs(df.uid[want])) and len(got) > 0

@@ -258,7 +258,8 @@ def test_language_over_shards(tmp_path):
     s = stats["per_signal"]["language"]
     assert s["samples"] == 13 + len(bad) == s["ok"] + sum(s["failed"].values())
     # The metadata-level cache marker, so `curate run` can tell which detector wrote it.
-    assert pq.read_schema(root / "columns" / "language" / files[0]).metadata[b"curate.language_detector"] == b"py3langid"
+    marker = pq.read_schema(root / "columns" / "language" / files[0]).metadata[b"curate.language_detector"]
+    assert marker == LanguageDetector().name.encode() and marker.startswith(b"fasttext:lid.176.ftz:")
 
 
 def test_export_npz(tmp_path, models):
