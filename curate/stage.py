@@ -339,7 +339,7 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         raise StageError(f"{pool.root}: no whole shards in {pool.shards_dir} (run `curate download` first)")
     start = time.perf_counter()
     root = str(pool.root / "columns")
-    remove_stale_temporaries(*(Path(root) / o.folder for o in outputs))  # left by a killed stage
+    remove_stale_temporaries(root, *(Path(root) / o.folder for o in outputs))  # left by a killed stage
     work = [(s, missing_outputs(outputs, root, s.shard_id)) for s in shards]
     todo = [(s, outs) for s, outs in work if outs]
     needs_model = any(o.kind == "clip" for _, outs in todo for o in outs)

@@ -29,7 +29,10 @@ def add_arguments(p) -> None:
 
 
 def main(args) -> int:
+    from curate.atomic import remove_stale_temporaries
     from curate.dedup.run import run_dedup
+
+    remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 
     if args.engine == "local":
         engine = None  # the local search runs in this process (vectorised numpy); no worker pool needed

@@ -2,6 +2,7 @@
 on rerun; no temporaries outlive a finished command; written files follow the user's umask."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -203,3 +204,48 @@ def test_written_files_follow_the_umask(world, umask, mode):
     files = [world / "a.json", *[p for p in (world / "out").rglob("*") if p.is_file()]]
     assert {p.name for p in files} >= {"a.json", "subset.npy", "stats.json", "report.html", "00000000.tar", "sizes.json"}
     assert {p.name: oct(p.stat().st_mode & 0o777) for p in files} == {p.name: oct(mode) for p in files}
+
+
+def test_dedup_and_decontaminate_leave_no_temporaries_of_killed_runs(world):
+    from curate.stage import run_stage
+    from tests.curate.dedup.test_decontaminate_and_filters import _smooth_png, _write_eval_set
+
+    pool = world / "pool"
+    with LocalEngine(1) as engine:
+        run_stage(Pool(pool), ["phash", "sha256"], engine)
+    _write_eval_set(world / "evals", "cifar10", [_smooth_png(s) for s in range(3)])
+    for args in (["dedup", "--method", "sha256"], ["decontaminate", "--eval-dir", str(world / "evals")]):
+        planted = [_plant_stale(pool, "decontamination_report.parquet"), _plant_stale(pool / "columns", "stage_stats.json"),
+                   _plant_stale(pool / "columns", "dedup_sha256_stats.json")]
+        assert cli.main([*args, "--pool", str(pool)]) == 0
+        assert not any(p.exists() for p in planted), args
+    assert not [p for p in pool.rglob("*") if is_temporary(p)]
+
+
+def test_a_run_killed_in_its_reshard_step_reruns_to_the_same_shards(tmp_path):
+    pool = tmp_path / "pool"
+    write_shard_pool(pool, [150] * 4, seed=3, failed_per_shard=0)
+
+    def cmd(out):
+        return [sys.executable, "-m", "curate.cli", "run", "--pool", str(pool), "--filter", "no_filter", "--no-report",
+                "--shard-size", "1", "--processes", "1", "--output", str(out)]
+
+    assert subprocess.run(cmd(tmp_path / "whole"), capture_output=True).returncode == 0
+    broken = tmp_path / "broken"
+    proc = subprocess.Popen(cmd(broken), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list((broken / "shards").glob("*.tar"))) < 20:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the kill should land before the run ends"
+    assert not (broken / "shards" / "sizes.json").exists()
+
+    out = subprocess.run(cmd(broken), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shards = [snapshot(run / "shards") for run in (broken, tmp_path / "whole")]
+    stats = [json.loads((run / "shards" / "reshard_stats.json").read_text()) for run in (broken, tmp_path / "whole")]
+    for files, counts in zip(shards, stats):  # the stats name each run's own OUT/subset.npy: compare the rest
+        del files["reshard_stats.json"], counts["subset_file"]
+    assert shards[0] == shards[1] and stats[0] == stats[1]
+    assert (broken / "subset.npy").read_bytes() == (tmp_path / "whole" / "subset.npy").read_bytes()
+    assert not [p for p in broken.rglob("*") if is_temporary(p)]
