@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from curate.atomic import atomic_path, is_temporary, write_json
+from curate.atomic import atomic_path, remove_stale_temporaries, write_json
 from curate.download import guard, plans, reasons
 from curate.download.outcomes import FAILED_TO_DOWNLOAD, finished_shards, read_outcomes, summarize
 from curate.download.plans import PlanError
@@ -87,15 +87,6 @@ def retry_reasons(spec: str) -> tuple[str, ...]:
             raise ValueError(f"--retry-failed: unknown reason {name!r} (known: all, {', '.join(reasons.NAMES)})")
         out.append(name)
     return tuple(out)
-
-
-def _clean_leftovers(*folders: Path) -> None:
-    """Remove what a killed run left half-written (temporary names), so a finished run leaves none."""
-    for folder in folders:
-        if folder.is_dir():
-            for p in folder.iterdir():
-                if p.is_file() and is_temporary(p):
-                    p.unlink()
 
 
 def metadata_table(table: pa.Table, refused: list[str | None]) -> pa.Table:
@@ -179,7 +170,8 @@ def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, option
     shards_dir = pool_root / "shards"
     for folder in (work, shards_dir):
         folder.mkdir(parents=True, exist_ok=True)
-    _clean_leftovers(pool_root, work, work / "plans", shards_dir, pool_root / "metadata")
+    # what a killed run left half-written; a finished run leaves none
+    remove_stale_temporaries(pool_root, work, work / "plans", shards_dir, pool_root / "metadata")
     todo = plans.load(work, opts.shard_size)
     if todo.shard_size != opts.shard_size:
         print(f"download: this pool's shards hold {todo.shard_size} samples (its first run's --shard-size); keeping it")
