@@ -26,11 +26,12 @@ import pyarrow as pa
 from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
+from curate.image_sizes import SIZE_COLUMNS, fill_sizes, shard_parquets
 from curate.pool import Partition, Pool, partition_schema
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
-from curate.subset import write_subset
+from curate.subset import sort_pairs, write_subset
 from curate.uids import UID_DTYPE, parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
 from filters.rules import float_column, uid_hash
@@ -65,13 +66,17 @@ SAMPLE_SEED = 0x5C0E
 
 
 def load_table(job, columns: list[str]) -> pa.Table:
-    """The partition's `uid` and `columns`, with computed signals joined in when the metadata lacks them."""
+    """The partition's `uid` and `columns`, with computed signals joined in when the metadata lacks them, and
+    image sizes from the downloader's shard parquet files when the metadata lacks them (curate.image_sizes)."""
     present = set(partition_schema(job.partition.path).names)
     wanted_signals = [c for c in columns if c in SIGNAL_COLUMNS and c not in present]
-    meta_cols = ["uid"] + [c for c in columns if c != "uid" and c not in wanted_signals]
+    sizes = [c for c in columns if c in SIZE_COLUMNS and c not in present] if shard_parquets(job.pool_root) else []
+    meta_cols = ["uid"] + [c for c in columns if c != "uid" and c not in wanted_signals and c not in sizes]
     if wanted_signals and "text" not in meta_cols:
         meta_cols.append("text")
     table = read_columns(job.pool_root, job.partition.path, list(dict.fromkeys(meta_cols)))
+    if any(c in SIZE_COLUMNS for c in columns) and job.partition.kind == "metadata":
+        table = fill_sizes(job.pool_root, table, sizes)
     if "text" in table.column_names:
         table = table.set_column(table.column_names.index("text"), "text", text_as_utf8(table.column("text")))
     if wanted_signals:
@@ -135,7 +140,17 @@ def filter_partition(job: PartitionJob) -> dict:
     kept_uids = pairs[keep]
     scores = {c: _score_summary(valid_table, c, job.score_sample) for c in job.score_columns}
     return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids, "scores": scores,
-            "examples": examples}
+            "examples": examples, "repeated_uid_rows": int(valid.sum()) - len(distinct_pairs(pairs[valid]))}
+
+
+def distinct_pairs(pairs: np.ndarray) -> np.ndarray:
+    """Sorted uid pairs, each once."""
+    pairs = sort_pairs(pairs)
+    if len(pairs) < 2:
+        return pairs
+    new = np.ones(len(pairs), dtype=bool)
+    new[1:] = (pairs["f0"][1:] != pairs["f0"][:-1]) | (pairs["f1"][1:] != pairs["f1"][:-1])
+    return pairs[new]
 
 
 def _score_summary(table: pa.Table, column: str, sample: int) -> dict:
@@ -386,9 +401,15 @@ def run_filters(
     jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
             for p in partitions]
     results = engine.map(filter_partition, jobs, desc="filter partitions")
-    uids = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
+    kept_rows = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
+    # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
+    uids = distinct_pairs(kept_rows)
     subset_path = write_subset(output / "subset.npy", uids)
     steps = merge_steps(results)
+    collapsed = len(kept_rows) - len(uids)
+    if collapsed:
+        steps.append({"filter": "unique_uid", "rows_in": len(kept_rows), "kept": len(uids), "rejected": collapsed,
+                      "rejected_by_first_rule": {"repeated_uid": collapsed}, "failed_rule": {"repeated_uid": collapsed}})
     rows = sum(r["rows"] for r in results)
     scores = merge_scores(results, sample)
     warnings = range_warnings(bound, scores, [t for t in thresholds if "fraction" in t])
@@ -403,6 +424,9 @@ def run_filters(
         "rejected": rows - int(len(uids)),
         "filters": [{"name": f.name or f.label(), **f.params()} for f in bound],
         "language_models": language_models(bound, fasttext_model),
+        # rows whose uid an earlier row of the same file has; kept rows dropped as a repeat of a kept uid
+        "uid_repeats": {"rows_repeating_in_their_file": sum(r["repeated_uid_rows"] for r in results),
+                        "kept_rows_collapsed": collapsed},
         "thresholds": [t for t in thresholds if "fraction" in t],
         "pool_steps": [t for t in thresholds if "fraction" not in t],
         "steps": steps,
