@@ -32,8 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.atomic import atomic_path, replace_folder, write_json
+from curate.dedup.frames import list_files
 from curate.dedup.hamming import cross_pairs, parse_hex64
-from curate.dedup.run import DedupError
+from curate.dedup.names import EMBEDDING_COLUMNS, DedupError
+from curate.dedup.semantic import BLOCK_VALUES
 from curate.wds import member_key
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
@@ -139,7 +141,6 @@ def cosine_matches(task: tuple[str, str, str, int], shared: tuple[np.ndarray, fl
     cosine (rounded to float32) does not change with the BLAS thread count of the process that ran the task
     (in float32 it did, in the last bit)."""
     from curate.columns import MissingColumnError, embeddings_to_numpy, read_columns
-    from curate.dedup.semantic import BLOCK_VALUES
     from curate.pool import PoolError
 
     pool_root, path, col, part = task
@@ -218,8 +219,6 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     """Match the pool against the eval sets and write the decontam columns and the report. The eval side
     (hashes, embeddings) is small and computed here; each pool phash file (and, for cosine, each pool
     partition) is one task, here or on `engine`'s workers; only counts and the (few) matches come back."""
-    from curate.dedup.frames import list_files
-    from curate.dedup.run import EMBEDDING_COLUMNS
     from curate.pool import Pool
 
     pool_root = Path(pool_root)

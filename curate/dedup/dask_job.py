@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.dedup import frames as fr
+from curate.dedup import semantic as sem
 
 ROWS_PER_PARTITION = 200_000  # shuffles use about one partition per this many rows (tests lower it)
 EXPLODED_ROWS_PER_PARTITION = 2_000_000  # phash: the block-key join gets about one partition per this many rows a
@@ -164,8 +165,6 @@ def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, cl
     cluster after a shuffle by cluster, then star rounds, keep rule and output as for pHash."""
     import dask.dataframe as dd
 
-    from curate.dedup import semantic as sem
-
     started = sem.start_job(files, col, clusters, seed, staging, stats)
     if started is None:
         return
@@ -201,10 +200,8 @@ def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, cl
 
 
 def _read_embeddings(read, pool_root: str, col: str):
-    from curate.dedup.semantic import embedding_rows
-
     f, sample = read
-    return embedding_rows(f, sample, pool_root, col)
+    return sem.embedding_rows(f, sample, pool_root, col)
 
 
 __all__ = ["components", "dask_dedup", "dask_semantic"]

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.dedup.hamming import Plan, ball_size, flip_masks, make_plan, parse_hex64
+from curate.dedup.names import SCORE_COLUMNS, DedupError
 
 MAX_JOIN_BLOCK_BITS = 32  # block values are joined, not direct-addressed: any width up to 32 bits
 
@@ -108,8 +109,6 @@ def read_rows(f: ColumnFile, signal: str = "phash"):
 
     t = pq.read_table(f.path)
     if signal not in t.column_names or "uid" not in t.column_names:
-        from curate.dedup.run import DedupError
-
         raise DedupError(f"{f.path}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
     text = t.column(signal).cast(pa.string())
     present = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
@@ -227,7 +226,6 @@ def score_column(pool_root: Path, column: str | None) -> str:
     import pyarrow.parquet as pq
 
     from curate.columns import find_store_signal
-    from curate.dedup.run import SCORE_COLUMNS, DedupError
     from curate.pool import Pool, PoolError
 
     candidates = [column] if column else list(SCORE_COLUMNS)
@@ -333,8 +331,6 @@ def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
     import pyarrow.parquet as pq
 
     from curate.atomic import is_temporary
-    from curate.dedup.run import DedupError
-
     d = pool_root / "columns" / signal
     paths = sorted(p for p in d.glob("*.parquet") if not is_temporary(p)) if d.is_dir() else []
     if not paths:

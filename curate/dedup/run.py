@@ -39,22 +39,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from curate.atomic import is_temporary, replace_folder, write_json
+from curate.dedup.frames import list_files
 from curate.dedup.groups import group_ids, keep_representatives
 from curate.dedup.hamming import distinct_pairs, make_plan, parse_hex64
-
-METHODS = ("phash", "sha256", "semantic")
-KEEP_RULES = ("first", "highest_clip_score")
-SCORE_COLUMNS = ("clip_l14_similarity_score", "clip_b32_similarity_score")
-EMBEDDING_COLUMNS = {"l14": "l14_img", "b32": "b32_img"}
-
-
-class DedupError(ValueError):
-    """Missing inputs (no phash columns, no embeddings, no scores) or bad options."""
-
-
-def column_names(method: str) -> tuple[str, str]:
-    return f"dedup_{method}_group", f"dedup_{method}_keep"
-
+from curate.dedup.names import KEEP_RULES, METHODS, SCORE_COLUMNS, DedupError, column_names
+from curate.dedup.semantic import embedding_column, list_partitions, semantic_groups
 
 @dataclass
 class Rows:
@@ -204,13 +193,9 @@ def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: s
                 stats: dict, start: float, eps: float, clusters: int | None, arch: str, seed: int) -> dict:
     """Any method as a Dask or Spark dataframe job (curate.dedup.frames, curate.dedup.semantic)."""
     if method == "semantic":
-        from curate.dedup.semantic import embedding_column, list_partitions
-
         col = embedding_column(arch)
         files = list_partitions(pool_root, col)
     else:
-        from curate.dedup.frames import list_files
-
         files = list_files(pool_root, method)
     staging = _staging(pool_root, method)
     try:
@@ -273,8 +258,6 @@ def run_dedup(
         valid, group = sha256_groups(rows, stats)
         names, sizes, uid = rows.names, rows.sizes, rows.uid
     else:
-        from curate.dedup.semantic import semantic_groups
-
         names, sizes, uid, valid, group = semantic_groups(pool_root, eps=eps, clusters=clusters, arch=arch, seed=seed, stats=stats)
     index = np.flatnonzero(valid)
     scores = None

@@ -33,7 +33,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.dedup.frames import STR, ColumnFile, write_empty_files
 from curate.dedup.groups import group_ids
+from curate.dedup.names import EMBEDDING_COLUMNS, DedupError
 
 POINTS_PER_CENTROID = 256  # faiss's max_points_per_centroid: more is subsampled away by faiss itself
 MIN_POINTS_PER_CENTROID = 39  # faiss's min_points_per_centroid: fewer and it warns
@@ -87,8 +89,6 @@ def assign(emb: np.ndarray, centroids: np.ndarray) -> np.ndarray:
     if len(centroids) == 1 or not len(emb):
         return np.zeros(len(emb), np.int64)
     if emb.shape[1] != centroids.shape[1]:
-        from curate.dedup.run import DedupError
-
         raise DedupError(f"embeddings of width {emb.shape[1]} do not match the centroids' width {centroids.shape[1]}")
     c = centroids.astype(np.float64).T
     step = max(1, BLOCK_VALUES // len(centroids))
@@ -126,8 +126,6 @@ def within_cluster_pairs(emb: np.ndarray, assign: np.ndarray, min_cosine: float)
 
 
 def embedding_column(arch: str) -> str:
-    from curate.dedup.run import EMBEDDING_COLUMNS, DedupError
-
     col = EMBEDDING_COLUMNS.get(arch)
     if col is None:
         raise DedupError(f"unknown --arch {arch!r}; choose one of {', '.join(EMBEDDING_COLUMNS)}")
@@ -153,8 +151,6 @@ def list_partitions(pool_root: Path, col: str) -> list:
     checking that each has `col` (in its parquet, its .npz with as many rows, or the column store), so
     that workers do not find out one by one."""
     from curate.columns import find_store_signal
-    from curate.dedup.frames import ColumnFile
-    from curate.dedup.run import DedupError
     from curate.pool import Pool, PoolError, partition_num_rows, partition_schema
 
     hint = (f"--method semantic needs CLIP image embeddings ({col}): in the .npz beside each metadata parquet "
@@ -190,7 +186,6 @@ def list_partitions(pool_root: Path, col: str) -> list:
 def read_embeddings(pool_root: str, f, col: str):
     """One partition: (uid, present, usable, unit embeddings of the usable rows, reason per malformed row)."""
     from curate.columns import MissingColumnError, embeddings_to_numpy, read_columns
-    from curate.dedup.run import DedupError
     from curate.pool import PoolError
 
     try:
@@ -255,8 +250,6 @@ GROUP_KEYS = ("groups", "groups_with_duplicates", "largest_group", "kept", "rows
 def start_job(files: list, col: str, clusters: int | None, seed: int, staging: Path, stats: dict):
     """The common start of the Dask and Spark semantic jobs: (group column, keep column, k, [(file, its sample
     rows)] for the files with rows), or None when no file has rows (their empty outputs written, `stats` filled)."""
-    from curate.dedup.frames import write_empty_files
-
     gcol, kcol = "dedup_semantic_group", "dedup_semantic_keep"
     total = sum(f.rows for f in files)
     k = clusters if clusters is not None else default_clusters(total)
@@ -276,8 +269,6 @@ def embedding_rows(f, sample: np.ndarray, pool_root: str, col: str):
     that fall in this partition, `emb` the unit embedding of each usable row."""
     import pandas as pd
 
-    from curate.dedup.frames import STR
-
     uid, present, valid, emb, reason = read_embeddings(pool_root, f, col)
     sampled = np.zeros(f.rows, bool)
     sampled[np.asarray(sample, np.int64) - f.offset] = True
@@ -295,8 +286,6 @@ def embedding_rows(f, sample: np.ndarray, pool_root: str, col: str):
 
 def rows_meta():
     import pandas as pd
-
-    from curate.dedup.frames import STR
 
     return pd.DataFrame({
         "row": pd.Series(dtype="int64"), "file": pd.Series(dtype="int32"), "uid": pd.Series(dtype=STR),

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from curate.dedup import frames as fr
+from curate.dedup import semantic as sem
 
 ROW_SCHEMA = "row long, file int, uid string, h long, k string, valid boolean, present boolean, status string, bad string"
 
@@ -219,13 +220,11 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
 def _read_embedding_batches(batches):
     import numpy as np
 
-    from curate.dedup.semantic import embedding_rows
-
     for pdf in batches:
         for path, index, offset, rows, sample, pool, col in zip(pdf.path, pdf["index"], pdf.offset, pdf.rows, pdf["sample"],
                                                                 pdf["pool"], pdf["col"]):
             f = fr.ColumnFile(int(index), str(path), int(offset), int(rows))
-            yield embedding_rows(f, np.asarray(sample, np.int64), str(pool), str(col))
+            yield sem.embedding_rows(f, np.asarray(sample, np.int64), str(pool), str(col))
 
 
 def spark_semantic(spark, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
@@ -240,8 +239,6 @@ def spark_semantic(spark, pool_root: Path, files: list, col: str, eps: float, cl
 def _semantic_job(spark, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,
                   score_column: str | None, staging: Path, stats: dict) -> None:
     from pyspark.sql import functions as F
-
-    from curate.dedup import semantic as sem
 
     started = sem.start_job(files, col, clusters, seed, staging, stats)
     if started is None:
