@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from curate.assets import AssetError, load_matrices
 from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
@@ -217,7 +218,13 @@ MAX_ROUNDS = 8
 
 
 def read_file_request(req: FileRequest):
-    """What a FileRequest names: a numpy array, or the non-comment lines of a text file."""
+    """What a FileRequest names: a numpy array, a float32 matrix from .npy/.pt files (curate.assets: a path, a
+    glob or a comma list, loaded without running pickled code), or the non-comment lines of a text file."""
+    if req.kind == "matrix":
+        try:
+            return load_matrices(req.path)
+        except AssetError as e:
+            raise FilterConfigError(str(e)) from None
     path = Path(req.path)
     if not path.is_file():
         raise FilterConfigError(f"{path}: file not found")

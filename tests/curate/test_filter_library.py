@@ -171,24 +171,27 @@ def ref_clip_fraction(scores: np.ndarray, fraction: float) -> np.ndarray:
         return scores >= t
 
 
-def ref_image_based(df, emb, lang, targets, k, per_centroid, seed=0, niter=20) -> np.ndarray:
-    """DataComp's image filter: caption_filter, then nearest pool centroid among the targets' nearest centroids."""
+def ref_image_based(df, emb, lang, targets, k, per_centroid, seed=0, niter=20, centroids=None) -> np.ndarray:
+    """DataComp's image filter: caption_filter, then nearest pool centroid among the targets' nearest centroids.
+
+    Without `centroids`, they are trained as DataComp's clustering script does, on caption-filtered rows (here the
+    k * per_centroid of them with the smallest uid hashes).
+    """
     import faiss
 
-    hashes = [py_uid_hash(u, seed) for u in df.uid]
-    sample_n = min(len(df), k * per_centroid)
-    order = sorted(range(len(df)), key=lambda i: hashes[i])[:sample_n]
-    x = np.ascontiguousarray(emb[order])
-    km = faiss.Kmeans(DIM, k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=-(-len(x) // k), min_points_per_centroid=1)
-    km.train(x)
-    cents = km.centroids
-    target_ids = set(np.argmax(targets @ cents.T, axis=1).tolist())
-    own = np.argmax(emb @ cents.T, axis=1)
-    keep = []
-    for i, (t, l) in enumerate(zip(df.text, lang)):
-        caption_ok = t is not None and l == "en" and len(fasttext_tokenize(t)) > 1 and len(t) > 5
-        keep.append(caption_ok and int(own[i]) in target_ids)
-    return np.array(keep)
+    caption_ok = np.array([t is not None and l == "en" and len(fasttext_tokenize(t)) > 1 and len(t) > 5
+                           for t, l in zip(df.text, lang)])
+    if centroids is None:
+        hashes = [py_uid_hash(u, seed) for u in df.uid]
+        order = sorted(np.flatnonzero(caption_ok), key=lambda i: hashes[i])[: k * per_centroid]
+        x = np.ascontiguousarray(emb[order])
+        km = faiss.Kmeans(DIM, k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=-(-len(x) // k),
+                          min_points_per_centroid=1)
+        km.train(x)
+        centroids = km.centroids
+    target_ids = set(np.argmax(targets @ centroids.T, axis=1).tolist())
+    own = np.argmax(emb @ centroids.T, axis=1)
+    return caption_ok & np.array([int(c) in target_ids for c in own])
 
 
 @pytest.fixture(scope="module")
