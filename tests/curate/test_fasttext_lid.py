@@ -72,8 +72,9 @@ def test_basic_with_a_fasttext_model(tmp_path, lid_model):
     assert np.array_equal(read_subset(tmp_path / "out" / "subset.npy"), np.sort(uids_to_pairs(want)))
     cache = pq.read_table(tmp_path / "pool" / "columns" / "language" / "metadata-m.parquet")
     assert cache.column("language").to_pylist() == langs
-    # the scores are this model's (py3langid would agree on these languages, not on the scores)
+    # the scores are this model's (the packaged lid.176.ftz would agree on these languages, not on the scores)
     scores = [model.predict(t.replace("\n", " "))[1][0] for t in texts]
     assert np.allclose(cache.column("language_score").to_numpy(), scores, atol=1e-6)
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["language_models"]["language"]["file"] == "lid.bin"  # the model given, named with its hash
     assert stats["kept"] == len(want)
