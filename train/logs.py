@@ -63,7 +63,8 @@ class StepLog:
                     record = json.loads(line)
                 except json.JSONDecodeError:  # the torn last line of a killed run
                     continue
-                if record.get("step", 0) <= resume_step:
+                # a finished run's "end" (the one record without a step) goes too: the resumed run writes its own
+                if record.get("event") != "end" and record.get("step", 0) <= resume_step:
                     kept.append(line)
             with atomic_open(self.path, "w") as f:
                 f.write("".join(line + "\n" for line in kept))

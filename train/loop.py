@@ -293,6 +293,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
 
     step, samples_seen = 0, 0
     position = None
+    rng = None
     resume_from = checkpoint.resolve(run_dir, opts.resume)
     if resume_from is not None:
         state = checkpoint.load_for_resume(resume_from)
@@ -303,7 +304,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
             scaler.load_state_dict(state["scaler"])
         step, samples_seen = int(state["step"]), int(state["samples_seen"])
         position = Position.from_dict(state["data"][world.rank])
-        checkpoint.set_rng_state(state["rng"][world.rank], device)
+        rng = state["rng"][world.rank]  # restored once the loader has drawn its base seed (below)
         del state
 
     log_every = opts.log_every or default_log_every(device)
@@ -363,6 +364,11 @@ def _run(opts: Options, world: distributed.World) -> dict:
         loader = make_loader(shards, local_batch, pixels, tokenizer, opts.seed, world.rank, workers,
                              position, pin_memory=device.type == "cuda", mix=opts.mix)
         batches = iter(loader)
+        if rng is not None:
+            # iter() drew the loader's base seed from torch's global RNG, which the unbroken run did at step 0,
+            # before the checkpoint's state: restored only now, the RNG continues exactly where it was saved
+            # (else dropout and --patch-dropout masks, and the next checkpoints' RNG, differ from that run's)
+            checkpoint.set_rng_state(rng, device)
         bar = None
         if world.is_main and opts.progress:
             from tqdm import tqdm
