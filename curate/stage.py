@@ -221,6 +221,32 @@ class Models:
         return {f: (to_numpy(img), to_numpy(txt)) for f, (img, txt) in launched.items()}
 
 
+#: per shard, what reading its tar found (samples, uid-less samples, a read error), written before the shard's
+#: column files: the pool's stage_stats.json adds these up over every shard, whichever run read it
+READS_FOLDER = "stage_reads"
+
+
+def _record_reads(columns_root: str, shard_id: int, result: ShardResult) -> None:
+    rep = result.report or {}
+    write_json(Path(columns_root) / READS_FOLDER / f"{shard_id:08d}.json",
+               {k: rep.get(k) for k in ("samples", "samples_without_uid", "read_error")})
+
+
+def recorded_reads(columns_root: str, shards: list[Shard]) -> dict:
+    """samples_without_uid and read_errors over the pool's whole shards, from each shard's recorded read."""
+    without_uid, errors = 0, {}
+    for s in shards:
+        path = Path(columns_root) / READS_FOLDER / f"{s.shard_id:08d}.json"
+        try:
+            rep = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # read by a stage from before reads were recorded
+        without_uid += int(rep.get("samples_without_uid") or 0)
+        if rep.get("read_error"):
+            errors[f"{s.shard_id:08d}.tar"] = rep["read_error"]
+    return {"samples_without_uid": without_uid, "read_errors": errors}
+
+
 def _shard_stats(shard_id: int, result: ShardResult, counts: dict) -> dict:
     rep = result.report or {}
     return {"shard": shard_id, "skipped": False, "samples": rep.get("samples", 0),
@@ -255,6 +281,7 @@ def stage_shard(task: StageTask) -> dict:
         result = models.result(task.shard, outputs, task.columns_root)
         for batch in prepare_shard(models.job(task.shard, outputs)):
             result.add(batch, models.finish(models.launch(batch, folders)))
+        _record_reads(task.columns_root, task.shard.shard_id, result)
         counts = result.write()
     return _shard_stats(task.shard.shard_id, result, counts)
 
@@ -304,6 +331,7 @@ def _run_loader(work: list[tuple[Shard, tuple[Output, ...]]], options: StageOpti
         res.add(batch, models.finish(launched))
         bar.update(len(batch.uids))
         if batch.last:
+            _record_reads(columns_root, batch.shard_id, res)
             stats.append(_shard_stats(batch.shard_id, res, res.write()))
             del results[batch.shard_id]
 
@@ -339,7 +367,7 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         raise StageError(f"{pool.root}: no whole shards in {pool.shards_dir} (run `curate download` first)")
     start = time.perf_counter()
     root = str(pool.root / "columns")
-    remove_stale_temporaries(root, *(Path(root) / o.folder for o in outputs))  # left by a killed stage
+    remove_stale_temporaries(root, Path(root) / READS_FOLDER, *(Path(root) / o.folder for o in outputs))  # left by a killed stage
     work = [(s, missing_outputs(outputs, root, s.shard_id)) for s in shards]
     todo = [(s, outs) for s, outs in work if outs]
     needs_model = any(o.kind == "clip" for _, outs in todo for o in outs)
@@ -365,9 +393,8 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         "shards_computed": len(computed),
         "shards_skipped": len(shards) - len(computed),
         "samples": samples,  # read by this run; per_signal counts the whole pool
-        "samples_without_uid": sum(r["samples_without_uid"] for r in computed),
         "per_signal": column_counts(outputs, root, shards),
-        "read_errors": {f"{r['shard']:08d}.tar": r["read_error"] for r in computed if r["read_error"]},
+        **recorded_reads(root, shards),  # over the whole pool, as per_signal
         "seconds": round(seconds, 3),
         "images_per_second": round(samples / seconds, 1) if seconds > 0 else None,
     }

@@ -184,16 +184,13 @@ def shard_pool(tmp_path_factory):
 # workers, engine: null or the plain engine when it had no model to run). A rerun after a kill skips the
 # shards done before it, so these differ from an unbroken run by design; what the pool holds must not.
 STAGE_INVOCATION = ("shards_computed", "shards_skipped", "samples", "device", "precision", "loader_workers", "engine")
-# Not by design but a bug (test_stage_stats_keep_read_errors_after_a_kill): these count only the shards the
-# last invocation read, so a rerun forgets the read errors and uid-less samples of shards finished before it.
-STAGE_LOST_ON_RESUME = ("read_errors", "samples_without_uid")
 
 
 def _settle_stage(files: dict) -> dict:
     stats = files.get("pool/columns/stage_stats.json")
     if stats:
         assert stats["shards_computed"] + stats["shards_skipped"] == stats["shards"]
-        for key in STAGE_INVOCATION + STAGE_LOST_ON_RESUME:
+        for key in STAGE_INVOCATION:
             stats.pop(key)
     return files
 
@@ -206,9 +203,6 @@ def test_stage_phash_sha256_killed_anywhere(shard_pool, tmp_path):
         progress=_files("pool/columns/sha256"), finished=_exists("pool/columns/stage_stats.json"), settle=_settle_stage)
 
 
-@pytest.mark.xfail(strict=True, reason="bug: curate stage's stage_stats.json counts read_errors and "
-                   "samples_without_uid over the shards the last invocation read, so a rerun after a kill (or any "
-                   "rerun) forgets those of shards finished before it (curate/stage.py run_stage)")
 def test_stage_stats_keep_read_errors_after_a_kill(tmp_path):
     """A truncated shard and a uid-less sample, both in shards the killed run finished: the rerun's stats must
     still name them, as per_signal already counts every shard's files whichever run wrote them."""
