@@ -19,6 +19,7 @@ Each refusal raises an error whose message starts with a fixed phrase; `reasons.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import http.client
 import ipaddress
@@ -41,6 +42,12 @@ DEADLINE = "request deadline exceeded"
 SCHEME_REDIRECT = "redirect to a non-http(s) URL refused"
 
 
+@functools.lru_cache(maxsize=4096)
+def _ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # drop an IPv6 zone
+    return ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip
+
+
 @dataclass(frozen=True)
 class FetchLimits:
     """What one request may cost. `deadline` is seconds for the whole request (None: no deadline)."""
@@ -50,10 +57,16 @@ class FetchLimits:
     allow_private: bool = False
     allow_networks: tuple[str, ...] = ()  # CIDRs allowed although not public (an internal mirror, a test server)
 
-    def allows(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-        if self.allow_private or is_public(ip):
+    @functools.cached_property
+    def _networks(self) -> tuple:
+        return tuple(ipaddress.ip_network(net, strict=False) for net in self.allow_networks)
+
+    def allows(self, address: str) -> bool:
+        """May we connect to `address` (an IP as getaddrinfo gives it)?"""
+        if self.allow_private:
             return True
-        return any(ip in ipaddress.ip_network(net, strict=False) for net in self.allow_networks)
+        ip = _ip(address)
+        return is_public(ip) or any(ip in net for net in self._networks)
 
 
 class GuardError(urllib.error.URLError):
@@ -67,6 +80,7 @@ class GuardError(urllib.error.URLError):
         return self.message
 
 
+@functools.lru_cache(maxsize=4096)
 def is_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     """True for an address on the public internet (not loopback, private, link-local, multicast, reserved)."""
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -79,7 +93,7 @@ def _checked_addresses(host: str, port: int, limits: FetchLimits) -> list[tuple]
     infos = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
     if limits.allow_private:
         return infos
-    allowed = [info for info in infos if limits.allows(ipaddress.ip_address(info[4][0].split("%", 1)[0]))]
+    allowed = [info for info in infos if limits.allows(info[4][0])]
     if not allowed:
         ips = ", ".join(sorted({info[4][0] for info in infos}))
         raise GuardError(f"{PRIVATE_ADDRESS}: {host} is {ips}")
@@ -124,7 +138,8 @@ class _Watchdog:
                 self._thread = threading.Thread(target=self._run, name="download-deadlines", daemon=True)
                 self._thread.start()
             heapq.heappush(self._heap, (request.deadline, next(self._ids), request))
-            self._cond.notify()
+            if self._heap[0][2] is request:  # due before all others: the thread must wait less
+                self._cond.notify()
 
     def _run(self) -> None:
         with self._cond:
@@ -228,8 +243,18 @@ class _BoundedResponse:
     def read(self, amt: int | None = None) -> bytes:
         limit = self._limits.max_bytes
         length = self._response.headers.get("Content-Length")
-        if length is not None and length.strip().isdigit() and int(length) > limit:
-            raise GuardError(f"{TOO_LARGE}: Content-Length {int(length)} > {limit} bytes")
+        declared = int(length) if length is not None and length.strip().isdigit() else None
+        if declared is not None and declared > limit:
+            raise GuardError(f"{TOO_LARGE}: Content-Length {declared} > {limit} bytes")
+        if declared is not None and (amt is None or amt < 0) and not self._response.chunked:
+            # http.client reads exactly the declared length, already bounded above
+            try:
+                data = self._response.read()
+            except Exception as e:
+                self._raise_if_expired()
+                raise e
+            self._raise_if_expired()
+            return data
         want = limit + 1 if amt is None or amt < 0 else min(amt, limit + 1)
         chunks: list[bytes] = []
         got = 0
