@@ -11,9 +11,10 @@ from pathlib import Path
 import open_clip
 import torch
 import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
 
+from curate.signals.clip import ClipModelError, create_model
 from curate.signals.clip import encode_text as clip_text_features
-from curate.signals.clip import load_checked, model_kwargs, read_checkpoint
 
 
 class CheckpointError(ValueError):
@@ -34,24 +35,24 @@ PROJECT_MODELS = Path(__file__).resolve().parents[1] / "configs" / "models"
 
 
 def load_model(arch: str, checkpoint: str | None, device: str = "cpu"):
-    """(model, preprocess, tokenizer) for `arch` with weights from a local file or an open_clip pretrained tag."""
+    """(model, preprocess, tokenizer) for `arch` with weights from a local file or an open_clip pretrained tag.
+
+    Loaded as `curate stage` loads its models (curate.signals.clip.create_model): a tag's weights come from the
+    local cache without a network, and weights that cannot be had fail at once, naming --checkpoint.
+    """
     if arch not in open_clip.list_models() and PROJECT_MODELS.is_dir():
         open_clip.add_model_config(PROJECT_MODELS)  # the project's own configs (e.g. datacomp-tiny, which `train` uses)
     if arch not in open_clip.list_models():
         raise CheckpointError(f"unknown architecture {arch!r} (not in open_clip.list_models(); "
                               f"pass --model-config FILE.json for a custom one)")
-    local = checkpoint is not None and Path(checkpoint).exists()
-    if local:
-        sd, options = read_checkpoint(Path(checkpoint), CheckpointError)
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None, **model_kwargs(sd, options))
-        load_checked(model, sd, checkpoint, arch, CheckpointError)
+    if checkpoint is None:
+        model = open_clip.create_model(arch, pretrained=None)  # random weights, and open_clip says so
     else:
-        if checkpoint and ("/" in checkpoint or checkpoint.endswith((".pt", ".pth", ".bin", ".safetensors"))):
-            raise CheckpointError(f"checkpoint file not found: {checkpoint}")
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=checkpoint)
-        except RuntimeError as e:
-            raise CheckpointError(f"cannot load pretrained {checkpoint!r} for {arch}: {e}") from None
+            model = create_model(arch, checkpoint, flag="--checkpoint", error=CheckpointError)
+        except ClipModelError as e:  # weights that cannot be had, or a pretrained tag open_clip does not know
+            raise CheckpointError(str(e)) from None
+    preprocess = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
     model = model.to(device).eval()
     return model, preprocess, open_clip.get_tokenizer(arch)
 

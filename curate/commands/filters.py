@@ -18,6 +18,7 @@ def add_arguments(p) -> None:
     g.add_argument("--output", default=None, help="where to write the .npy (1000 rows, L2-normalised)")
     g.add_argument("--model", default="ViT-L-14", help="open_clip model name (the pool's l14_img come from OpenAI ViT-L-14)")
     g.add_argument("--pretrained", default="openai", help="open_clip pretrained tag or checkpoint path")
+    g.add_argument("--model-config", default=None, metavar="FILE.json", help="an extra open_clip model config")
     g.add_argument("--templates", choices=["openai", "simple"], default="openai", help="OpenAI's 80 templates, or open_clip's 2")
     g.add_argument("--device", default="cpu")
     g.add_argument("--batch-size", type=int, default=256)
@@ -46,18 +47,19 @@ def main(args) -> int:
 
 def write_targets(args) -> int:
     import numpy as np
-    import open_clip
     import torch
     from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
     from curate.atomic import atomic_path
+    from curate.signals.clip import ClipSpec, get_tokenizer, load_clip
 
     if not args.output:
         raise ValueError("curate filters targets needs --output FILE.npy")
     templates = OPENAI_IMAGENET_TEMPLATES if args.templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
-    model, _, _ = open_clip.create_model_and_transforms(args.model, pretrained=args.pretrained or None, device=args.device)
-    tokenizer = open_clip.get_tokenizer(args.model)
-    model.eval()
+    # stage's loader: the project's model configs (datacomp-tiny), our checkpoints, cached tags without a network
+    spec = ClipSpec(args.model, args.pretrained, "targets", args.model_config)
+    model = load_clip(spec, args.device).model
+    tokenizer = get_tokenizer(spec)
     rows = []
     with torch.no_grad():
         for name in IMAGENET_CLASSNAMES:

@@ -81,12 +81,16 @@ def main(args) -> int:
     remove_stale_temporaries(args.output, *(pool.column_dir(s) for s in LANGUAGE_SIGNALS))  # left by a killed run
     with engine_from_args(args) as engine:
         if pool.has_shards() and not args.no_compute:
+            from curate.signals.clip import WeightsNotFound, clip_tag
             from curate.stage import ensure_columns
 
             checkpoints = dict(item.split("=", 1) for item in args.clip_checkpoint)
             # language is computed (and cached) by the filtering pass itself, from the metadata captions
             needed = sorted({c for step in steps for c in step.columns} - {"language", "language_score"})
-            computed = ensure_columns(pool, needed, engine, {"checkpoints": checkpoints} if checkpoints else None)
+            try:
+                computed = ensure_columns(pool, needed, engine, {"checkpoints": checkpoints} if checkpoints else None)
+            except WeightsNotFound as e:  # name this command's option for a local file
+                raise ValueError(e.message(f"--clip-checkpoint {clip_tag(e.arch, e.tag)}=PATH")) from None
             if computed:
                 print(f"computed missing signals first: {', '.join(computed)}")
         stats = run_filters(pool, steps, args.output, engine, fasttext_model=args.fasttext_model,

@@ -82,13 +82,29 @@ def main(args) -> int:
     from curate.pool import Pool
     from curate.stage import run_stage
 
+    from curate.signals.clip import WeightsNotFound
+
     options = stage_options(args)
     signals = [s.strip() for s in args.signals.split(",") if s.strip()]
-    with engine_from_args(args) as engine:
-        stats = run_stage(Pool(args.pool), signals, engine, options=options)
+    try:
+        with engine_from_args(args) as engine:
+            stats = run_stage(Pool(args.pool), signals, engine, options=options)
+    except WeightsNotFound as e:
+        raise ValueError(e.message(_local_weights_option(e, options, signals))) from None
     print(f"stage: {stats['samples']} samples in {stats['shards_computed']} shards "
           f"({stats['shards_skipped']} already done), {stats['images_per_second']} images/s"
           + (f" on {stats['device']} ({stats['precision']}, {stats['engine']})" if stats.get("device") else ""))
     for sig, c in stats["per_signal"].items():
         print(f"  {sig:12s} in {c['samples']}  ok {c['ok']}  failed {json.dumps(c['failed'])}")
     return 0
+
+
+def _local_weights_option(e, options, signals) -> str:
+    """The option that gives the missing model a local file: --pretrained, or --aesthetic-pretrained for its feed."""
+    from curate.stage import DEFAULT_CLIP
+
+    wanted = (e.arch, e.tag)
+    clip = "clip" in signals and any((s.model, s.pretrained) == wanted for s in options.models or (DEFAULT_CLIP,))
+    feed = "aesthetic" in signals and (options.aesthetic_model.model, options.aesthetic_model.pretrained) == wanted
+    flags = (["--pretrained PATH"] if clip or not feed else []) + (["--aesthetic-pretrained PATH"] if feed else [])
+    return " / ".join(flags)

@@ -1,7 +1,8 @@
 """The `clip` signal: image and text embeddings of any open_clip model, and their cosine similarity.
 
 A model is named by open_clip architecture plus a pretrained tag (`openai`, `laion2b_s34b_b79k`, ...:
-open_clip's own loading code fetches or reuses the weights) or a local checkpoint path (read here with
+read from the Hugging Face cache when there, without a network; downloaded by open_clip only when its host
+answers, else one line says what was looked for where) or a local checkpoint path (read here with
 `torch.load(weights_only=True)`; a bare state dict, `{"state_dict": ...}` as open_clip and our trainer
 save it, `module.` prefixes from DDP all work).
 
@@ -21,7 +22,9 @@ resized as colour images, not with the NEAREST filter Pillow uses for "P" and "1
 from __future__ import annotations
 
 import json
+import os
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +40,25 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 
 class ClipModelError(ValueError):
     """An unknown architecture, a checkpoint that does not load or fit, or weights that cannot be had."""
+
+
+class WeightsNotFound(ClipModelError):
+    """A pretrained tag whose weights are not on this machine and cannot be downloaded now.
+
+    Keeps its parts so a command can name its own option for a local file (`message(flag)`); built from its
+    args alone, so it crosses process boundaries intact.
+    """
+
+    def __init__(self, arch: str, tag: str, looked: str, why: str, flag: str = "--pretrained PATH"):
+        super().__init__(arch, tag, looked, why, flag)
+        self.arch, self.tag, self.looked, self.why, self.flag = arch, tag, looked, why, flag
+
+    def message(self, flag: str) -> str:
+        return (f"no local copy of the {self.arch} {self.tag!r} weights (looked for {self.looked}) and {self.why}; "
+                f"give a local checkpoint file with {flag}")
+
+    def __str__(self) -> str:
+        return self.message(self.flag)
 
 
 def sanitize_tag(text: str) -> str:
@@ -248,20 +270,9 @@ def _load_clip_cached(spec: ClipSpec, device: str, precision: str) -> LoadedClip
     register_configs(spec)
     if not spec.model.startswith(("hf-hub:", "local-dir:")) and spec.model not in open_clip.list_models():
         raise ClipModelError(f"unknown open_clip architecture {spec.model!r} (pass a JSON config with --model-config)")
-    pre = spec.pretrained
-    if not pre:
+    if not spec.pretrained:
         raise ClipModelError(f"clip model {spec.model!r} needs --pretrained (a tag such as 'openai' or a checkpoint path)")
-    if Path(pre).is_file():
-        sd, options = read_checkpoint(Path(pre))
-        model = open_clip.create_model(spec.model, pretrained=None, **model_kwargs(sd, options))
-        load_checked(model, sd, pre, spec.model)
-    else:
-        if _looks_like_path(pre) and not Path(pre).is_dir():
-            raise ClipModelError(f"checkpoint file not found: {pre}")
-        try:  # open_clip's own loading: a pretrained tag (downloaded or from its cache) or a checkpoint folder
-            model = open_clip.create_model(spec.model, pretrained=pre)
-        except Exception as e:
-            raise ClipModelError(f"cannot load pretrained {pre!r} for {spec.model}: {type(e).__name__}: {e}") from None
+    model = create_model(spec.model, spec.pretrained)
     model = model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -270,6 +281,161 @@ def _load_clip_cached(spec: ClipSpec, device: str, precision: str) -> LoadedClip
         embed_dim = int(launch(LoadedClip(spec, model, cfg, device, "fp32", None), None,
                                get_tokenizer(spec)(["a"]))[1].shape[1])
     return LoadedClip(spec, model, cfg, device, precision, embed_dim)
+
+
+# ---- weights: a local checkpoint, or a pretrained tag read from the local cache before any network --------
+
+
+def create_model(arch: str, pretrained: str, flag: str = "--pretrained", error: type[Exception] = ClipModelError):
+    """open_clip model `arch` (registered) with weights from a local checkpoint file or a pretrained tag.
+
+    Shared by `curate stage`, `curate filters targets` and `evaluate` so all three load the same way. A tag
+    whose weights are in the local cache is loaded from there without touching the network; one that is not
+    is downloaded only when its host answers, otherwise this fails at once with one line naming the weights,
+    where they were looked for and `flag` (the option that takes a local file) instead of retrying for minutes.
+    """
+    import open_clip
+
+    path = Path(pretrained)
+    if path.is_file():
+        sd, options = read_checkpoint(path, error)
+        with _no_random_init_warning():  # the weights are loaded right below
+            model = open_clip.create_model(arch, pretrained=None, **model_kwargs(sd, options))
+        load_checked(model, sd, pretrained, arch, error)
+        return model
+    if _looks_like_path(pretrained) and not path.is_dir():
+        raise error(f"checkpoint file not found: {pretrained}")
+    if path.is_dir() or arch.startswith(("hf-hub:", "local-dir:")):
+        try:  # open_clip's own loading (a schema in the model name, a checkpoint folder)
+            return open_clip.create_model(arch, pretrained=pretrained)
+        except Exception as e:
+            raise error(f"cannot load pretrained {pretrained!r} for {arch}: {type(e).__name__}: {e}") from None
+    return _from_tag(arch, pretrained, flag, error)
+
+
+def _from_tag(arch: str, tag: str, flag: str, error: type[Exception]):
+    import open_clip
+    from open_clip.transform import merge_preprocess_dict
+
+    cfg = open_clip.get_pretrained_cfg(arch, tag)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        raise error(f"{tag!r} is neither a checkpoint file nor a pretrained tag of {arch} "
+                    f"({'its tags: ' + ', '.join(tags) if tags else 'it has no pretrained tags'}); "
+                    f"give a local checkpoint with {flag} PATH")
+    # OpenAI's models were trained with QuickGELU; open_clip 3 only warns when a tag's activation differs
+    # from the architecture's config, so ask for it, or `openai` weights would run with the wrong activation.
+    kwargs = {"force_quick_gelu": True} if cfg.get("quick_gelu") else {}
+    local, looked = cached_weights(cfg)
+    if local is not None and _weight_files(cfg) is None:  # open_clip's URL cache: it checks the hash, no download
+        return open_clip.create_model(arch, pretrained=tag, **kwargs)
+    if local is not None:
+        # the tag's preprocessing, as open_clip applies it for a tag (size comes from the model)
+        pre = {k: v for k, v in merge_preprocess_dict({}, cfg).items() if k != "size"}
+        try:
+            return open_clip.create_model(arch, pretrained=local, force_preprocess_cfg=pre, **kwargs)
+        except Exception as e:
+            raise error(f"cannot load the cached {arch} {tag!r} weights {local}: {type(e).__name__}: {e}") from None
+    why = download_blocked(cfg)
+    if why:
+        raise WeightsNotFound(arch, tag, looked, why, f"{flag} PATH")
+    try:
+        return open_clip.create_model(arch, pretrained=tag, **kwargs)
+    except Exception as e:
+        raise error(f"cannot download the {arch} {tag!r} weights ({looked}): {type(e).__name__}: {e}; "
+                    f"give a local checkpoint file with {flag} PATH") from None
+
+
+def _weight_files(cfg: dict) -> tuple[str, list[str]] | None:
+    """(hub repo, file names in open_clip's order of preference) of a tag stored on the Hugging Face hub."""
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    hub = cfg.get("hf_hub")
+    if not hub:
+        return None
+    repo, name = os.path.split(hub)  # 'org/model/' names the default file, 'org/model/file.bin' its own
+    name = name or HF_WEIGHTS_NAME
+    names = [HF_SAFE_WEIGHTS_NAME] if name == HF_WEIGHTS_NAME else (
+        [name[:-4] + ".safetensors"] if name.endswith((".bin", ".pth")) else [])
+    return repo, names + [name]
+
+
+def cached_weights(cfg: dict) -> tuple[str | None, str]:
+    """(the local file open_clip would load for a pretrained tag, or None; what was looked for, and where)."""
+    hub = _weight_files(cfg)
+    if hub is not None:
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        repo, names = hub
+        for name in names:
+            found = try_to_load_from_cache(repo, name)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, ""
+        return None, f"{repo}/{{{','.join(names)}}} in the Hugging Face cache {constants.HF_HUB_CACHE}"
+    url = cfg.get("url", "")
+    target = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+    if url and target.is_file():
+        return str(target), ""
+    return None, f"{target.name} in {target.parent}"
+
+
+def download_blocked(cfg: dict, timeout: float = 5.0) -> str | None:
+    """Why the tag's weights cannot be downloaded now (offline mode, a host that does not answer), else None.
+
+    One connection attempt, bounded in time, replaces the hub client's retries (about a minute per file).
+    """
+    import socket
+    import threading
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if _weight_files(cfg) is not None:
+        if constants.HF_HUB_OFFLINE:
+            return "HF_HUB_OFFLINE is set"
+        url = constants.ENDPOINT
+    else:
+        url = cfg.get("url", "")
+        if not url:
+            return "the tag names no download"
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    target = urlsplit(proxy if "://" in (proxy or "") else f"http://{proxy}") if proxy else parts
+    host, port = target.hostname, target.port or (443 if target.scheme == "https" else 80)
+    result: list[str | None] = []
+
+    def connect():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(None)
+        except OSError as e:
+            result.append(f"{host}:{port} cannot be reached ({e.strerror or e})")
+
+    t = threading.Thread(target=connect, daemon=True)  # name resolution has no timeout of its own
+    t.start()
+    t.join(timeout * 2)
+    return result[0] if result else f"{host}:{port} did not answer within {timeout * 2:.0f} s"
+
+
+class _RandomInitFilter:
+    """Drops open_clip's 'No pretrained weights loaded ... initialized randomly' record: we load them next."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return not str(record.msg).startswith("No pretrained weights loaded")
+
+
+@contextmanager
+def _no_random_init_warning():
+    import logging
+
+    root = logging.getLogger()  # open_clip logs through the root logger
+    root.addFilter(_RandomInitFilter)
+    try:
+        yield
+    finally:
+        root.removeFilter(_RandomInitFilter)
 
 
 def _autocast(device: str, precision: str):
@@ -333,5 +499,5 @@ def to_numpy(t) -> np.ndarray | None:
     return None if t is None else t.detach().to("cpu").numpy()
 
 
-__all__ = ["ClipModelError", "ClipSpec", "DATACOMP_TAGS", "LoadedClip", "clip_tag", "encode_text", "get_tokenizer",
-           "get_transform", "launch", "load_clip", "preprocess_key", "tokenizer_key"]
+__all__ = ["ClipModelError", "ClipSpec", "DATACOMP_TAGS", "LoadedClip", "WeightsNotFound", "clip_tag", "create_model",
+           "encode_text", "get_tokenizer", "get_transform", "launch", "load_clip", "preprocess_key", "tokenizer_key"]
