@@ -9,7 +9,10 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import sys
+from pathlib import Path
 
 SUBCOMMANDS = ("leaderboard", "download", "bundle")
 
@@ -34,7 +37,64 @@ def eval_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default 64)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--workers", type=int, default=2, help="DataLoader processes decoding images (default 2)")
+    p.add_argument("--force", action="store_true",
+                   help="run the chosen tasks again although OUTPUT/eval_results.jsonl has them (default: skip "
+                        "them, as DataComp's evaluate.py does)")
     return p
+
+
+#: beside eval_results.jsonl: which model made the results, so a rerun only reuses results of the same model
+MODEL_RECORD = "eval_model.json"
+
+
+def model_record(arch: str, checkpoint: str, model_config: str | None) -> dict:
+    """The architecture and the weights (a file by its sha256, wherever it lies; a pretrained tag by name)."""
+    rec = {"model": arch, "checkpoint": checkpoint}
+    if Path(checkpoint).is_file():
+        rec.update(checkpoint=str(Path(checkpoint).resolve()), checkpoint_sha256=sha256_file(Path(checkpoint)))
+    if model_config:
+        rec["model_config_sha256"] = sha256_file(Path(model_config))
+    return rec
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    def key(r):
+        return r.get("model"), r.get("checkpoint_sha256") or r.get("checkpoint"), r.get("model_config_sha256")
+
+    return key(a) == key(b)
+
+
+def finished_rows(output: Path, record: dict, keys: set[str], force: bool) -> list[dict]:
+    """Result rows of an earlier run into `output` to keep: all of them, less `keys` with --force.
+
+    Results of another model are refused (or, with --force, dropped), so one file never mixes two models.
+    Results without a record (an older evaluate, DataComp's evaluate.py) are reused, as DataComp does.
+    """
+    from evals.summary import read_results
+    from evals.tasks import TaskError
+
+    results = output / "eval_results.jsonl"
+    if not results.is_file():
+        return []
+    try:
+        rows = read_results(results)
+        old = json.loads((output / MODEL_RECORD).read_text()) if (output / MODEL_RECORD).is_file() else None
+    except ValueError as e:
+        raise TaskError(f"{results}: cannot read earlier results ({e}); use another --output") from None
+    if old is not None and not _same_model(old, record):
+        if not force:
+            raise TaskError(f"{output} holds results of another model ({old.get('model')} {old.get('checkpoint')}); "
+                            f"use another --output, or --force to replace them")
+        return []
+    return [r for r in rows if not (force and r.get("key") in keys)]
 
 
 def run_eval(argv) -> int:
@@ -43,21 +103,32 @@ def run_eval(argv) -> int:
 
     from evals.data import EvalDataError
     from evals.model import CheckpointError, load_model, register_model_config
-    from evals.suite import run_suite
+    from evals.suite import run_suite, write_results
     from evals.tasks import DEFAULT_TASKS, TaskError, load_tasks, select
 
-    from curate.atomic import remove_stale_temporaries
+    from curate.atomic import remove_stale_temporaries, write_json
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    remove_stale_temporaries(args.output)  # left by a killed evaluation
+    output = Path(args.output)
+    remove_stale_temporaries(output)  # left by a killed evaluation
     try:
         suite = load_tasks(args.tasks or DEFAULT_TASKS)
         tasks = select(suite, args.only)
         if args.model_config:
             register_model_config(args.model_config)
-        model, preprocess, tokenizer = load_model(args.model, args.checkpoint, device)
-        _, summary = run_suite(tasks, model, preprocess, tokenizer, args.eval_dir, args.output, device,
-                               args.batch_size, args.workers, suite=suite)
+        record = model_record(args.model, args.checkpoint, args.model_config)
+        done = finished_rows(output, record, {t.key for t in tasks}, args.force)
+        kept = [t.key for t in tasks if t.key in {r.get("key") for r in done}]
+        if kept:
+            print(f"{len(kept)} task(s) already in {output / 'eval_results.jsonl'}, not run again (--force to redo): "
+                  f"{', '.join(kept[:8])}{', ...' if len(kept) > 8 else ''}")
+        model = preprocess = tokenizer = None
+        if any(t.key not in kept and t.path(args.eval_dir).is_dir() for t in tasks):
+            model, preprocess, tokenizer = load_model(args.model, args.checkpoint, device)
+        write_results(output / "eval_results.jsonl", done)  # before the record: the file never shows another model's rows
+        write_json(output / MODEL_RECORD, record)
+        _, summary = run_suite(tasks, model, preprocess, tokenizer, args.eval_dir, output, device,
+                               args.batch_size, args.workers, suite=suite, done=done)
     except (TaskError, CheckpointError, EvalDataError) as e:
         print(f"evaluate: error: {e}", file=sys.stderr)
         return 2

@@ -58,15 +58,20 @@ def write_results(path: Path, rows: list[dict]) -> None:
 
 
 def run_suite(tasks: list[Task], model, preprocess, tokenizer, eval_dir, output, device="cpu", batch_size=64,
-              workers=0, suite: list[Task] | None = None, log=print) -> tuple[list[dict], dict]:
+              workers=0, suite: list[Task] | None = None, log=print, done: list[dict] | None = None
+              ) -> tuple[list[dict], dict]:
     """Evaluate every task whose folder exists; returns (rows, summary) and writes both under `output`.
 
     The summary is taken over `suite` (default: `tasks`), so running a few tasks of DataComp's list still
-    reports the others as missing rather than calling a 3-task mean complete.
+    reports the others as missing rather than calling a 3-task mean complete. `done` are result rows kept
+    from an earlier run of the same model: they are written first and their tasks are not run again.
     """
     output = Path(output)
-    rows, skipped = [], []
+    rows, skipped = list(done or []), []
+    finished = {r["key"] for r in rows}
     for task in tasks:
+        if task.key in finished:
+            continue
         if not task.path(eval_dir).is_dir():
             skipped.append(task.key)
             continue
