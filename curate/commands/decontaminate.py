@@ -28,7 +28,9 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from curate.atomic import remove_stale_temporaries
     from curate.decontaminate import run_decontaminate
+    from curate.pool import Pool
 
+    Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 
     options = dict(max_distance=args.max_distance, min_cosine=args.min_cosine, eval_embeddings=args.eval_embeddings, arch=args.arch)

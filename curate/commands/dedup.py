@@ -31,7 +31,9 @@ def add_arguments(p) -> None:
 def main(args) -> int:
     from curate.atomic import remove_stale_temporaries
     from curate.dedup.run import run_dedup
+    from curate.pool import Pool
 
+    Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 
     if args.engine == "local":

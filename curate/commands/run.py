@@ -24,8 +24,8 @@ def add_arguments(p) -> None:
                    help="set a filter parameter (recipe or --filter), e.g. image_based.targets=feats.npy")
     p.add_argument("--fraction", type=float, default=None, help="clip_score/aesthetic: keep the top fraction of the whole pool")
     p.add_argument("--threshold", type=float, default=None, help="clip_score/aesthetic: keep scores >= this")
-    p.add_argument("--arch", default="l14", help="clip_score: b32 or l14 (DataComp's OpenAI score columns), or the tag of "
-                   "a model scored with `curate stage --clip-tag TAG` (reads clip_TAG_similarity_score)")
+    p.add_argument("--arch", default=None, help="clip_score: b32 or l14 (DataComp's OpenAI score columns; default l14), or "
+                   "the tag of a model scored with `curate stage --clip-tag TAG` (reads clip_TAG_similarity_score)")
     p.add_argument("--no-compute", action="store_true",
                    help="do not compute signals the filters need and the pool lacks (phash, sha256, clip, aesthetic, language)")
     p.add_argument("--clip-checkpoint", action="append", default=[], metavar="TAG=PATH",
@@ -57,14 +57,33 @@ def build_steps(args) -> tuple[list, dict | None]:
         if mine and name in FILTERS:
             opts = {k: v for k, v in dict(arch=args.arch, fraction=args.fraction, threshold=args.threshold).items()
                     if v is not None and k in filter_parameters(FILTERS[name])}
-            steps.append(build_filter_strict(name, {**opts, **mine}))
+            try:
+                steps.append(build_filter_strict(name, {**opts, **mine}))
+            except FilterConfigError as e:  # name the filter, as a recipe's FILE:LINE: NAME: ... does
+                raise FilterConfigError(f"--filter {name}: {e}") from None
         else:
             steps.append(build_filter(name, arch=args.arch, fraction=args.fraction, threshold=args.threshold))
     if not args.config:
         unused = [f"{f}.{p}" for (f, p) in overrides if f not in cli_names]
         if unused:
             raise FilterConfigError(f"--set {', '.join(unused)}: no such --filter")
+    _refuse_unused_options(args, FILTERS, filter_parameters)
     return steps, (recipe.info() if recipe else None)
+
+
+def _refuse_unused_options(args, filters: dict, parameters) -> None:
+    """--arch/--fraction/--threshold reach only the --filter filters that take them: one that reaches none
+    would be silently ignored (`--filter basic --fraction 0.3` keeps everything basic keeps)."""
+    from filters.base import FilterConfigError
+
+    for option in ("arch", "fraction", "threshold"):
+        value = getattr(args, option)
+        if value is None or any(option in parameters(filters[n]) for n in args.filters if n in filters):
+            continue
+        takers = sorted(n for n, cls in filters.items() if option in parameters(cls))
+        hint = f"; for a recipe's filter use --set NAME.{option}=VALUE" if args.config else ""
+        raise FilterConfigError(f"--{option} {value} applies to no selected filter (--filter "
+                                f"{', '.join(args.filters) or '(none)'}); it is a parameter of {', '.join(takers)}{hint}")
 
 
 def main(args) -> int:
