@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from .data import DataError
-from .scales import SCALES_YAML, UnknownScale, get_scale, load_scales
+from .scales import SCALES_YAML, ScaleTooLarge, UnknownScale, check_fits, get_scale, load_scales
 
 EPILOG = """\
 examples:
@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autocast precision (default: the scale's; amp falls back to fp32 without a GPU)")
     p.add_argument("--workers", type=int, default=None,
                    help="data loading processes per rank (0: in the main process). Default: on resume the "
-                        "checkpoint's; on a GPU the rank's share of the CPUs less one (at most 16); on a CPU 4")
+                        "checkpoint's; on a GPU the rank's share of the CPUs less one (at most 16); on a CPU 4, "
+                        "or the usable cores when fewer")
     p.add_argument("--seed", type=int, default=0, help="seeds model init, shard sampling and augmentation")
     p.add_argument("--batch-size", type=int, default=None,
                    help="per-rank batch of one forward pass; the global batch becomes batch x accum-freq x ranks "
@@ -87,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_fits(scale, args) -> None:
+    """Refuse, before loading data or model, a scale whose batch cannot fit this device (scales.check_fits)."""
+    import os
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    check_fits(scale, device, model=args.model, image_size=args.image_size,
+               world_size=int(os.environ.get("WORLD_SIZE", "1")), accum_freq=args.accum_freq,
+               batch_size=args.batch_size, samples=args.samples)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["soup"]:
@@ -98,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("train").setLevel(logging.INFO)
     try:
         scale = get_scale(args.scale)
-    except UnknownScale as e:
+        _check_fits(scale, args)
+    except (UnknownScale, ScaleTooLarge) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     from .loop import Options, run

@@ -218,17 +218,18 @@ def default_log_every(device: torch.device) -> int:
 
 def default_workers(device: torch.device, world) -> int:
     """Loader processes per rank when --workers is not given: on a GPU, this rank's share of the CPUs less one
-    for the training process itself (at most 16); on a CPU, 4 (open_clip's default), leaving cores to compute.
+    for the training process itself (at most 16); on a CPU, 4 (open_clip's default), or the usable cores when
+    fewer (more workers than cores only slow the run, and torch warns about it).
 
     A GPU eats samples several times faster than a worker decodes them (about 300-400 a second per core at
     224 px), so a fixed 4 would leave it waiting.
     """
-    if device.type == "cpu":
-        return 4
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
+    if device.type == "cpu":
+        return min(4, cpus)
     local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", world.world_size))
     return max(1, min(16, cpus // max(1, local_ranks) - 1))
 

@@ -299,7 +299,7 @@ def create_model(arch: str, pretrained: str, flag: str = "--pretrained", error: 
     path = Path(pretrained)
     if path.is_file():
         sd, options = read_checkpoint(path, error)
-        with _no_random_init_warning():  # the weights are loaded right below
+        with no_random_init_warning():  # the weights are loaded right below
             model = open_clip.create_model(arch, pretrained=None, **model_kwargs(sd, options))
         load_checked(model, sd, pretrained, arch, error)
         return model
@@ -427,7 +427,8 @@ class _RandomInitFilter:
 
 
 @contextmanager
-def _no_random_init_warning():
+def no_random_init_warning():
+    """Silence open_clip's random-init warning for a model whose weights are loaded (or not needed) next."""
     import logging
 
     root = logging.getLogger()  # open_clip logs through the root logger
