@@ -108,6 +108,17 @@ def test_stage_names_aesthetic_pretrained_for_its_feed(tmp_path, pool):
     assert _one_error_line(out.stderr).endswith("--aesthetic-pretrained PATH")
 
 
+def test_run_computing_a_missing_signal_offline_names_clip_checkpoint(tmp_path, pool):
+    """`curate run` computes l14_img for image_based itself; its option for a local file is --clip-checkpoint."""
+    out, seconds = _run("curate.cli", ["run", "--pool", pool, "--filter", "image_based", "--set",
+                                       f"image_based.targets={tmp_path / 't.npy'}", "--output", tmp_path / "out",
+                                       "--processes", "1"], _env(tmp_path, HF_HUB_OFFLINE="1"))
+    assert out.returncode == 2
+    line = _one_error_line(out.stderr)
+    assert "ViT-L-14 'openai' weights" in line and line.endswith("--clip-checkpoint l14=PATH")
+    assert seconds < 30
+
+
 def test_stage_with_a_local_checkpoint_prints_no_random_init_warning(tmp_path, tiny_ckpt):
     work = tmp_path / "pool"
     write_shard_pool(work, [3])
