@@ -89,7 +89,7 @@ def check_parameters(name: str, cls: type[Filter], params: dict) -> dict:
     type it takes; a wrong type would otherwise fail deep inside a partition's task (a ufunc on a string)."""
     try:
         hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation that does not resolve: leave the checks to the constructor
+    except (NameError, TypeError, AttributeError):  # an annotation that does not resolve: the constructor checks
         return params
     out = dict(params)
     for key, value in params.items():

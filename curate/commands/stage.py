@@ -80,9 +80,8 @@ def stage_options(args):
 
 def main(args) -> int:
     from curate.pool import Pool
-    from curate.stage import run_stage
-
     from curate.signals.clip import WeightsNotFound
+    from curate.stage import run_stage
 
     options = stage_options(args)
     signals = [s.strip() for s in args.signals.split(",") if s.strip()]
