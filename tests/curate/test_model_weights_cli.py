@@ -163,9 +163,16 @@ def test_filters_targets_offline_default_names_the_flag(tmp_path):
     assert seconds < 30 and not (tmp_path / "t.npy").exists()
 
 
+def _eval_set(root: Path) -> Path:
+    sys.path.insert(0, str(REPO / "tests" / "evals"))
+    import evalsynth
+
+    evalsynth.make_classification_set(root / "wds_cifar10_test", n_classes=3, n_images=6, n_templates=2, n_shards=1)
+    return root
+
+
 def test_evaluate_offline_tag_names_checkpoint_flag(tmp_path):
-    evals = tmp_path / "evals"
-    evals.mkdir()
+    evals = _eval_set(tmp_path / "evals")
     out, seconds = _run("evals.cli", ["--checkpoint", "openai", "--model", "ViT-B-32", "--eval-dir", evals,
                                       "--output", tmp_path / "out"], _env(tmp_path, HF_HUB_OFFLINE="1"))
     assert out.returncode == 2
@@ -176,11 +183,7 @@ def test_evaluate_offline_tag_names_checkpoint_flag(tmp_path):
 
 
 def test_evaluate_with_a_local_checkpoint_prints_no_random_init_warning(tmp_path, tiny_ckpt):
-    sys.path.insert(0, str(REPO / "tests" / "evals"))
-    import evalsynth
-
-    evals = tmp_path / "evals"
-    evalsynth.make_classification_set(evals / "wds_cifar10_test", n_classes=3, n_images=6, n_templates=2, n_shards=1)
+    evals = _eval_set(tmp_path / "evals")
     out, _ = _run("evals.cli", ["--checkpoint", tiny_ckpt, "--model", TINY, "--eval-dir", evals, "--only", "cifar10",
                                 "--workers", "0", "--output", tmp_path / "out"], _env(tmp_path, HF_HUB_OFFLINE="1"))
     assert out.returncode == 0, out.stderr[-2000:]
