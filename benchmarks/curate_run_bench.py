@@ -37,9 +37,10 @@ import platform
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from treemem import TreeSampler  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 import numpy as np
 
@@ -217,53 +218,6 @@ _RUSAGE_WRAPPER = (
 )
 
 
-class TreeSampler(threading.Thread):
-    """Peak over time of the summed RSS (every 50 ms) and PSS (every 4th sample) of a process's descendants."""
-
-    def __init__(self, pid: int, interval: float = 0.05, pss_every: int = 4):
-        super().__init__(daemon=True)
-        self.pid, self.interval, self.pss_every = pid, interval, pss_every
-        self.peak_rss = self.peak_pss = 0
-        self.max_procs = 0
-        self.samples = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not self._done.is_set():
-            try:
-                procs = root.children(recursive=True)
-            except psutil.NoSuchProcess:
-                break
-            rss = pss = 0
-            with_pss = self.samples % self.pss_every == 0
-            for p in procs:
-                try:
-                    if with_pss:
-                        info = p.memory_full_info()
-                        pss += info.pss
-                    else:
-                        info = p.memory_info()
-                    rss += info.rss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    pass
-            self.peak_rss = max(self.peak_rss, rss)
-            if with_pss:
-                self.peak_pss = max(self.peak_pss, pss)
-            self.max_procs = max(self.max_procs, len(procs))
-            self.samples += 1
-            self._done.wait(self.interval)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
-
-
 def measure(cmd: list[str], log_path: Path) -> dict:
     """Run cmd under /usr/bin/time -v (or a getrusage wrapper), sampling its process tree."""
     report = log_path.with_suffix(".rusage")
@@ -275,7 +229,7 @@ def measure(cmd: list[str], log_path: Path) -> dict:
     with open(log_path, "w") as logf:
         start = time.perf_counter()
         proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
-        sampler = TreeSampler(proc.pid)
+        sampler = TreeSampler(proc.pid, interval=0.05, pss_every=4, include_root=False)  # the root is /usr/bin/time
         sampler.start()
         rc = proc.wait()
         wall = time.perf_counter() - start

@@ -36,9 +36,10 @@ import resource
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
+
+from treemem import TreeSampler  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 import numpy as np
 
@@ -154,28 +155,6 @@ def prepare(work: Path, args) -> None:
 # --- one measurement (child process) ------------------------------------------------------------------------
 
 
-class TreeSampler(threading.Thread):
-    """Peak of the summed RSS of this process and all its descendants, sampled."""
-
-    def __init__(self, every: float = 0.2):
-        super().__init__(daemon=True)
-        self.every, self.peak, self.stop = every, 0, threading.Event()
-
-    def run(self):
-        import psutil
-
-        me = psutil.Process()
-        while not self.stop.is_set():
-            total = 0
-            for p in [me, *me.children(recursive=True)]:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass
-            self.peak = max(self.peak, total)
-            self.stop.wait(self.every)
-
-
 def _digest(files: list[Path], columns: list[str]) -> str:
     """sha256 of every value (and null) of `columns` in `files`, in order."""
     import pyarrow as pa
@@ -233,13 +212,12 @@ def one(job: str, engine: str, pool: Path, evals: Path, d: int, dask_memory: str
         if job == "decontam-cosine":
             argv += ["--eval-embeddings", str(evals.parent / "eval_emb.npz"), "--min-cosine", "0.95"]
         stats_file, out = pool / "columns" / "decontam_stats.json", pool / "columns" / "decontam"
-    sampler = TreeSampler()
+    sampler = TreeSampler(pss_every=0)  # this process and its workers, RSS
     sampler.start()
     t0 = time.perf_counter()
     rc = curate_main(argv)
     wall = time.perf_counter() - t0
-    sampler.stop.set()
-    sampler.join()
+    sampler.stop()
     if cluster is not None:
         cluster.close()
     if rc:
@@ -256,7 +234,7 @@ def one(job: str, engine: str, pool: Path, evals: Path, d: int, dask_memory: str
         summary = (f"{stats['groups_with_duplicates']:,} groups with duplicates, remove {stats['removed_as_duplicates']:,}"
                    + (f"; {stats.get('clusters')} clusters, k-means sample {stats.get('kmeans_sample'):,}" if job == "semantic" else ""))
     return {"wall": wall, "job": stats["seconds"], "driver_mib": _peak_rss_mib(),
-            "all_mib": sampler.peak / 2**20, "digest": digest, "summary": summary, "files": len(files)}
+            "all_mib": sampler.peak_rss / 2**20, "digest": digest, "summary": summary, "files": len(files)}
 
 
 def run_child(job, engine, pool, evals, d, timeout, dask_memory):

@@ -53,9 +53,10 @@ import statistics
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
+
+from treemem import TreeSampler  # benchmarks/ is on sys.path when a benchmark runs as a script
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -359,43 +360,6 @@ def micro(base: str, tree: Path, n: int, rounds: int, threads: int) -> dict:
 # --------------------------------------------------------------------------------------------------------
 # Measuring one run
 # --------------------------------------------------------------------------------------------------------
-
-
-class TreeSampler(threading.Thread):
-    """Peak over time of the summed PSS of a process and its descendants."""
-
-    def __init__(self, pid: int, interval: float = 0.2):
-        super().__init__(daemon=True)
-        self.pid, self.interval = pid, interval
-        self.peak_pss = 0
-        self.max_procs = 0
-        self._done = threading.Event()
-
-    def run(self) -> None:
-        import psutil
-
-        try:
-            root = psutil.Process(self.pid)
-        except psutil.NoSuchProcess:
-            return
-        while not self._done.is_set():
-            try:
-                procs = [root, *root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                break
-            pss = 0
-            for p in procs:
-                try:
-                    pss += p.memory_full_info().pss
-                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-                    pass
-            self.peak_pss = max(self.peak_pss, pss)
-            self.max_procs = max(self.max_procs, len(procs))
-            self._done.wait(self.interval)
-
-    def stop(self) -> None:
-        self._done.set()
-        self.join()
 
 
 def shard_outcomes(folder: Path) -> dict:
