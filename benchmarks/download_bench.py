@@ -56,7 +56,8 @@ import tarfile
 import time
 from pathlib import Path
 
-from treemem import TreeSampler  # benchmarks/ is on sys.path when a benchmark runs as a script
+from curate_run_bench import cpu_model, log  # benchmarks/ is on sys.path when a benchmark runs as a script
+from treemem import TreeSampler
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS.md"
@@ -427,20 +428,6 @@ def run_one(config: str, url_list: Path, run_dir: Path, args, trees: dict[str, P
 # --------------------------------------------------------------------------------------------------------
 # Report
 # --------------------------------------------------------------------------------------------------------
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def cpu_flags() -> str:
