@@ -135,13 +135,15 @@ def _run_plans(todo: plans.Plans, opts: DownloadOptions, engine: Engine, shards_
     return sorted(sid for ok, sid in results if not ok)
 
 
+def _unfinished_retry(todo: plans.Plans, shards_dir: Path, wanted: tuple[str, ...]) -> bool:
+    """Whether the pool's last plan is a retry of the same failures that a kill left unfinished."""
+    last = todo.plans[-1] if todo.plans else None
+    return (last is not None and last.kind == plans.RETRY and last.reasons == list(wanted)
+            and not set(last.shard_ids) <= set(finished_shards(shards_dir)))
+
+
 def _plan_retry(todo: plans.Plans, accepted: pa.Table, shards_dir: Path, wanted: tuple[str, ...]) -> plans.Plan | None:
     """A plan of the rows whose latest outcome is a download failure for one of the `wanted` reasons."""
-    last = todo.plans[-1] if todo.plans else None
-    if last is not None and last.kind == plans.RETRY and last.reasons == list(wanted):
-        done = set(finished_shards(shards_dir))
-        if not set(last.shard_ids) <= done:
-            return last  # a killed retry of the same failures: finishing it is this retry
     outcomes = read_outcomes(shards_dir, finished_shards(shards_dir)).table
     failed = outcomes.filter(pc.equal(outcomes.column("status"), FAILED_TO_DOWNLOAD))
     why = [reasons.short_reason(m) for m in failed.column("error_message").to_pylist()]
@@ -178,9 +180,12 @@ def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, option
     plans.extend_with_list(todo, accepted, url_list)
     _write_metadata(pool_root, metadata_table(table, refused_rows))
 
+    wanted = tuple(opts.retry_failed) if opts.retry_failed is not None else None
+    # a killed retry of the same failures is finished by the run below: finishing it is this retry
+    resuming_retry = wanted is not None and _unfinished_retry(todo, shards_dir, wanted)
     failed_shards = _run_plans(todo, opts, engine, shards_dir, has_faces)
-    if opts.retry_failed is not None and not failed_shards:
-        if _plan_retry(todo, accepted, shards_dir, tuple(opts.retry_failed)) is not None:
+    if wanted is not None and not resuming_retry and not failed_shards:
+        if _plan_retry(todo, accepted, shards_dir, wanted) is not None:
             failed_shards = _run_plans(todo, opts, engine, shards_dir, has_faces)
 
     done = finished_shards(shards_dir)

@@ -216,3 +216,31 @@ def test_retry_failed_fetches_only_the_failed_rows_again_into_new_shards(tmp_pat
     assert third == second
     assert sorted(pool_uids(tmp_path / "pool")) == sorted(u for i, u in enumerate(uids) if i != 1)
     assert leftovers(tmp_path / "pool") == []
+
+
+def test_a_killed_retry_rerun_finishes_that_retry_and_starts_no_other(tmp_path):
+    """Rows that fail every time: an unbroken --retry-failed makes one retry plan; killed in it and rerun, the
+    same (the rerun finishes the killed retry, it does not add a second round)."""
+    web = tmp_path / "web"
+    web.mkdir()
+    uids = random_uids(np.random.default_rng(8), 6)
+    with HostileServer(web, tmp_path / "requests.log") as server:
+        urls = []
+        for i in range(6):
+            (web / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+            urls.append(f"{server.base}/flaky/1000/{i}.jpg" if i < 2 else f"{server.base}/img/{i}.jpg")
+        pq.write_table(pa.table({"uid": uids, "url": urls, "text": ["a b c"] * 6}), tmp_path / "l.parquet")
+
+        def run(pool, *extra):
+            assert curate_main(["download", "--url-list", str(tmp_path / "l.parquet"), "--pool", str(pool),
+                                "--allow-private", "--shard-size", "10", "--processes", "1", *extra]) == 0
+            return json.loads((pool / "_download" / "plans.json").read_text())["plans"]
+
+        run(tmp_path / "unbroken")
+        unbroken = run(tmp_path / "unbroken", "--retry-failed", "5xx")
+        run(tmp_path / "killed")
+        run(tmp_path / "killed", "--retry-failed", "5xx")
+        (tmp_path / "killed" / "shards" / "00000001_stats.json").unlink()  # as a kill inside the retry's shard leaves it
+        resumed = run(tmp_path / "killed", "--retry-failed", "5xx")
+    assert [p["kind"] for p in unbroken] == ["list", "retry"]
+    assert resumed == unbroken
