@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +25,12 @@ from curate.download import guard
 
 
 def _import_downloader():
-    """img2dataset's Downloader and writer; without torch when this is a worker that has not loaded it."""
-    hide = multiprocessing.parent_process() is not None and "torch" not in sys.modules and "img2dataset" not in sys.modules
+    """img2dataset's Downloader and writer; without torch when this is a worker that has not loaded it.
+
+    Only in a single-threaded child process (a local engine worker): while torch is hidden, another thread
+    importing torch (a Dask worker runs tasks in threads) would fail."""
+    hide = (multiprocessing.parent_process() is not None and threading.active_count() == 1
+            and "torch" not in sys.modules and "img2dataset" not in sys.modules)
     if hide:
         sys.modules["torch"] = None  # makes `import torch` raise ModuleNotFoundError, which webdataset handles
     try:
