@@ -244,3 +244,33 @@ def test_a_killed_retry_rerun_finishes_that_retry_and_starts_no_other(tmp_path):
         resumed = run(tmp_path / "killed", "--retry-failed", "5xx")
     assert [p["kind"] for p in unbroken] == ["list", "retry"]
     assert resumed == unbroken
+
+
+def test_unreadable_plans_and_unknown_retry_reasons_are_one_line_errors(tmp_path, capsys):
+    uids = good_web(tmp_path / "web", 5)
+    pool = tmp_path / "pool"
+    with LoopbackImageServer(tmp_path / "web") as server:
+        path = url_list(server, uids, tmp_path / "a.parquet")
+        base = ["download", "--url-list", str(path), "--pool", str(pool), "--allow-private"]
+        assert curate_main(base + ["--retry-failed", "timeout,teapot"]) == 2
+        assert "--retry-failed: unknown reason 'teapot'" in capsys.readouterr().err
+        assert curate_main(base) == 0
+        capsys.readouterr()
+        (pool / "_download" / "plans.json").write_text('{"shard_size": 10, "pla')  # as a hand edit gone wrong
+        assert curate_main(base) == 2
+    err = capsys.readouterr().err
+    assert "plans.json: unreadable download plan" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_finished_shard_whose_table_disagrees_with_its_stats_breaks_the_reconciliation(tmp_path):
+    uids = good_web(tmp_path / "web", 20)
+    pool = tmp_path / "pool"
+    with LoopbackImageServer(tmp_path / "web") as server:
+        path = url_list(server, uids, tmp_path / "a.parquet")
+        with LocalEngine(1) as engine:
+            assert download(str(path), pool, engine, OPTS)["reconciled"]
+            table = pool / "shards" / "00000001.parquet"
+            pq.write_table(pq.read_table(table).slice(0, 7), table)  # 3 rows lost from a finished shard
+            s = download(str(path), pool, engine, OPTS)
+    assert not s["reconciled"]
+    assert s["inconsistent_shards"] == ["00000001.parquet: 7 rows but its stats count 10"]
