@@ -18,7 +18,9 @@ DESCRIPTION = ("Download a DataComp-schema URL list (uid, url, text[, face_bboxe
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--url-list", required=True, help=".parquet, .csv or .jsonl file (or a folder of them)")
+    p.add_argument("--url-list", default=None,
+                   help=".parquet, .csv or .jsonl file (or a folder of them); default: the pool's own metadata "
+                        "(POOL/metadata/*.parquet, e.g. from `curate fetch-metadata`), which is then kept as it is")
     p.add_argument("--pool", required=True, help="pool folder to create or resume")
     p.add_argument("--threads", type=int, default=64, help="download threads per process")
     p.add_argument("--image-size", type=int, default=512)

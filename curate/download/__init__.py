@@ -155,11 +155,24 @@ def _plan_retry(todo: plans.Plans, accepted: pa.Table, shards_dir: Path, wanted:
     return todo.add(rows, plans.RETRY, list(wanted))
 
 
-def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, options: DownloadOptions | None = None) -> dict:
-    """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json)."""
+def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
+             options: DownloadOptions | None = None) -> dict:
+    """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json).
+
+    Without a list (or given POOL/metadata itself) the pool's own metadata is the list, e.g. DataComp's from
+    `curate fetch-metadata`: it is read, never rewritten, so its files, extra columns and the .npz files
+    beside them stay as they are.
+    """
     opts = options or DownloadOptions()
     pool_root = Path(pool_root)
-    refuse_overlap({"--url-list": url_list}, pool_root, "--pool")
+    own_metadata = url_list is None or Path(url_list).resolve() == (pool_root / "metadata").resolve()
+    if url_list is None:
+        url_list = str(pool_root / "metadata")
+        if not Path(url_list).is_dir():
+            raise UrlListError(f"{url_list}: no metadata in this pool; give --url-list, or fetch DataComp's "
+                               f"with `curate fetch-metadata --pool {pool_root}`")
+    if not own_metadata:
+        refuse_overlap({"--url-list": url_list}, pool_root, "--pool")
     table = read_url_list(url_list)
     refused_rows = refusal_reasons(table)
     refused = Counter(r for r in refused_rows if r)
@@ -178,7 +191,8 @@ def download(url_list: str, pool_root: str | os.PathLike, engine: Engine, option
     if todo.shard_size != opts.shard_size:
         print(f"download: this pool's shards hold {todo.shard_size} samples (its first run's --shard-size); keeping it")
     plans.extend_with_list(todo, accepted, url_list)
-    _write_metadata(pool_root, metadata_table(table, refused_rows))
+    if not own_metadata:
+        _write_metadata(pool_root, metadata_table(table, refused_rows))
 
     wanted = tuple(opts.retry_failed) if opts.retry_failed is not None else None
     # a killed retry of the same failures is finished by the run below: finishing it is this retry
