@@ -9,6 +9,7 @@ input shard (named, with the samples it cost).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -213,6 +214,7 @@ def reshard(
     refuse_overlap({"the pool": pool.root, "the subset file": subset_path}, output)
     subset_path = str(subset_path)
     subset = read_subset(subset_path)
+    subset_sha256 = hashlib.sha256(Path(subset_path).read_bytes()).hexdigest()
     unique, multiplicity = np.unique(subset, return_counts=True)
     all_shards = pool.shards()
     if not all_shards:
@@ -272,6 +274,8 @@ def reshard(
     written = int(sum(written_per_shard))
     stats = {
         "subset_file": subset_path,
+        # which subset these shards hold: `train` records it, `evaluate bundle` checks the submitted subset against it
+        "subset_sha256": subset_sha256,
         "subset_rows": int(len(subset)),
         "subset_unique_uids": int(len(unique)),
         "written": written,
