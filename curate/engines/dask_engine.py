@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Sequence
 
-from tqdm import tqdm
-
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
+from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterError, SharedPaths, raise_if_blind,
+                                    require_reachable, worker_view)
+from curate.progress import Progress
 
 
 class DaskEngine(Engine):
@@ -15,12 +16,19 @@ class DaskEngine(Engine):
 
     name = "dask"
 
-    def __init__(self, processes: int | None = None, scheduler: str | None = None):
+    def __init__(self, processes: int | None = None, scheduler: str | None = None,
+                 shared_paths: SharedPaths | None = None, wait: float = DEFAULT_WAIT_S):
         from distributed import Client, LocalCluster
 
         self._cluster = None
         if scheduler:
-            self.client = Client(scheduler)
+            self.client = _connect(scheduler, wait)
+            if shared_paths:
+                try:
+                    raise_if_blind(self.client.run(worker_view, shared_paths), "Dask")
+                except BaseException:
+                    self.client.close()
+                    raise
         else:
             self._cluster = LocalCluster(
                 n_workers=processes or default_processes(),
@@ -50,7 +58,7 @@ class DaskEngine(Engine):
 
         index = {f.key: i for i, f in enumerate(futures)}
         results: list[Any] = [None] * len(items)
-        with tqdm(total=len(items), desc=desc, unit="task", disable=True if desc is None else None, leave=False) as bar:
+        with Progress(desc, len(items)) as bar:
             for fut in as_completed(futures):
                 i = index[fut.key]
                 try:
@@ -61,10 +69,33 @@ class DaskEngine(Engine):
                 except Exception as e:
                     self.client.cancel(futures)
                     raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
-                bar.update(1)
+                bar.task_done(results[i])
         return results
 
     def close(self) -> None:
         self.client.close()
         if self._cluster is not None:
             self._cluster.close()
+
+
+def _connect(scheduler: str, wait: float):
+    """A Client on a running scheduler that has a worker, or one ClusterError line within seconds."""
+    from distributed import Client
+
+    require_reachable(scheduler, "Dask scheduler")
+    try:
+        client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as e:  # it answered TCP but is not a Dask scheduler (or is too slow to be usable)
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {_one_line(e)}") from None
+    try:
+        client.wait_for_workers(1, timeout=wait)
+    except TimeoutError:
+        client.close()
+        raise ClusterError(f"Dask scheduler {scheduler} has no worker after {wait:g} s: start one with "
+                           f"`dask worker {scheduler}` (or give --cluster-wait more seconds)") from None
+    return client
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text or type(e).__name__

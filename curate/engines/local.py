@@ -6,9 +6,8 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, Callable, Sequence
 
-from tqdm import tqdm
-
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
+from curate.progress import Progress
 
 
 class LocalEngine(Engine):
@@ -29,7 +28,7 @@ class LocalEngine(Engine):
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
         items = list(items)
         results: list[Any] = [None] * len(items)
-        bar = tqdm(total=len(items), desc=desc, unit="task", disable=True if desc is None else None, leave=False)
+        bar = Progress(desc, len(items))
         try:
             if self.processes <= 1 or len(items) <= 1:
                 for i, item in enumerate(items):
@@ -39,7 +38,7 @@ class LocalEngine(Engine):
                         raise
                     except Exception as e:
                         raise EngineTaskError(f"task {describe_item(item)} failed: {e}") from e
-                    bar.update(1)
+                    bar.task_done(results[i])
                 return results
             pool = self._executor()
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
@@ -55,7 +54,7 @@ class LocalEngine(Engine):
                     for other in futures:
                         other.cancel()
                     raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
-                bar.update(1)
+                bar.task_done(results[i])
             return results
         finally:
             bar.close()

@@ -7,6 +7,7 @@ import sys
 from typing import Any, Callable, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes
+from curate.progress import Progress
 
 
 class SparkEngine(Engine):
@@ -36,16 +37,17 @@ class SparkEngine(Engine):
         items = list(items)
         if not items:
             return []
-        if desc:
-            print(f"{desc}: {len(items)} tasks on Spark {self.spark.sparkContext.master}", file=sys.stderr)
         rdd = self.spark.sparkContext.parallelize(list(enumerate(items)), numSlices=len(items))
-        try:
-            pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
-        except Exception as e:  # Py4J wraps the worker's traceback; keep its last line readable
-            raise EngineTaskError(f"a Spark task failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
-        results: list[Any] = [None] * len(items)
-        for i, value in pairs:
-            results[i] = value
+        with Progress(desc, len(items)) as bar:
+            bar.note(f"{bar.meter.desc if bar.meter else desc}: {len(items)} tasks on Spark {self.spark.sparkContext.master}")
+            try:
+                pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
+            except Exception as e:  # Py4J wraps the worker's traceback; keep its last line readable
+                raise EngineTaskError(f"a Spark task failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+            results: list[Any] = [None] * len(items)
+            for i, value in pairs:
+                results[i] = value
+                bar.task_done(value)  # collect() hands every result back at once
         return results
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:

@@ -1,0 +1,149 @@
+"""Progress of long commands on stderr: a tqdm bar in a terminal, a plain line now and then in a log, or nothing.
+
+stdout carries commands' results (summaries a script may read), so progress only ever writes to stderr. What
+it writes depends on where stderr goes, decided here once for every command and engine:
+
+* a terminal: a tqdm bar, redrawn in place (tasks done, rate, and what the tasks' results add up to);
+* anything else (a pipe, a log file): one plain line every `INTERVAL` seconds at most, and one when the
+  work ends, so a captured log shows progress without being flooded;
+* `--no-progress` (`configure(False)`): nothing.
+
+Engines report per task, as tasks finish (a shard's result comes back whole), so a map's bar counts tasks;
+a `Meter` says what each task's result adds (images, successes) and how to show the totals.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, TextIO
+
+INTERVAL = 10.0  # seconds between plain lines when stderr is not a terminal
+
+_enabled = True
+
+
+def configure(enabled: bool) -> None:
+    """Turn progress on or off for this process (`--no-progress`); commands set it on every run."""
+    global _enabled
+    _enabled = bool(enabled)
+
+
+def enabled() -> bool:
+    return _enabled
+
+
+def mode(stream: TextIO | None = None) -> str:
+    """'off', 'bar' (stderr is a terminal) or 'lines' (it is not)."""
+    if not _enabled:
+        return "off"
+    stream = stream if stream is not None else sys.stderr
+    try:
+        return "bar" if stream.isatty() else "lines"
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return "lines"
+
+
+@dataclass(frozen=True)
+class Meter:
+    """What a bar shows for a map of tasks: its label, what one task is, what each task's result adds to the
+    counters (`count(result) -> {"images": 812}`), and how the counters read (`show(counters, seconds)`)."""
+
+    desc: str
+    unit: str = "tasks"
+    count: Callable[[Any], dict] | None = None
+    show: Callable[[dict, float], str] | None = None
+
+
+def rate(n: float, seconds: float) -> str:
+    """`n` per second, readable: 81.2/s."""
+    return f"{n / seconds:,.1f}/s" if seconds > 0 else "-/s"
+
+
+class Progress:
+    """One bar (or its plain lines) for `total` units of work; `update(n, **counters)` as work completes."""
+
+    def __init__(self, desc: str | Meter | None, total: int | None = None, unit: str = "tasks",
+                 stream: TextIO | None = None, interval: float = INTERVAL):
+        meter = desc if isinstance(desc, Meter) else Meter(desc, unit) if desc else None
+        self.meter = meter
+        self.total = total
+        self.stream = stream if stream is not None else sys.stderr
+        self.mode = "off" if meter is None else mode(self.stream)
+        self.interval = interval
+        self.done = 0
+        self.counters: dict[str, int] = {}
+        self.start = self._last = time.monotonic()
+        self._bar = None
+        if self.mode == "bar":
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=meter.desc, unit=f" {meter.unit}", file=self.stream, leave=False,
+                             dynamic_ncols=True, mininterval=0.5)
+
+    def update(self, n: int = 1, **counters: int) -> None:
+        if self.mode == "off":
+            return
+        self.done += n
+        for k, v in counters.items():
+            self.counters[k] = self.counters.get(k, 0) + int(v or 0)
+        if self._bar is not None:
+            shown = self.shown(time.monotonic() - self.start)
+            if shown:
+                self._bar.set_postfix_str(shown, refresh=False)
+            self._bar.update(n)
+        elif time.monotonic() - self._last >= self.interval:
+            self._line()
+
+    def task_done(self, result: Any) -> None:
+        """One task of a map finished with `result`: count it, and add what its result counts."""
+        if self.mode == "off":
+            return
+        count = self.meter.count if self.meter is not None else None
+        self.update(1, **(count(result) if count is not None else {}))
+
+    def shown(self, seconds: float) -> str:
+        """The counters as the meter reads them (default: each counter, the first with its rate)."""
+        if self.meter is not None and self.meter.show is not None:
+            return self.meter.show(self.counters, seconds)
+        parts = [f"{v:,} {k}" for k, v in self.counters.items()]
+        if parts:
+            k, v = next(iter(self.counters.items()))
+            parts.append(f"{rate(v, seconds)} {k}")
+        return ", ".join(parts)
+
+    def _line(self) -> None:
+        now = time.monotonic()
+        self._last = now
+        seconds = now - self.start
+        of = f"/{self.total}" if self.total is not None else ""
+        parts = [f"{self.done:,}{of} {self.meter.unit}"]
+        shown = self.shown(seconds)
+        parts.append(shown if shown else f"{rate(self.done, seconds)} {self.meter.unit}")
+        parts.append(f"{seconds:.0f} s")
+        print(f"{self.meter.desc}: {', '.join(parts)}", file=self.stream, flush=True)
+
+    def note(self, text: str) -> None:
+        """One line about this work (not a count), above the bar or among the plain lines; nothing when off."""
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.write(text, file=self.stream)
+        elif self.mode == "lines":
+            print(text, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """Remove the bar, or write the last plain line (once)."""
+        if self.mode == "bar" and self._bar is not None:
+            self._bar.close()
+        elif self.mode == "lines" and (self.done or self.total):
+            self._line()
+        self.mode = "off"
+
+    def __enter__(self) -> "Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["INTERVAL", "Meter", "Progress", "configure", "enabled", "mode", "rate"]
