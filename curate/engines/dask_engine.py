@@ -6,8 +6,8 @@ import logging
 from typing import Any, Callable, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
-from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterError, SharedPaths, raise_if_blind,
-                                    require_reachable, worker_view)
+from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterError, SharedPaths, one_line,
+                                    raise_if_blind, require_reachable, worker_view)
 from curate.progress import Progress
 
 
@@ -86,7 +86,7 @@ def _connect(scheduler: str, wait: float):
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as e:  # it answered TCP but is not a Dask scheduler (or is too slow to be usable)
-        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {_one_line(e)}") from None
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {one_line(e)}") from None
     try:
         client.wait_for_workers(1, timeout=wait)
     except TimeoutError:
@@ -94,8 +94,3 @@ def _connect(scheduler: str, wait: float):
         raise ClusterError(f"Dask scheduler {scheduler} has no worker after {wait:g} s: start one with "
                            f"`dask worker {scheduler}` (or give --cluster-wait more seconds)") from None
     return client
-
-
-def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return text or type(e).__name__
