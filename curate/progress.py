@@ -56,9 +56,9 @@ class Meter:
     show: Callable[[dict, float], str] | None = None
 
 
-def rate(n: float, seconds: float) -> str:
-    """`n` per second, readable: 81.2/s."""
-    return f"{n / seconds:,.1f}/s" if seconds > 0 else "-/s"
+def rate(n: float, seconds: float, unit: str) -> str:
+    """`n` per second, readable: 81.2 images/s."""
+    return f"{n / seconds:,.1f} {unit}/s" if seconds > 0 else f"- {unit}/s"
 
 
 class Progress:
@@ -79,7 +79,7 @@ class Progress:
         if self.mode == "bar":
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=meter.desc, unit=f" {meter.unit}", file=self.stream, leave=False,
+            self._bar = tqdm(total=total, desc=meter.desc, unit=meter.unit, file=self.stream, leave=False,
                              dynamic_ncols=True, mininterval=0.5)
 
     def update(self, n: int = 1, **counters: int) -> None:
@@ -110,7 +110,7 @@ class Progress:
         parts = [f"{v:,} {k}" for k, v in self.counters.items()]
         if parts:
             k, v = next(iter(self.counters.items()))
-            parts.append(f"{rate(v, seconds)} {k}")
+            parts.append(rate(v, seconds, k))
         return ", ".join(parts)
 
     def _line(self) -> None:
@@ -120,7 +120,7 @@ class Progress:
         of = f"/{self.total}" if self.total is not None else ""
         parts = [f"{self.done:,}{of} {self.meter.unit}"]
         shown = self.shown(seconds)
-        parts.append(shown if shown else f"{rate(self.done, seconds)} {self.meter.unit}")
+        parts.append(shown if shown else rate(self.done, seconds, self.meter.unit))
         parts.append(f"{seconds:.0f} s")
         print(f"{self.meter.desc}: {', '.join(parts)}", file=self.stream, flush=True)
 

@@ -40,6 +40,7 @@ from curate.download.urllist import (
 )
 from curate.engines import Engine
 from curate.paths import refuse_overlap
+from curate.progress import Meter, rate
 
 __all__ = ["DownloadOptions", "PlanError", "UrlListError", "download", "read_url_list", "refusal_reasons"]
 
@@ -128,11 +129,26 @@ def _run_plans(todo: plans.Plans, opts: DownloadOptions, engine: Engine, shards_
                 first, rows = plan.shard_rows(sid, todo.shard_size)
                 jobs.append(ShardDownload(str(todo.path(plan)), first, rows, sid, todo.shard_size, str(shards_dir),
                                           has_faces, fetch))
-    results = engine.map(run_shard_download, jobs, desc="download shards") if jobs else []
+    results = engine.map(run_shard_download, jobs, desc=SHARDS_METER) if jobs else []
     tmp_dir = shards_dir / "_tmp"
     if tmp_dir.exists():
         shutil.rmtree(tmp_dir)
-    return sorted(sid for ok, sid in results if not ok)
+    return sorted(sid for ok, sid, _ in results if not ok)
+
+
+def _shard_counts(result: tuple[bool, int, dict]) -> dict:
+    return result[2]
+
+
+def _show_counts(c: dict, seconds: float) -> str:
+    """As img2dataset shows it: images so far, the share of tried rows that succeeded, images per second."""
+    images, rows = c.get("images", 0), c.get("rows", 0)
+    success = f", {images / rows:.1%} success" if rows else ""
+    return f"{images:,} images{success}, {rate(images, seconds, 'images')}"
+
+
+#: the download's bar: shards done, images fetched and the running success rate, from each shard's result
+SHARDS_METER = Meter("download", unit="shards", count=_shard_counts, show=_show_counts)
 
 
 def _unfinished_retry(todo: plans.Plans, shards_dir: Path, wanted: tuple[str, ...]) -> bool:

@@ -11,6 +11,7 @@ later, is never changed.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import sys
@@ -106,7 +107,7 @@ class ShardDownload:
             writer.write_table(rows)
         return str(path)
 
-    def __call__(self) -> tuple[bool, int]:
+    def __call__(self) -> tuple[bool, int, dict]:
         # OpenCV's own pixel bound, read once when it is imported: a second guard behind BoundedResizer's
         os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(self.options.max_pixels))
         Downloader, WebDatasetSampleWriter, BoundingBoxBlurrer = _import_downloader()
@@ -145,8 +146,17 @@ class ShardDownload:
             blurring_bbox_col="face_bboxes" if self.has_faces else None,
         )
         ok, _ = downloader((self.shard_id, self.write_input()))
-        return bool(ok), self.shard_id
+        return bool(ok), self.shard_id, self.counts() if ok else {}
+
+    def counts(self) -> dict:
+        """What the shard's stats file says, for the driver's progress: rows tried and images fetched."""
+        try:
+            stats = json.loads((Path(self.shards_dir) / f"{self.shard_id:08d}_stats.json").read_text())
+            return {"rows": int(stats.get("count", 0)), "images": int(stats.get("successes", 0))}
+        except (OSError, ValueError, TypeError, AttributeError):
+            return {}  # progress only: the counts that matter are read from the shards afterwards
 
 
-def run_shard_download(task: ShardDownload) -> tuple[bool, int]:
+def run_shard_download(task: ShardDownload) -> tuple[bool, int, dict]:
+    """(whether the shard finished, its id, its rows and images for progress)."""
     return task()

@@ -1,0 +1,150 @@
+"""Progress you can see: a bar in a terminal, plain lines in a log, nothing with --no-progress; never on stdout.
+
+The CLI runs as a child process with its stderr on a pseudo-terminal (python's `pty`) or a pipe, as a user's
+terminal or a captured log would have it.
+"""
+
+import fcntl
+import io
+import os
+import struct
+import subprocess
+import sys
+import termios
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from curate import progress
+from curate.demo.metadata import random_uids
+from curate.demo.server import LoopbackImageServer
+from tests.curate.helpers import jpeg_bytes, write_shard_pool
+
+import numpy as np
+
+
+def run_cli(args, tty: bool) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) of `curate ARGS`, with stderr on a pseudo-terminal or a pipe."""
+    cmd = [sys.executable, "-m", "curate.cli", *args]
+    if not tty:
+        out = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        return out.returncode, out.stdout, out.stderr
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal has a width
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: every writer of the terminal has exited
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    stdout = proc.stdout.read().decode()
+    proc.stdout.close()
+    return proc.wait(), stdout, b"".join(chunks).decode(errors="replace")
+
+
+# ---- the module --------------------------------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_mode_follows_the_stream_and_the_switch():
+    try:
+        assert progress.mode(io.StringIO()) == "lines"
+        assert progress.mode(FakeTerminal()) == "bar"
+        progress.configure(False)
+        assert progress.mode(FakeTerminal()) == "off"
+    finally:
+        progress.configure(True)
+
+
+def test_plain_lines_are_not_a_flood():
+    """Lines mode writes one line per interval at most, and one at the end with the totals and a rate."""
+    stream = io.StringIO()
+    meter = progress.Meter("work", unit="shards", count=lambda r: {"images": r})
+    with progress.Progress(meter, total=1000, stream=stream, interval=3600) as bar:
+        for _ in range(1000):
+            bar.task_done(7)
+    lines = stream.getvalue().splitlines()
+    assert lines == [lines[-1]] and lines[0].startswith("work: 1,000/1000 shards, 7,000 images, ")
+    assert "images/s" in lines[0]
+
+
+def test_plain_lines_come_every_interval():
+    stream = io.StringIO()
+    with progress.Progress("work", total=3, stream=stream, interval=0) as bar:
+        for _ in range(3):
+            bar.update(1)
+    assert [line.split(",")[0] for line in stream.getvalue().splitlines()] == \
+        ["work: 1/3 tasks", "work: 2/3 tasks", "work: 3/3 tasks", "work: 3/3 tasks"]
+
+
+def test_off_writes_nothing():
+    stream = io.StringIO()
+    with progress.Progress(None, total=3, stream=stream) as bar:  # no label: an engine map nobody named
+        bar.update(3)
+        bar.note("hello")
+    try:
+        progress.configure(False)
+        with progress.Progress("work", total=3, stream=FakeTerminal()) as bar:
+            bar.update(3)
+            assert bar.mode == "off"
+    finally:
+        progress.configure(True)
+    assert stream.getvalue() == ""
+
+
+# ---- download through the CLI ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory):
+    """12 rows on a loopback server: 10 images, 2 dead links (a success rate below 100%)."""
+    root = tmp_path_factory.mktemp("web")
+    uids = random_uids(np.random.default_rng(3), 12)
+    for i, uid in enumerate(uids[:10]):
+        (root / f"{uid}.jpg").write_bytes(jpeg_bytes(i, size=(32, 32)))
+    with LoopbackImageServer(root) as server:
+        table = pa.table({"uid": uids, "url": [server.url(f"{u}.jpg") for u in uids],
+                          "text": [f"caption {i}" for i in range(12)]})
+        pq.write_table(table, root / "urls.parquet")
+        yield root / "urls.parquet"
+
+
+def _download(url_list, pool, *extra):
+    return ["download", "--url-list", str(url_list), "--pool", str(pool), "--shard-size", "4", "--threads", "2",
+            "--image-size", "32", "--timeout", "5", "--allow-private", "--processes", "1", *extra]
+
+
+def test_download_draws_a_bar_in_a_terminal(web, tmp_path):
+    rc, stdout, stderr = run_cli(_download(web, tmp_path / "pool"), tty=True)
+    assert rc == 0, stderr[-3000:]
+    assert "download:" in stderr and ("shards/s" in stderr or "s/shards" in stderr), stderr
+    assert "\r" in stderr  # redrawn in place
+    assert "images" in stderr and "% success" in stderr, stderr
+    assert stdout.startswith("download: 12 rows -> 10 images in 3 shards") and "shards/s" not in stdout
+
+
+def test_download_writes_plain_lines_to_a_pipe(web, tmp_path):
+    rc, stdout, stderr = run_cli(_download(web, tmp_path / "pool"), tty=False)
+    assert rc == 0, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("download: ")]
+    assert lines and lines[-1].startswith("download: 3/3 shards, 10 images, 83.3% success, "), stderr
+    assert len(lines) <= 2 and "\r" not in stderr  # a short run: its last line, perhaps one 10 s line
+    assert "% success" not in stdout
+
+
+def test_no_progress_writes_nothing_of_progress(web, tmp_path):
+    rc, stdout, stderr = run_cli(_download(web, tmp_path / "pool", "--no-progress"), tty=True)
+    assert rc == 0, stderr[-3000:]
+    assert "shards" not in stderr and "success" not in stderr and "\r" not in stderr, stderr
+    assert stdout.startswith("download: 12 rows -> 10 images")
