@@ -1,53 +1,68 @@
 """`evaluate leaderboard`: put runs side by side, ranked by the 38-task average, next to DataComp's baselines.
 
-A run is a folder holding eval_results.jsonl (from `evaluate`), optionally info.json ({"name", "scale",
-"subset_size"} or "num_samples") and/or subset.npy (its row count is the subset size).
+Only runs that can be compared are ranked together. A run is a folder holding eval_results.jsonl (from
+`evaluate`); what it trained (scale, non-standard options, subset size) comes from evals.run_info. Runs fall
+into sections, each saying why a run is in it:
+- standard: DataComp's protocol and every scored task of the list, ranked, with DataComp's baselines;
+- non-standard: trained with options beyond the protocol (`train --samples`, `--siglip`, ...), ranked only
+  against runs with the same options (one section per set of options);
+- partial: fewer tasks than the list scores (0 of 38 included), listed apart and not ranked.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import html
 import io
 import json
 import math
 import sys
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from curate.atomic import atomic_open
+from curate.page import esc, page
+from evals.run_info import RunInfoError, run_info
 from evals.summary import read_results, summarize
-from evals.tasks import DEFAULT_TASKS, load_tasks
+from evals.tasks import DEFAULT_TASKS, TaskError, load_tasks
 
 BASELINES = Path(__file__).resolve().parents[1] / "configs" / "evals" / "baselines.yaml"
 RETRIEVAL_KEYS = ("retrieval/flickr30k", "retrieval/mscoco_2014_5k_test_image_text_retrieval", "misc/winogavil")
 COLUMNS = ("rank", "run", "scale", "subset_size", "imagenet", "retrieval", "average", "tasks")
+STANDARD, PARTIAL = "standard", "partial"
 
 
-def _info(run: Path) -> dict:
-    info = {}
-    if (run / "info.json").is_file():
-        info = json.loads((run / "info.json").read_text())
-    size = info.get("subset_size", info.get("num_samples", info.get("n_samples")))
-    if size is None and (run / "subset.npy").is_file():
-        size = int(np.load(run / "subset.npy", mmap_mode="r").shape[0])
-    return {"name": info.get("name", run.name), "scale": info.get("scale"), "subset_size": size}
+def options_text(options: dict) -> str:
+    """Non-standard options as `name=value, ...`, sorted by name (the same text for the same options)."""
+    return ", ".join(f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in sorted(options.items()))
 
 
 def run_row(run: Path, tasks) -> dict:
-    """One leaderboard row: ImageNet top-1, retrieval mean (DataComp's Flickr/MSCOCO/WinoGAViL group), average."""
-    results = read_results(run / "eval_results.jsonl")
+    """One leaderboard row: ImageNet top-1, retrieval mean (DataComp's Flickr/MSCOCO/WinoGAViL group), average,
+    the section it belongs in and why."""
+    try:
+        results = read_results(run / "eval_results.jsonl")
+    except ValueError as e:
+        raise RunInfoError(f"{run / 'eval_results.jsonl'}: a line is not JSON ({e})") from None
     summary = summarize(results, tasks)
     mm = summary["main_metrics"]
     retr = [mm[k] for k in RETRIEVAL_KEYS if k in mm]
-    info = _info(run)
-    return {"run": info["name"], "scale": info["scale"], "subset_size": info["subset_size"], **{f"task:{k}": v for k, v in mm.items()},
+    info = run_info(run)
+    options = info["non_standard"]
+    why = []
+    if summary["partial"]:
+        why.append(f"{summary['n_tasks']} of {summary['n_scored']} tasks"
+                   + (": no task scored" if not summary["n_tasks"] else f" ({len(summary['missing'])} missing)"))
+    if options:
+        why.append(f"non-standard: {options_text(options)}")
+    section = PARTIAL if summary["partial"] else f"non-standard: {options_text(options)}" if options else STANDARD
+    return {"run": info["name"], "path": str(run), "scale": info["scale"], "subset_size": info["subset_size"],
+            "subset_size_source": info["subset_size_source"], **{f"task:{k}": v for k, v in mm.items()},
             "imagenet": mm.get("imagenet1k"), "retrieval": sum(retr) / len(retr) if retr else None,
             "retrieval_partial": 0 < len(retr) < len(RETRIEVAL_KEYS),
-            "average": summary["average"], "partial": summary["partial"],
+            "average": summary["average"], "partial": summary["partial"], "n_tasks": summary["n_tasks"],
+            "n_scored": summary["n_scored"], "non_standard": options, "section": section, "why": "; ".join(why),
             "tasks": f"{summary['n_tasks']}/{summary['n_scored']}", "reference": False}
 
 
@@ -66,21 +81,37 @@ def baseline_rows(scales: list[str], path: Path = BASELINES) -> list[dict]:
     return rows
 
 
+def by_average(r: dict) -> tuple:
+    """Best average first; rows without one last."""
+    return r["average"] is None, -(r["average"] or 0.0)
+
+
 def build(runs: list[Path], tasks_path=DEFAULT_TASKS, scales: list[str] | None = None) -> list[dict]:
-    """Runs sorted by average (best first, runs without one last), then reference rows by ImageNet."""
+    """All rows in display order: standard runs ranked by average (best first), then DataComp's reference rows
+    by ImageNet; each non-standard section ranked; then partial runs, unranked (most tasks, then average)."""
     tasks = load_tasks(tasks_path)
     rows = [run_row(Path(r), tasks) for r in runs]
-    rows.sort(key=lambda r: (r["average"] is None, -(r["average"] or 0.0)))
-    for i, r in enumerate(rows, 1):
-        r["rank"] = i
-    scales = scales if scales is not None else sorted({r["scale"] for r in rows if r["scale"]})
-    refs = sorted(baseline_rows(scales), key=lambda r: (r["scale"], -r["imagenet"]))
-    for r in refs:
+    out = []
+    standard = sorted((r for r in rows if r["section"] == STANDARD), key=by_average)
+    others = sorted({r["section"] for r in rows} - {STANDARD, PARTIAL})
+    for section in [STANDARD, *others]:
+        ranked = standard if section == STANDARD else sorted((r for r in rows if r["section"] == section), key=by_average)
+        for i, r in enumerate(ranked, 1):
+            r["rank"] = i
+        out += ranked
+        if section == STANDARD:
+            scales = scales if scales is not None else sorted({r["scale"] for r in rows if r["scale"]})
+            refs = sorted(baseline_rows(scales), key=lambda r: (r["scale"], -r["imagenet"]))
+            for r in refs:
+                r.update(rank="", section=STANDARD, why="")
+            out += refs
+    partial = sorted((r for r in rows if r["section"] == PARTIAL), key=lambda r: (-r["n_tasks"], *by_average(r)))
+    for r in partial:
         r["rank"] = ""
-    return rows + refs
+    return out + partial
 
 
-def _cell(row: dict, col: str) -> str:
+def _value(row: dict, col: str) -> str:
     v = row.get(col)
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "–" if row["reference"] and col not in ("scale",) else ""
@@ -93,8 +124,9 @@ def _cell(row: dict, col: str) -> str:
 
 
 HEADERS = {"rank": "#", "run": "run", "scale": "scale", "subset_size": "subset size", "imagenet": "ImageNet",
-           "retrieval": "retrieval", "average": "average", "tasks": "tasks"}
-NOTE = "Scores in %. * = average over fewer tasks than the full set (partial). DataComp rows: published ImageNet only."
+           "retrieval": "retrieval", "average": "average", "tasks": "tasks", "section": "section", "why": "why apart"}
+NOTE = ("Scores in %. * = average over fewer tasks than the full set (partial). Subset size: samples in the data the "
+        "run trained on. DataComp rows: published ImageNet only.")
 
 
 def columns_for(rows: list[dict]) -> tuple[str, ...]:
@@ -107,23 +139,93 @@ def columns_for(rows: list[dict]) -> tuple[str, ...]:
     return ("rank", "run", "scale", "subset_size", *task_cols, "average", "tasks")
 
 
+def sections(rows: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
+    """(section, title, what it means, its rows) in display order; the standard section always comes first."""
+    n = next((r["n_scored"] for r in rows if not r["reference"]), 0)
+    out: list[tuple[str, str, str, list[dict]]] = []
+    for r in rows:
+        if not out or out[-1][0] != r["section"]:
+            out.append((r["section"], *_section_text(r["section"], n), []))
+        out[-1][3].append(r)
+    if not out or out[0][0] != STANDARD:
+        out.insert(0, (STANDARD, *_section_text(STANDARD, n), []))
+    return out
+
+
+def _section_text(section: str, n: int) -> tuple[str, str]:
+    if section == STANDARD:
+        return "Standard runs, ranked", (f"DataComp's training protocol and all {n} scored tasks, with DataComp's "
+                                         "published baselines for the runs' scales.")
+    if section == PARTIAL:
+        return "Partial runs, not ranked", (f"Fewer than {n} tasks scored: an average over other tasks does not "
+                                            "compare. Evaluate the missing tasks to rank them.")
+    return (f"Non-standard runs ({section[len('non-standard: '):]}), ranked among themselves",
+            "Trained with options beyond DataComp's protocol: ranked only against runs with the same options.")
+
+
+def _section_columns(section: str, cols: tuple[str, ...]) -> tuple[str, ...]:
+    if section == STANDARD:
+        return cols
+    return (*(c for c in cols if not (section == PARTIAL and c == "rank")), "why")
+
+
+def _cell(row: dict, col: str) -> str:
+    if col in ("section", "why"):
+        return str(row.get(col) or "")
+    return _value(row, col)
+
+
 def render(rows: list[dict], fmt: str = "md") -> str:
-    COLUMNS = columns_for(rows)  # noqa: N806 - shadows the module default for this table
-    if fmt == "csv":
+    cols = columns_for(rows)
+    if fmt == "csv":  # one table; the section and the reason a run is set apart as columns
         buf = io.StringIO()
         w = csv.writer(buf)
-        w.writerow([HEADERS[c] for c in COLUMNS])
+        w.writerow([HEADERS[c] for c in (*cols, "section", "why")])
         for r in rows:
-            w.writerow([_cell(r, c) for c in COLUMNS])
+            w.writerow([_cell(r, c) for c in (*cols, "section", "why")])
         return buf.getvalue()
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in COLUMNS)
-        body = "\n".join("<tr" + (' class="reference"' if r["reference"] else "") + ">"
-                         + "".join(f"<td>{html.escape(_cell(r, c))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-        return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}\n</tbody>\n</table>\n<p>{html.escape(NOTE)}</p>\n"
-    lines = ["| " + " | ".join(HEADERS[c] for c in COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(r, c) for c in COLUMNS) + " |" for r in rows]
-    return "\n".join(lines) + f"\n\n{NOTE}\n"
+        return _html(rows, cols)
+    parts = []
+    for section, title, note, srows in sections(rows):
+        parts.append(f"## {title}\n\n{note}\n")
+        if not srows:
+            parts.append("No run is standard and complete.\n")
+            continue
+        scols = _section_columns(section, cols)
+        lines = ["| " + " | ".join(HEADERS[c] for c in scols) + " |", "|" + "---|" * len(scols)]
+        lines += ["| " + " | ".join(_cell(r, c) for c in scols) + " |" for r in srows]
+        parts.append("\n".join(lines) + "\n")
+    return "\n".join(parts) + f"\n{NOTE}\n"
+
+
+def _html(rows: list[dict], cols: tuple[str, ...]) -> str:
+    """A whole page in the filter report's style (curate.page): one table per section."""
+    runs = [r for r in rows if not r["reference"]]
+    n = runs[0]["n_scored"] if runs else 0
+    body = [f"<h1>Leaderboard: {len(runs)} run{'s' * (len(runs) != 1)} on {n} scored tasks</h1>"]
+    body += [f"<div class=warn>⚠ {esc(r['run'])} (<code>{esc(r['path'])}</code>): {esc(r['why'])}; listed apart, "
+             "not ranked</div>" for r in runs if r["n_tasks"] == 0]
+    for section, title, note, srows in sections(rows):
+        body.append(f"<section class=board data-section='{esc(section)}'><h2>{esc(title)}</h2><p class=note>{esc(note)}</p>")
+        if not srows:
+            body.append("<p>No run is standard and complete.</p></section>")
+            continue
+        scols = _section_columns(section, cols)
+        head = "".join(f"<th{' class=text' if c == 'why' else ''}>{esc(HEADERS[c])}</th>" for c in scols)
+        trs = []
+        for r in srows:
+            tds = []
+            for c in scols:
+                attrs = " class=text" if c in ("why", "run") else ""
+                if c == "subset_size" and r.get("subset_size_source"):
+                    attrs += f" title='from {esc(r['subset_size_source'])}'"
+                tds.append(f"<td{attrs}>{esc(_cell(r, c))}</td>")
+            trs.append(f"<tr{' class=reference' if r['reference'] else ''}>{''.join(tds)}</tr>")
+        body.append(f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(trs)
+                    + "\n</tbody></table></div></section>")
+    body.append(f"<p class=note>{esc(NOTE)}</p>")
+    return page("evaluate leaderboard", "\n".join(body))
 
 
 def main(argv=None) -> int:
@@ -138,10 +240,14 @@ def main(argv=None) -> int:
     p.add_argument("--output", type=Path, help="write the table here instead of stdout")
     args = p.parse_args(argv)
     try:
-        text = render(build(args.runs, args.tasks, args.scale), args.format)
-    except FileNotFoundError as e:
+        rows = build(args.runs, args.tasks, args.scale)
+    except (FileNotFoundError, TaskError, RunInfoError) as e:
         print(f"evaluate leaderboard: error: {e}", file=sys.stderr)
         return 2
+    for r in rows:
+        if r["why"]:
+            print(f"evaluate leaderboard: {r['path']}: listed apart: {r['why']}", file=sys.stderr)
+    text = render(rows, args.format)
     if args.output:
         with atomic_open(args.output, "w") as f:
             f.write(text)

@@ -83,12 +83,13 @@ def test_leaderboard_sorts_and_adds_baselines(tmp_path, run_dir, capsys):
     b = _fake_run(tmp_path / "b", "no_filter", {"imagenet1k": 0.17, "cifar10": 0.5}, {"scale": "medium"})
     assert leaderboard_main([str(b), str(a), str(run_dir), "--format", "md"]) == 0
     out = capsys.readouterr().out
-    body = [line for line in out.splitlines() if line.startswith("| ")][1:]
-    names = [line.split("|")[2].strip() for line in body]
+    # all three are partial (3, 2 and 3 of 38 tasks): listed apart, unranked, most tasks first, then by average
+    body = [line for line in out.split("## Partial runs")[1].splitlines() if line.startswith("| ")][1:]
+    names = [line.split("|")[1].strip() for line in body]
     tiny_avg = json.loads((run_dir / "summary.json").read_text())["average"]
-    expected = sorted([("clip_score", 1.4 / 3), ("no_filter", 0.67 / 2), (run_dir.name, tiny_avg)], key=lambda x: -x[1])
-    assert names[:3] == [n for n, _ in expected]
-    assert "| 1 | clip_score | medium | 3,800,000 | 30.0 | 20.0* | 46.7* | 3/38 |" in out
+    expected = sorted([("clip_score", 3, 1.4 / 3), ("no_filter", 2, 0.67 / 2), (run_dir.name, 3, tiny_avg)], key=lambda x: (-x[1], -x[2]))
+    assert names[:3] == [n for n, _, _ in expected]
+    assert "| clip_score | medium | 3,800,000 | 30.0 | 20.0* | 46.7* | 3/38 | 3 of 38 tasks (35 missing) |" in out
     assert "DataComp: Image-based ∩ CLIP score" in out and "| 29.7 |" in out  # medium baseline
     assert "| 63.1 |" not in out  # large-scale baselines only when asked for
     assert leaderboard_main([str(a), "--format", "csv", "--scale", "large"]) == 0
@@ -96,7 +97,7 @@ def test_leaderboard_sorts_and_adds_baselines(tmp_path, run_dir, capsys):
     assert csv_out.splitlines()[0].startswith("#,run,scale") and "63.1" in csv_out and "29.7" not in csv_out
     out_file = tmp_path / "lb.html"
     assert leaderboard_main([str(a), "--format", "html", "--output", str(out_file)]) == 0
-    assert "<td>clip_score</td>" in out_file.read_text()
+    assert "<td class=text>clip_score</td>" in out_file.read_text()
 
 
 def test_leaderboard_missing_results(tmp_path, capsys):
