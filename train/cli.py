@@ -73,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda if available")
     p.add_argument("--mix", type=int, default=4, help="shards each worker reads at once, interleaved (shuffling)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--report-to", choices=("tensorboard",), action="append", default=[],
+                   help="also write the step log's loss, learning rate and throughput as TensorBoard event files "
+                        "under OUTPUT/tensorboard (open_clip_train's names; `tensorboard --logdir OUTPUT`). "
+                        "RUN/training.png plots them in any case")
     p.add_argument("--log-every", type=int, default=None,
                    help="steps per log.jsonl record (throughput and data wait are averaged over them). Each record "
                         "waits for the GPU to finish its queued work; default 1 on a CPU, 10 on a GPU")
@@ -122,17 +126,18 @@ def main(argv: list[str] | None = None) -> int:
                    samples=args.samples, checkpoint_every=args.checkpoint_every, device=args.device,
                    mix=args.mix, progress=not args.no_progress, keep=args.keep,
                    log_every=None if args.log_every is None else max(1, args.log_every),
-                   accum_freq=args.accum_freq, model=args.model,
+                   accum_freq=args.accum_freq, report_to=tuple(args.report_to), model=args.model,
                    patch_dropout=args.patch_dropout, image_size=args.image_size,
                    aug_scale=tuple(args.aug_scale) if args.aug_scale else None, re_prob=args.re_prob,
                    siglip=args.siglip, compile=args.torch_compile,
                    grad_checkpointing=None if args.grad_checkpointing is None else args.grad_checkpointing == "on")
     from .checkpoint import CheckpointError, remove_stale_temporaries
+    from .tensorboard import TensorBoardUnavailable
 
     try:
         remove_stale_temporaries(args.output)  # left by a killed run
         summary = run(opts)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, TensorBoardUnavailable) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 2
     print(f"trained {summary['steps']} steps, {summary['samples_seen']:,} samples seen; "

@@ -23,12 +23,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import checkpoint, distributed, logs
+from . import checkpoint, distributed, logs, plots, provenance
 from . import model as model_lib
 from .data import Position, make_loader, resolve_shards
 from .loss import make_loss, split_batch
 from .pixels import Pixels
 from .scales import Scale
+from .tensorboard import TensorBoardLog
 
 log = logging.getLogger("train")
 
@@ -53,6 +54,7 @@ class Options:
     log_every: int | None = None  # steps per JSONL record (averaged over them); None: 1 on CPU, 10 on a GPU
     keep: int | None = None  # newest step checkpoints kept; None: all (as DataComp)
     accum_freq: int = 1  # micro-batches per step; same gradients as one pass, so not non-standard
+    report_to: tuple[str, ...] = ()  # "tensorboard": event files under RUN/tensorboard (reporting only)
     # beyond DataComp (off by default; recorded as non-standard)
     model: str | None = None  # any open_clip model name instead of the scale's
     grad_checkpointing: bool | None = None
@@ -278,6 +280,8 @@ def _run(opts: Options, world: distributed.World) -> dict:
     run_dir = Path(opts.output)
 
     shards = resolve_shards(opts.data)  # raises DataError for missing/empty data before any work
+    # what the shards hold (a subset's sha256, or their uids' multiset hash): `evaluate bundle` checks it
+    source = provenance.data_source(opts.data, shards) if world.is_main else None
 
     torch.manual_seed(opts.seed)
     random.seed(opts.seed)
@@ -328,6 +332,7 @@ def _run(opts: Options, world: distributed.World) -> dict:
         "protocol": dataclasses.asdict(scale),
         "steps": steps,
         "data": opts.data,
+        "data_source": source,
         "shards": len(shards),
         "seed": opts.seed,
         "precision": precision,
@@ -345,10 +350,12 @@ def _run(opts: Options, world: distributed.World) -> dict:
         "command": logs.command_line(),
         "resumed_from": str(resume_from) if resume_from else None,
     }
-    step_log = None
+    step_log = board = None
     if world.is_main:
         logs.write_info(run_dir, info)
         step_log = logs.StepLog(run_dir, resume_step=step if resume_from is not None else None)
+        if "tensorboard" in opts.report_to:
+            board = TensorBoardLog(run_dir, resume_step=step if resume_from is not None else None)
         opening = {"event": "start", "step": step, "samples_seen": samples_seen,
                    "non_standard": info["non_standard"], "equivalent_options": info["equivalent_options"]}
         if resume_from is not None:
@@ -409,14 +416,17 @@ def _run(opts: Options, world: distributed.World) -> dict:
                 elapsed = time.perf_counter() - window["start"]
                 rate = window["samples"] / elapsed
                 if step_log is not None:
-                    step_log.write({
+                    record = {
                         "step": step, "samples_seen": samples_seen, "loss": loss, "lr": lr,
                         "logit_scale": float(model.logit_scale.detach().exp()),
                         "samples_per_s": rate, "samples_per_s_per_gpu": rate / world.world_size,
                         "data_wait": window["wait"] / elapsed,
                         "mfu": (flops * rate / (peak * world.world_size)) if flops and peak else None,
                         "step_time_s": elapsed / window["steps"],
-                    })
+                    }
+                    step_log.write(record)
+                    if board is not None:
+                        board.write(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}")
                 window = {"start": time.perf_counter(), "wait": 0.0, "samples": 0, "steps": 0}
@@ -430,6 +440,9 @@ def _run(opts: Options, world: distributed.World) -> dict:
                     step_log.write({"event": "checkpoint", "step": step, "samples_seen": samples_seen,
                                     "path": str(checkpoint.step_path(run_dir, step)),
                                     "removed": [str(p) for p in removed]})
+                    plots.write_training_plot(run_dir)
+                    if board is not None:
+                        board.flush()
                 window["start"] += time.perf_counter() - saving  # checkpoint time is not training throughput
         if bar is not None:
             bar.close()
@@ -446,6 +459,9 @@ def _run(opts: Options, world: distributed.World) -> dict:
         logs.write_info(run_dir, info)
         step_log.write({"event": "end", **summary})
         step_log.close()
+        plots.write_training_plot(run_dir)
+        if board is not None:
+            board.close()
     distributed.barrier(world)
     return summary
 
