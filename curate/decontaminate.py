@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 from curate.atomic import atomic_path, replace_folder, write_json
 from curate.dedup.frames import list_files
 from curate.dedup.hamming import cross_pairs, parse_hex64
-from curate.dedup.names import EMBEDDING_COLUMNS, DedupError
+from curate.dedup.names import DedupError, embedding_column
 from curate.dedup.semantic import BLOCK_VALUES
 from curate.wds import member_key
 
@@ -232,7 +232,7 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     q_set = q_key = np.zeros(0, str)
     if eval_embeddings:
         q, q_set, q_key = read_eval_embeddings(eval_embeddings)
-        col = EMBEDDING_COLUMNS[arch]
+        col = embedding_column(arch)
         tasks = [(str(pool_root), p.path, col, i) for i, p in enumerate(Pool(pool_root).partitions())]
         cos = _concat(_map(engine, cosine_matches, tasks, (q, float(min_cosine))), ("part", "row", "eval", "cosine"))
         order = np.lexsort((cos["row"], cos["part"], cos["eval"]))

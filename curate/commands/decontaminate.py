@@ -21,7 +21,8 @@ def add_arguments(p) -> None:
     p.add_argument("--min-cosine", type=float, default=None, metavar="C", help="with --eval-embeddings: cosine >= C is a match")
     p.add_argument("--eval-embeddings", default=None, metavar="NPZ",
                    help="eval image embeddings from the pool's CLIP model: npz with embeddings, eval_set, eval_key")
-    p.add_argument("--arch", choices=["l14", "b32"], default="l14", help="which pool embeddings to compare with")
+    p.add_argument("--arch", default="l14", metavar="TAG",
+                   help="which pool image embeddings to compare with: l14, b32, or the --clip-tag of a stage run (default l14)")
     add_engine_arguments(p)
 
 

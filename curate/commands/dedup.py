@@ -24,7 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--score-column", default=None, help="for highest_clip_score (default: clip_l14_similarity_score, else clip_b32_similarity_score)")
     p.add_argument("--eps", type=float, default=0.05, help="semantic: pairs with cosine > 1 - eps")
     p.add_argument("--clusters", type=int, default=None, help="semantic: k-means clusters (default: rows / 1000)")
-    p.add_argument("--arch", choices=["l14", "b32"], default="l14", help="semantic: which CLIP image embeddings")
+    p.add_argument("--arch", default="l14", metavar="TAG",
+                   help="semantic: which CLIP image embeddings: l14, b32, or the --clip-tag of a stage run (default l14)")
     add_engine_arguments(p)
 
 

@@ -8,7 +8,15 @@ from __future__ import annotations
 METHODS = ("phash", "sha256", "semantic")
 KEEP_RULES = ("first", "highest_clip_score")
 SCORE_COLUMNS = ("clip_l14_similarity_score", "clip_b32_similarity_score")
-EMBEDDING_COLUMNS = {"l14": "l14_img", "b32": "b32_img"}
+EMBEDDING_COLUMNS = {"l14": "l14_img", "b32": "b32_img"}  # DataComp's own tags; any stage --clip-tag also works
+
+
+def embedding_column(tag: str) -> str:
+    """The pool's image-embedding column for a CLIP tag: DataComp's `l14_img`/`b32_img`, or `<tag>_img` of a
+    model `curate stage` embedded with `--clip-tag TAG`."""
+    if not tag or not tag.replace("_", "").replace("-", "").isalnum():
+        raise DedupError(f"--arch must be a clip tag such as {', '.join(EMBEDDING_COLUMNS)} (or a stage --clip-tag); got {tag!r}")
+    return EMBEDDING_COLUMNS.get(tag, f"{tag}_img")
 
 
 class DedupError(ValueError):

@@ -42,8 +42,8 @@ from curate.atomic import is_temporary, replace_folder, write_json
 from curate.dedup.frames import list_files
 from curate.dedup.groups import group_ids, keep_representatives
 from curate.dedup.hamming import distinct_pairs, make_plan, parse_hex64
-from curate.dedup.names import KEEP_RULES, METHODS, SCORE_COLUMNS, DedupError, column_names
-from curate.dedup.semantic import embedding_column, list_partitions, semantic_groups
+from curate.dedup.names import KEEP_RULES, METHODS, SCORE_COLUMNS, DedupError, column_names, embedding_column
+from curate.dedup.semantic import list_partitions, semantic_groups
 
 @dataclass
 class Rows:

@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from curate.dedup.frames import STR, ColumnFile, write_empty_files
 from curate.dedup.groups import group_ids
-from curate.dedup.names import EMBEDDING_COLUMNS, DedupError
+from curate.dedup.names import DedupError, embedding_column
 
 POINTS_PER_CENTROID = 256  # faiss's max_points_per_centroid: more is subsampled away by faiss itself
 MIN_POINTS_PER_CENTROID = 39  # faiss's min_points_per_centroid: fewer and it warns
@@ -123,13 +123,6 @@ def within_cluster_pairs(emb: np.ndarray, assign: np.ndarray, min_cosine: float)
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
-
-
-def embedding_column(arch: str) -> str:
-    col = EMBEDDING_COLUMNS.get(arch)
-    if col is None:
-        raise DedupError(f"unknown --arch {arch!r}; choose one of {', '.join(EMBEDDING_COLUMNS)}")
-    return col
 
 
 def _npz_rows(npz: Path, col: str) -> int | None:

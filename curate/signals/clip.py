@@ -211,7 +211,8 @@ def read_checkpoint(path: Path, error: type[Exception] = ClipModelError) -> tupl
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a corrupt or foreign file
-        raise error(f"cannot read checkpoint {path}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise error(f"cannot read checkpoint {path}: {first}") from None  # torch's own messages run many lines
     options = obj.get("options") if isinstance(obj, dict) else None
     options = options if isinstance(options, dict) else {}
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
