@@ -23,7 +23,6 @@ copy / convert / verify / skip logic runs offline, which is how the tests exerci
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import io
 import json
 import os
@@ -35,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from curate.atomic import write_json
+from curate.hub import HubError, mirror_files, mirror_folder
 from evals.tasks import DEFAULT_TASKS, Task, TaskError, load_tasks, select
 
 HUB_ROOT_ENV = "EVALS_HUB_ROOT"
@@ -98,16 +98,14 @@ def missing_files(folder: Path, task: Task) -> list[str]:
 def fetch_repo(source: Source, dest: Path, hub_root: Path | None, patterns: list[str] | None) -> None:
     """Put the files of `source` (those matching `patterns`) under `dest`."""
     if hub_root is not None:
-        src = Path(hub_root) / source.repo
-        if not src.is_dir():
-            raise DownloadError(f"{source.repo}: not found under hub root {hub_root} (expected folder {src})")
-        for path in sorted(src.rglob("*")):
-            rel = path.relative_to(src).as_posix()
-            if path.is_file() and not rel.startswith(".") and (
-                    patterns is None or any(fnmatch.fnmatch(rel, p) for p in patterns)):
-                out = dest / rel
-                out.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(path, out)
+        try:
+            src = mirror_folder(hub_root, source.repo)
+        except HubError as e:
+            raise DownloadError(str(e)) from None
+        for rel in mirror_files(src, patterns):
+            out = dest / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, out)
         return
     try:
         from huggingface_hub import snapshot_download
