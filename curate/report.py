@@ -3,28 +3,31 @@
 - the funnel: rows into and out of each step (a table and a bar chart), with the parts of and/or/not steps;
 - each thresholded score's histogram (from a uniform uid-hash sample of the pool) with its threshold;
 - for each step, a grid of kept and rejected examples (chosen by uid hash, so the same on every engine)
-  with caption, the step's values and the rule that rejected it; images come from the pool's shards when
-  it has them (thumbnails), else the cards show captions only.
+  with caption, the step's values and the rule that rejected it; a rejected duplicate shows the copy its
+  dedup group kept beside it; images come from the pool's shards when it has them (thumbnails), else the
+  cards show captions only.
 
-Every image and plot is embedded as a data URI, so the page opens anywhere with no other file; the plots
-are also written beside it as PNG (funnel.png, hist_<column>.png). Plots are drawn with Pillow. A small
-script marks `<body data-images-ok=N data-images-broken=M>` once the page has loaded, so a headless browser
-can tell that every image decoded.
+The page is one file (curate.page's skeleton and style, shared with the leaderboard): thumbnails and the
+funnel are data URIs; histograms are inline SVG whose bars and threshold labels are elements (a browser
+can check that no label covers a bar). Every plot is also written beside it as PNG (funnel.png,
+hist_<column>.png), drawn with Pillow from the same layout.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from curate.atomic import atomic_open
+from curate.page import esc as _e
+from curate.page import page as html_page
 from curate.signals.decode import PIXELS_ONLY
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "gif", "bmp")
@@ -78,18 +81,50 @@ def funnel_png(steps: list[dict]) -> bytes:
     return _png(img)
 
 
-def histogram_png(values: np.ndarray, threshold: list[float], title: str, bins: int = 60) -> bytes:
-    """A histogram of `values` with a red line at each threshold (kept side shaded)."""
-    font, small = _font(14), _font(12)
-    w, h, ml, mr, mt, mb = 640, 320, 60, 20, 40, 40
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), title, fill="black", font=font)
+@dataclass(frozen=True)
+class Shape:
+    """One drawing primitive in pixel coordinates: a rect (x0, y0, x1, y1), a line (x0, y0, x1, y1) or a text
+    (x0, y0: its top edge at its anchor; anchor 'start' or 'end'). `cls` names it in the SVG (bar,
+    threshold-label, ...) so a browser can find it."""
+
+    kind: str
+    x0: float
+    y0: float
+    x1: float = 0
+    y1: float = 0
+    color: str = "black"
+    cls: str = ""
+    text: str = ""
+    size: int = 12
+    width: int = 1
+    anchor: str = "start"
+
+
+@dataclass(frozen=True)
+class Plot:
+    width: int
+    height: int
+    shapes: list[Shape]
+
+
+#: rows of the top margin: the title, then one row per threshold label, so no label sits on the bars
+TITLE_ROW, LABEL_ROW = 26, 16
+
+
+def histogram_layout(values: np.ndarray, threshold: list[float], title: str, bins: int = 60) -> Plot:
+    """A histogram of `values` with a red line at each threshold (kept side shaded), as shapes.
+
+    Each threshold's label sits in its own row of the top margin, above the plot area and so above every
+    bar, beside its line: on the line's right when the line is in the left half, else on its left.
+    """
     values = values[np.isfinite(values)]
     thr = [t for t in threshold if t is not None and np.isfinite(t)]
+    w, h, ml, mr, mb = 640, 320, 60, 20, 40
+    mt = TITLE_ROW + LABEL_ROW * len(thr) + 10
+    h += mt - 40
+    shapes = [Shape("text", 10, 8, text=title, size=14, cls="title")]
     if len(values) == 0:
-        d.text((ml, h // 2), "no values", fill="black", font=font)
-        return _png(img)
+        return Plot(w, h, shapes + [Shape("text", ml, h // 2, text="no values", size=14)])
     lo, hi = float(values.min()), float(values.max())
     for t in thr:
         lo, hi = min(lo, t), max(hi, t)
@@ -105,21 +140,64 @@ def histogram_png(values: np.ndarray, threshold: list[float], title: str, bins: 
         return ml + int(pw * (v - lo) / (hi - lo))
 
     for t in thr:  # the kept side (>= threshold)
-        d.rectangle([x_of(t), mt, ml + pw, mt + ph], fill="#eef5ee")
+        shapes.append(Shape("rect", x_of(t), mt, ml + pw, mt + ph, color="#eef5ee", cls="kept-side"))
     for c, a, b in zip(counts, edges[:-1], edges[1:]):
         if c:
             y = mt + ph - int(ph * c / top)
-            d.rectangle([x_of(a), y, max(x_of(b) - 1, x_of(a)), mt + ph], fill="#3b6fb6")
-    d.line([ml, mt + ph, ml + pw, mt + ph], fill="black")
-    d.line([ml, mt, ml, mt + ph], fill="black")
+            shapes.append(Shape("rect", x_of(a), y, max(x_of(b) - 1, x_of(a)), mt + ph, color="#3b6fb6", cls="bar"))
+    shapes += [Shape("line", ml, mt + ph, ml + pw, mt + ph, cls="axis"), Shape("line", ml, mt, ml, mt + ph, cls="axis")]
     for v in np.linspace(lo + pad, hi - pad, 5):
-        d.line([x_of(v), mt + ph, x_of(v), mt + ph + 4], fill="black")
-        d.text((x_of(v) - 14, mt + ph + 8), _fmt(float(v)), fill="black", font=small)
-    d.text((4, mt - 4), f"{top:,}", fill="black", font=small)
-    for t in thr:
-        d.line([x_of(t), mt, x_of(t), mt + ph], fill="#d62728", width=2)
-        d.text((x_of(t) + 4, mt + 2), f"threshold {t:.4g}", fill="#d62728", font=small)
+        shapes.append(Shape("line", x_of(v), mt + ph, x_of(v), mt + ph + 4, cls="tick"))
+        shapes.append(Shape("text", x_of(v) - 14, mt + ph + 8, text=_fmt(float(v)), cls="tick-label"))
+    shapes.append(Shape("text", ml - 4, mt - 6, text=f"{top:,}", anchor="end", cls="count-label"))
+    for i, t in enumerate(thr):
+        x, y = x_of(t), TITLE_ROW + LABEL_ROW * i
+        right = x <= ml + pw / 2
+        shapes.append(Shape("line", x, y + LABEL_ROW // 2, x, mt + ph, color="#d62728", width=2, cls="threshold-line"))
+        shapes.append(Shape("text", x + 5 if right else x - 5, y, text=f"threshold {t:.4g}", color="#d62728",
+                            anchor="start" if right else "end", cls="threshold-label"))
+    return Plot(w, h, shapes)
+
+
+def plot_png(plot: Plot) -> bytes:
+    """The plot drawn with Pillow."""
+    img = Image.new("RGB", (plot.width, plot.height), "white")
+    d = ImageDraw.Draw(img)
+    for s in plot.shapes:
+        if s.kind == "rect":
+            d.rectangle([s.x0, s.y0, s.x1, s.y1], fill=s.color)
+        elif s.kind == "line":
+            d.line([s.x0, s.y0, s.x1, s.y1], fill=s.color, width=s.width)
+        else:
+            font = _font(s.size)
+            x = s.x0 - d.textlength(s.text, font=font) if s.anchor == "end" else s.x0
+            d.text((x, s.y0), s.text, fill=s.color, font=font)
     return _png(img)
+
+
+def plot_svg(plot: Plot, plot_id: str, label: str) -> str:
+    """The same plot as inline SVG: each shape an element with its class, so a browser can measure them."""
+    out = []
+    for i, s in enumerate(plot.shapes):
+        cls = f" class='{s.cls}'" if s.cls else ""
+        if s.kind == "rect":
+            out.append(f"<rect{cls} x='{s.x0}' y='{s.y0}' width='{s.x1 - s.x0 + 1}' height='{s.y1 - s.y0 + 1}' "
+                       f"fill='{s.color}'/>")
+        elif s.kind == "line":
+            out.append(f"<line{cls} x1='{s.x0}' y1='{s.y0}' x2='{s.x1}' y2='{s.y1}' stroke='{s.color}' "
+                       f"stroke-width='{s.width}'/>")
+        else:
+            ident = f" id='{plot_id}-{s.cls}-{i}'" if s.cls == "threshold-label" else ""
+            out.append(f"<text{cls}{ident} x='{s.x0}' y='{s.y0}' font-size='{s.size}' fill='{s.color}' "
+                       f"text-anchor='{s.anchor}' dominant-baseline='text-before-edge'>{_e(s.text)}</text>")
+    return (f"<svg xmlns='http://www.w3.org/2000/svg' class='plot' id='{plot_id}' role='img' aria-label='{_e(label)}' "
+            f"width='{plot.width}' height='{plot.height}' viewBox='0 0 {plot.width} {plot.height}' "
+            f"font-family='system-ui,sans-serif'><rect width='100%' height='100%' fill='white'/>{''.join(out)}</svg>")
+
+
+def histogram_png(values: np.ndarray, threshold: list[float], title: str, bins: int = 60) -> bytes:
+    """histogram_layout drawn as PNG."""
+    return plot_png(histogram_layout(values, threshold, title, bins))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -192,36 +270,6 @@ def _thumbnail_uri(data: bytes, size: int) -> str | None:
 # The page
 # --------------------------------------------------------------------------------------------------------
 
-CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1400px}
-h1{font-size:22px}h2{font-size:18px;margin-top:32px;border-bottom:1px solid #ddd}h3{font-size:15px}
-table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:right}
-td:first-child,th:first-child{text-align:left}.warn{background:#fff4e5;border:1px solid #f0a020;padding:8px 12px}
-.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(180px,1fr));gap:10px}
-.card{border:1px solid #ccc;border-radius:6px;padding:6px;font-size:12px;overflow:hidden}
-.card.kept{border-color:#5a9e5a}.card.rejected{border-color:#c0504d}
-.card img{display:block;width:100%;height:auto;margin-bottom:4px;image-rendering:auto}
-.cap{font-style:italic;word-break:break-word}.noimg{color:#888;font-size:11px}.reason{color:#c0504d}
-.vals{color:#555;font-family:monospace;font-size:11px}.plots img{max-width:100%}
-.part{color:#555}
-"""
-
-SCRIPT = """
-window.addEventListener('load', function () {
-  var ok = 0, broken = 0;
-  document.querySelectorAll('img').forEach(function (im) {
-    if (im.complete && im.naturalWidth > 0) { ok++; } else { broken++; }
-  });
-  document.body.setAttribute('data-images-ok', ok);
-  document.body.setAttribute('data-images-broken', broken);
-});
-"""
-
-
-def _e(v) -> str:
-    return html.escape(str(v), quote=True)
-
-
 def _png_uri(data: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(data).decode()
 
@@ -254,19 +302,62 @@ def _funnel_rows(steps: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def _card(item: dict, kind: str, thumbs: dict[str, str]) -> str:
-    uri = thumbs.get((item["uid"] or "").lower())
-    img = f"<img src='{uri}' alt='{_e(item['uid'])}'>" if uri else "<div class=noimg>(no image in the pool)</div>"
+#: the example value that marks a row `curate dedup` did not keep: dedup_<method>_keep = False
+DEDUP_KEEP = re.compile(r"^dedup_([a-z0-9]+)_keep$")
+
+
+def _dedup_method(item: dict) -> str | None:
+    """The dedup method under which this example is a duplicate that was not kept, if any."""
+    return next((m.group(1) for k, v in item.get("values", {}).items() if v is False and (m := DEDUP_KEEP.match(k))), None)
+
+
+def kept_copies_of(pool, examples: list[dict]) -> dict[str, str | None]:
+    """rejected duplicate's uid (lower case) -> the uid its dedup group kept, from POOL/columns/dedup_<method>/."""
+    from curate.dedup.kept import kept_copies
+
+    by_method: dict[str, set[str]] = {}
+    for st in examples:
+        for e in st["rejected"]:
+            if e.get("uid") and (method := _dedup_method(e)):
+                by_method.setdefault(method, set()).add(e["uid"])
+    out: dict[str, str | None] = {}
+    for method, uids in by_method.items():
+        if pool is not None:
+            out.update({u.lower(): k for u, k in kept_copies(pool.root, method, sorted(uids)).items()})
+    return out
+
+
+def _image(uid: str | None, thumbs: dict[str, str]) -> str:
+    uri = thumbs.get((uid or "").lower())
+    return f"<img src='{uri}' alt='{_e(uid)}'>" if uri else "<div class=noimg>(no image in the pool)</div>"
+
+
+def _card(item: dict, kind: str, thumbs: dict[str, str], kept_copy: dict[str, str | None]) -> str:
+    uid = item["uid"]
+    img = _image(uid, thumbs)
+    dup = ""
+    if kind == "rejected" and _dedup_method(item):
+        keeper = kept_copy.get((uid or "").lower())
+        if keeper:  # the rejected copy and the one its group kept, side by side
+            img = (f"<div class=pair><figure>{img}<figcaption>this copy (rejected)</figcaption></figure>"
+                   f"<figure class=kept-copy data-uid='{_e(keeper)}'>{_image(keeper, thumbs)}"
+                   f"<figcaption>kept copy</figcaption></figure></div>")
+            dup = f"<div class=dup>duplicate of <code>{_e(keeper)}</code>, the copy its group kept</div>"
+        else:
+            dup = "<div class=dup>duplicate; its group's kept copy is not in the dedup columns</div>"
     text = item.get("text")
     cap = _e(text if len(text or "") <= 200 else text[:199] + "…") if text is not None else "<span class=noimg>(no caption)</span>"
     vals = "<br>".join(f"{_e(k)} = {_e(_fmt(v) if isinstance(v, float) else v)}" for k, v in item["values"].items())
     reason = f"<div class=reason>{_e(item['reason'])}</div>" if item.get("reason") else ""
-    return (f"<div class='card {kind}' data-uid='{_e(item['uid'])}'>{img}<div class=cap>{cap}</div>"
-            f"<div class=vals>{vals}</div>{reason}</div>")
+    return (f"<div class='card {kind}' data-uid='{_e(uid)}'>{img}<div class=cap>{cap}</div>"
+            f"<div class=vals>{vals}</div>{reason}{dup}</div>")
 
 
 def write_report(output: Path, stats: dict, filters: list, scores: dict, examples: list[dict], pool) -> dict:
-    """Write OUT/report.html and the PNG plots; return what was written (file names in OUT, for stats.json)."""
+    """Write OUT/report.html and the PNG plots; return what was written (file names in OUT, for stats.json).
+
+    Histograms are inline SVG in the page (each bar and threshold label an element a browser can measure)
+    and the same drawing as PNG beside it."""
     output = Path(output)
     written = {"html": "report.html", "png": []}
     steps = stats["steps"]
@@ -283,25 +374,26 @@ def write_report(output: Path, stats: dict, filters: list, scores: dict, example
     hist_html = []
     for col, s in scores.items():
         sample = np.asarray(s.get("sample", np.zeros(0)), dtype=np.float64)
-        thr = sorted(set(t for t in thresholds.get(col, []) if t is not None))
-        png = histogram_png(sample, thr, f"{col} ({len(sample):,} of {s['rows'] - s['missing']:,} values)")
+        thr = sorted({t for t in thresholds.get(col, []) if t is not None})
+        plot = histogram_layout(sample, thr, f"{col} ({len(sample):,} of {s['rows'] - s['missing']:,} values)")
         name = f"hist_{_safe_name(col)}.png"
-        _write_bytes(output / name, png)
+        _write_bytes(output / name, plot_png(plot))
         written["png"].append(name)
         rng = f"{s['min']:.4g} .. {s['max']:.4g}" if s["min"] is not None else "no values"
         hist_html.append(
             f"<div><h3>{_e(col)}</h3><p>threshold {', '.join(f'{t:.6g}' for t in thr) or '-'} "
             f"({_e(', '.join(owners.get(col, [])))}); observed range {rng}; missing {s['missing']:,} of {s['rows']:,}; "
-            f"histogram of a uniform sample of {len(sample):,}; shaded: kept side</p>"
-            f"<img alt='histogram of {_e(col)}' src='{_png_uri(png)}'></div>")
+            f"histogram of a uniform sample of {len(sample):,}; shaded: kept side (also as <code>{_e(name)}</code>)</p>"
+            f"{plot_svg(plot, f'hist-{_safe_name(col)}', f'histogram of {col}')}</div>")
 
+    kept_copy = kept_copies_of(pool, examples)
     wanted = {e["uid"] for st in examples for kind in ("kept", "rejected") for e in st[kind] if e.get("uid")}
-    thumbs = fetch_thumbnails(pool, wanted)
+    thumbs = fetch_thumbnails(pool, wanted | {k for k in kept_copy.values() if k})
     grid_html = []
     for f, st in zip(filters, examples):
         grid_html.append(f"<h3>{_e(f.label())}</h3>")
         for kind in ("kept", "rejected"):
-            cards = "".join(_card(e, kind, thumbs) for e in st[kind]) or "<p class=noimg>(none)</p>"
+            cards = "".join(_card(e, kind, thumbs, kept_copy) for e in st[kind]) or "<p class=noimg>(none)</p>"
             grid_html.append(f"<h4>{kind}</h4><div class=grid>{cards}</div>")
 
     warn = "".join(f"<div class=warn>⚠ {_e(w)}</div>" for w in stats.get("warnings", []))
@@ -312,26 +404,21 @@ def write_report(output: Path, stats: dict, filters: list, scores: dict, example
     thr_rows = "".join(f"<li>{_e(t['column'])}: top {t['fraction']:.0%} → threshold {t['threshold']:.6g} "
                        f"(rank {t['rank']:,} of {t['pool_rows']:,})</li>" for t in stats.get("thresholds", []))
     n_img = len(thumbs)
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>curate run report</title>
-<style>{CSS}</style><script>{SCRIPT}</script></head>
-<body>
-<h1>curate run: {stats['kept']:,} of {stats['rows_in']:,} rows kept ({100.0 * stats['kept'] / max(stats['rows_in'], 1):.2f}%)</h1>
+    body = f"""<h1>curate run: {stats['kept']:,} of {stats['rows_in']:,} rows kept ({100.0 * stats['kept'] / max(stats['rows_in'], 1):.2f}%)</h1>
 <p>pool <code>{_e(stats['pool'])}</code>, {stats['partitions']} partitions, engine {_e(stats['engine'])};
 subset <code>{_e(stats['subset_file'])}</code> (sha256 {_e(stats['subset_sha256'][:16])}…)</p>
 {recipe_html}{warn}
 <h2>Filters</h2><ul>{params}</ul>{f'<p>pool-wide thresholds:</p><ul>{thr_rows}</ul>' if thr_rows else ''}
 <h2>Funnel</h2>
-<table><tr><th>step</th><th>rows in</th><th>kept</th><th>rejected</th><th>kept %</th><th>rejected by (first rule)</th></tr>
-{_funnel_rows(steps)}</table>
+<div class=scroll><table><tr><th>step</th><th>rows in</th><th>kept</th><th>rejected</th><th>kept %</th><th>rejected by (first rule)</th></tr>
+{_funnel_rows(steps)}</table></div>
 <div class=plots><img alt="funnel" src="{_png_uri(funnel)}"></div>
 <h2>Scores</h2>{''.join(hist_html) or '<p>No thresholded scores in these filters.</p>'}
 <h2>Examples</h2>
-<p>Chosen by uid hash among the rows each step saw; {'images are thumbnails from the pool shards' if n_img else 'the pool has no images for them (metadata only): captions and values only'}.</p>
-{''.join(grid_html)}
-</body></html>
-"""
+<p>Chosen by uid hash among the rows each step saw; {'images are thumbnails from the pool shards' if n_img else 'the pool has no images for them (metadata only): captions and values only'}.
+A rejected duplicate shows the copy its dedup group kept beside it.</p>
+{''.join(grid_html)}"""
     with atomic_open(output / "report.html", "w") as f:
-        f.write(page)
+        f.write(html_page("curate run report", body))
     written["images"] = n_img
     return written
