@@ -8,6 +8,7 @@ import pkgutil
 import sys
 
 import curate.commands
+from curate.commands.common import absolute_paths
 from curate.engines import EngineTaskError
 
 
@@ -36,7 +37,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
-    args = parser.parse_args(argv)
+    args = absolute_paths(parser.parse_args(argv))  # workers of a cluster run in other folders
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -95,13 +95,14 @@ def worker_view(paths: SharedPaths) -> tuple[str, list[str]]:
     return socket.gethostname(), problems
 
 
-def raise_if_blind(views: dict[str, tuple[str, list[str]]], kind: str) -> None:
-    """Raise one ClusterError line for the first worker (by its address) that cannot see or write a path."""
-    for worker, (host, problems) in sorted(views.items()):
-        if problems:
-            others = len([w for w, (_, p) in views.items() if p]) - 1
-            more = f" (and {others} other worker{'s' if others != 1 else ''})" if others else ""
-            raise ClusterError(f"{kind} worker {worker} on host {host}{more} {problems[0]}"
-                               f"{f' and {len(problems) - 1} more path(s)' if len(problems) > 1 else ''}: "
-                               f"every worker must see the pool and outputs at the same absolute paths as "
-                               f"this machine (a shared filesystem)")
+def raise_if_blind(views: dict[str, tuple[str, list[str]]]) -> None:
+    """Raise one ClusterError line naming the first worker (label: `Dask worker tcp://...`) and host that
+    cannot see or write a path; `views` maps each worker's label to what `worker_view` returned there."""
+    blind = [(label, host, problems) for label, (host, problems) in sorted(views.items()) if problems]
+    if not blind:
+        return
+    label, host, problems = blind[0]
+    more = f" and {len(problems) - 1} more path(s)" if len(problems) > 1 else ""
+    others = f" (so do {len(blind) - 1} other workers)" if len(blind) > 1 else ""
+    raise ClusterError(f"{label} on host {host} {problems[0]}{more}{others}: every worker must see the pool and "
+                       f"outputs at the same absolute paths as this machine (a shared filesystem)")

@@ -25,7 +25,8 @@ class DaskEngine(Engine):
             self.client = _connect(scheduler, wait)
             if shared_paths:
                 try:
-                    raise_if_blind(self.client.run(worker_view, shared_paths), "Dask")
+                    views = self.client.run(worker_view, shared_paths)
+                    raise_if_blind({f"Dask worker {address}": view for address, view in views.items()})
                 except BaseException:
                     self.client.close()
                     raise
@@ -83,9 +84,10 @@ def _connect(scheduler: str, wait: float):
     from distributed import Client
 
     require_reachable(scheduler, "Dask scheduler")
+    _require_scheduler(scheduler)
     try:
         client = Client(scheduler, timeout=CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as e:  # it answered TCP but is not a Dask scheduler (or is too slow to be usable)
+    except Exception as e:
         raise ClusterError(f"cannot reach Dask scheduler {scheduler}: {one_line(e)}") from None
     try:
         client.wait_for_workers(1, timeout=wait)
@@ -94,3 +96,36 @@ def _connect(scheduler: str, wait: float):
         raise ClusterError(f"Dask scheduler {scheduler} has no worker after {wait:g} s: start one with "
                            f"`dask worker {scheduler}` (or give --cluster-wait more seconds)") from None
     return client
+
+
+def _require_scheduler(scheduler: str) -> None:
+    """Ask what answers at the address, within a bound: distributed's Client waits for a handshake without one,
+    so a port that accepts and stays silent would hang it."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def identity():
+        comm = await connect(scheduler, timeout=CONNECT_TIMEOUT_S)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    def ask():  # in a thread of its own, so a caller's running event loop is no obstacle
+        return asyncio.run(asyncio.wait_for(identity(), CONNECT_TIMEOUT_S))
+
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            reply = pool.submit(ask).result()
+    except (asyncio.TimeoutError, TimeoutError):
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: it accepts connections but does not answer "
+                           f"in {CONNECT_TIMEOUT_S:g} s") from None
+    except Exception as e:  # e.g. another protocol's bytes read as a 3 EiB frame length
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: what answers there is not a Dask scheduler "
+                           f"({type(e).__name__}: {one_line(e)[:200]})") from None
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
+        raise ClusterError(f"cannot reach Dask scheduler {scheduler}: what answers there is a {kind}, not a scheduler")

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes
+from curate.engines.cluster import (DEFAULT_WAIT_S, ClusterError, SharedPaths, raise_if_blind, require_reachable,
+                                    worker_view)
 from curate.progress import Progress
 
 
@@ -15,8 +18,13 @@ class SparkEngine(Engine):
 
     name = "spark"
 
-    def __init__(self, processes: int | None = None, master: str | None = None):
+    def __init__(self, processes: int | None = None, master: str | None = None,
+                 shared_paths: SharedPaths | None = None, wait: float = DEFAULT_WAIT_S):
         from pyspark.sql import SparkSession
+
+        cluster = bool(master) and not master.startswith("local")
+        if cluster and master.startswith("spark://"):
+            require_reachable(master, "Spark master")  # Spark's own client retries a dead master for a minute
 
         # Workers must run the same Python (and so see this package) as the driver.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -32,6 +40,14 @@ class SparkEngine(Engine):
             .getOrCreate()
         )
         self.spark.sparkContext.setLogLevel("ERROR")
+        if cluster:
+            try:
+                _wait_for_executors(self.spark.sparkContext, master, wait)
+                if shared_paths:
+                    raise_if_blind(_executor_views(self.spark.sparkContext, shared_paths))
+            except BaseException:
+                self.close()
+                raise
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
         items = list(items)
@@ -63,3 +79,27 @@ class SparkEngine(Engine):
     def close(self) -> None:
         if self._owned:
             self.spark.stop()
+
+
+def _wait_for_executors(sc, master: str, wait: float) -> None:
+    """Return once the application has an executor; a master with no free worker otherwise queues it forever."""
+    deadline = time.monotonic() + wait
+    while sc._jsc.sc().getExecutorMemoryStatus().size() < 2:  # the driver's block manager is always listed
+        if sc._jsc.sc().isStopped():
+            raise ClusterError(f"Spark master {master} stopped this application before it got an executor "
+                               f"(is it a Spark master of the same version?)")
+        if time.monotonic() > deadline:
+            memory = sc.getConf().get("spark.executor.memory", "1g")
+            raise ClusterError(f"Spark master {master} gave no executor in {wait:g} s: no worker is registered with "
+                               f"it, or none has a free core and {memory} of memory (or give --cluster-wait more seconds)")
+        time.sleep(0.2)
+
+
+def _executor_views(sc, paths: SharedPaths) -> dict[str, tuple[str, list[str]]]:
+    """worker_view run in a task on each slot the executors offer, keyed by host and executor folder."""
+    def view(_):
+        host, problems = worker_view(paths)
+        return f"Spark executor {os.path.basename(os.getcwd())}", (host, problems)  # cwd: work/<app>/<executor id>
+
+    slots = max(1, sc.defaultParallelism)
+    return dict(sc.parallelize(range(slots), slots).map(view).collect())
