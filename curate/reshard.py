@@ -24,6 +24,7 @@ from curate.atomic import atomic_path, remove_stale_temporaries, write_json
 from curate.engines import Engine
 from curate.paths import refuse_overlap
 from curate.pool import Pool, Shard, read_partition
+from curate.progress import Meter, rate
 from curate.subset import SubsetFileError, read_subset, subset_counts
 from curate.uids import UidError, hex_to_pair, uids_to_pairs, valid_uid_mask
 from curate.wds import ReadReport, TarSampleWriter, iter_samples
@@ -199,6 +200,12 @@ def prepare_output(out_dir: Path, overwrite: bool) -> bool:
     return unfinished
 
 
+#: the reshard's bars: subset samples found per pool shard read, then samples written per output shard
+SELECT_METER = Meter("reshard: select", unit="shards", count=lambda r: {"samples": r["written"]})
+WRITE_METER = Meter("reshard: write", unit="shards", count=lambda n: {"samples": n},
+                    show=lambda c, s: f"{c.get('samples', 0):,} samples written, {rate(c.get('samples', 0), s, 'samples')}")
+
+
 def reshard(
     pool: Pool,
     subset_path: str | os.PathLike,
@@ -225,7 +232,8 @@ def reshard(
 
     # Every subset uid must belong to the pool (its metadata, or the downloader's records).
     partitions = pool.partitions()
-    hits = engine.map(find_subset_rows, [UidLookupTask(p.path, subset_path) for p in partitions], desc="check subset uids")
+    hits = engine.map(find_subset_rows, [UidLookupTask(p.path, subset_path) for p in partitions],
+                      desc=Meter("reshard: check subset uids", unit="partitions"))
     in_pool = np.zeros(len(unique), dtype=bool)
     for h in hits:
         in_pool[h] = True
@@ -243,11 +251,11 @@ def reshard(
         selected = engine.map(
             select_shard,
             [SelectTask(s, subset_path, str(tmp_dir / f"{s.shard_id:08d}.tar")) for s in shards],
-            desc="select samples",
+            desc=SELECT_METER,
         )
         counts = [(str(tmp_dir / f"{s.shard_id:08d}.tar"), r["written"]) for s, r in zip(shards, selected)]
         packs = plan_packs(counts, out_dir, shard_size)
-        written_per_shard = engine.map(pack_shard, packs, desc="write shards")
+        written_per_shard = engine.map(pack_shard, packs, desc=WRITE_METER)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     sizes = {Path(p.out_tar).name: n for p, n in zip(packs, written_per_shard)}

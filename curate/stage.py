@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from curate.atomic import remove_stale_temporaries, write_json
 from curate.engines import Engine
 from curate.pool import Pool, Shard
+from curate.progress import Meter, Progress
 from curate.signals.aesthetic import AESTHETIC_COLUMN, DEFAULT_FEED
 from curate.signals.clip import ClipSpec
 from curate.signals.decode import DecodeLimits
@@ -306,7 +307,6 @@ def _run_loader(work: list[tuple[Shard, tuple[Output, ...]]], options: StageOpti
     import multiprocessing
 
     from torch.utils.data import DataLoader
-    from tqdm import tqdm
 
     from curate.signals.stream import ShardStream, identity
 
@@ -323,13 +323,13 @@ def _run_loader(work: list[tuple[Shard, tuple[Output, ...]]], options: StageOpti
                         prefetch_factor=4 if workers else None, in_order=False)
     expected = sum((s.expected_successes() or 0) for s, _ in work)
     stats = []
-    bar = tqdm(total=expected or None, desc=desc, unit="img", disable=not options.progress, leave=False,
-               dynamic_ncols=True, mininterval=1.0)
+    meter = Meter(desc, unit="images", show=lambda c, _: f"{c.get('shards', 0)}/{len(work)} shards")
+    bar = Progress(meter if options.progress else None, total=expected or None)
 
     def complete(batch, launched):
         res = results[batch.shard_id]
         res.add(batch, models.finish(launched))
-        bar.update(len(batch.uids))
+        bar.update(len(batch.uids), shards=int(batch.last))
         if batch.last:
             _record_reads(columns_root, batch.shard_id, res)
             stats.append(_shard_stats(batch.shard_id, res, res.write()))
@@ -349,6 +349,10 @@ def _run_loader(work: list[tuple[Shard, tuple[Output, ...]]], options: StageOpti
     if results:  # a loader that ended early would leave shards unwritten: never claim them done
         raise StageError(f"loader ended before shards {sorted(results)} were complete")
     return sorted(stats, key=lambda r: r["shard"])
+
+
+def _images_of(result: dict) -> dict:
+    return {"images": result.get("samples", 0)}
 
 
 # ---- the run -----------------------------------------------------------------------------------------
@@ -378,7 +382,9 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
             computed = _run_loader(todo, options, root, desc)
     else:
         tasks = [StageTask(s, outputs, root, options) for s, _ in todo]
-        computed = [r for r in engine.map(stage_shard, tasks, desc=desc) if not r["skipped"]]
+        meter = Meter(desc, unit="shards", count=_images_of)  # a shard's images come back when it is done
+        computed = [r for r in engine.map(stage_shard, tasks, desc=meter if options.progress else None)
+                    if not r["skipped"]]
     seconds = time.perf_counter() - start
     samples = sum(r["samples"] for r in computed)
     stats = {

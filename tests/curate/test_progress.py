@@ -148,3 +148,49 @@ def test_no_progress_writes_nothing_of_progress(web, tmp_path):
     assert rc == 0, stderr[-3000:]
     assert "shards" not in stderr and "success" not in stderr and "\r" not in stderr, stderr
     assert stdout.startswith("download: 12 rows -> 10 images")
+
+
+# ---- stage and reshard through the CLI -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shard_pool(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pool")
+    meta = write_shard_pool(root, [5, 4, 3], seed=4, failed_per_shard=0)
+    return root, meta
+
+
+def test_stage_shows_images_per_second(shard_pool, tmp_path):
+    """A bar in a terminal, a last line with images and images/s to a pipe, nothing with --no-progress."""
+    import shutil
+
+    for how in ("tty", "pipe", "off"):
+        pool = tmp_path / how
+        shutil.copytree(shard_pool[0], pool)
+        args = ["stage", "--pool", str(pool), "--signals", "phash", "--processes", "1"]
+        rc, stdout, stderr = run_cli(args + (["--no-progress"] if how == "off" else []), tty=how != "pipe")
+        assert rc == 0, stderr[-3000:]
+        assert stdout.startswith("stage: 12 samples in 3 shards")
+        if how == "tty":
+            assert "stage phash:" in stderr and "shards" in stderr and "\r" in stderr, stderr
+        elif how == "pipe":
+            assert [line for line in stderr.splitlines() if line.startswith("stage phash: ")][-1].startswith(
+                "stage phash: 3/3 shards, "), stderr
+            assert ", 12 images, " in stderr and "images/s" in stderr, stderr
+        else:
+            assert "stage phash" not in stderr and "\r" not in stderr, stderr
+
+
+def test_reshard_counts_samples_written(shard_pool, tmp_path):
+    from curate.subset import sort_pairs, write_subset
+    from curate.uids import uids_to_pairs
+
+    root, meta = shard_pool
+    write_subset(tmp_path / "s.npy", sort_pairs(uids_to_pairs(meta.column("uid").to_pylist()[:7])))
+    args = ["reshard", "--pool", str(root), "--subset", str(tmp_path / "s.npy"), "--shard-size", "3", "--processes", "1"]
+    rc, stdout, stderr = run_cli(args + ["--output", str(tmp_path / "out")], tty=False)
+    assert rc == 0, stderr[-3000:]
+    assert "reshard: write: 3/3 shards, " in stderr and "7 samples written" in stderr, stderr
+    assert "samples written" not in stdout
+    rc, stdout, stderr = run_cli(args + ["--output", str(tmp_path / "quiet"), "--no-progress"], tty=False)
+    assert rc == 0 and "reshard: write" not in stderr and "reshard: select" not in stderr, stderr
