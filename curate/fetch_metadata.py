@@ -21,6 +21,7 @@ from pathlib import Path
 
 from curate.atomic import remove_stale_temporaries, write_json
 from curate.hub import HubError, RemoteFile, check_file, matches, open_repo
+from curate.paths import refuse_overlap
 
 SCALES = ("small", "medium", "large", "xlarge", "datacomp_1b")
 RECORD = "fetch_metadata.json"
@@ -133,6 +134,8 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
         raise FetchError(f"--workers must be at least 1 (got {workers})")
     repo = repo_for(scale)
     pool = Path(pool)
+    if hub_root is not None:
+        refuse_overlap({"--hub-root": hub_root}, pool, "--pool")
     meta, work = pool / "metadata", pool / WORK
     partial_dir = work / "partial"
     with _PoolLock(work):
@@ -190,7 +193,7 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
                         failed[name] = str(e)
                     except Exception as e:  # network (huggingface_hub's, httpx's) or disk: the partial is kept
                         first = (str(e).strip().splitlines() or [""])[0]
-                        failed[name] = f"{remote.path}: {type(e).__name__}: {first}; rerun to resume"
+                        failed[name] = f"{remote.path}: {type(e).__name__}: {first}; rerun to try again (a partial file resumes)"
                     if time.monotonic() - last_save > SAVE_EVERY_S:
                         save(failed)
                         last_save = time.monotonic()

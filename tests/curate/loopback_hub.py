@@ -12,26 +12,27 @@ file request is logged (path and range) so a test can see that a rerun resumed r
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
+
+from curate.demo.server import LoopbackImageServer
 
 BLOCK = 64 * 1024
 
 
-class LoopbackHub:
+class LoopbackHub(LoopbackImageServer):
+    """The image server's thread and socket, answering as the hub instead."""
+
     def __init__(self, hub_root: Path, delay: float = 0.0, log: Path | None = None):
-        self.root, self.delay, self.log = Path(hub_root), delay, log
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(hub_root)
+        self.delay, self.log = delay, log
+        self.httpd.RequestHandlerClass = self._handler()
 
     @property
     def endpoint(self) -> str:
-        host, port = self.httpd.server_address[:2]
-        return f"http://{host}:{port}"
+        return self.base
 
     def requests(self) -> list[str]:
         return self.log.read_text().splitlines() if self.log and self.log.exists() else []
@@ -93,11 +94,3 @@ class LoopbackHub:
                 pass
 
         return Handler
-
-    def __enter__(self) -> "LoopbackHub":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

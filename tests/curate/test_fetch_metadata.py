@@ -162,6 +162,8 @@ def test_what_cannot_be_fetched_is_one_line(tmp_path):
     pq.write_table(datacomp_table(3, 0), pool / "metadata" / "00000000.parquet")  # a pool from another list
     out = curate("fetch-metadata", "--scale", "small", "--pool", pool, "--hub-root", hub)
     cases.append((out, "holds files that are not mlfoundations/datacomp_small@"))
+    out = curate("fetch-metadata", "--scale", "small", "--pool", hub / "pool", "--hub-root", hub)
+    cases.append((out, "is inside --hub-root"))
     for out, words in cases:
         assert out.returncode == 2, out.stderr
         lines = out.stderr.strip().splitlines()
