@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -181,9 +182,15 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
         bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch-metadata", disable=None,
                    leave=False, dynamic_ncols=True)
         last_save = time.monotonic()
+        lock = threading.Lock()
+
+        def progress(n: int) -> None:
+            with lock:  # updates come from every worker thread
+                bar.update(n)
+
         try:
             with ThreadPoolExecutor(max_workers=min(workers, max(1, len(todo)))) as pool_ex:
-                futures = {pool_ex.submit(_fetch_one, source, remote, meta / name, partial_dir / name, bar.update):
+                futures = {pool_ex.submit(_fetch_one, source, remote, meta / name, partial_dir / name, progress):
                            (name, remote) for name, remote in todo}
                 for fut in as_completed(futures):
                     name, remote = futures[fut]
