@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from curate.atomic import is_temporary
@@ -102,6 +101,8 @@ def _stored_rows(pool_root, signal: str, cols: list[str], wanted: pa.Array, same
             t = t.filter(pc.is_in(t.column("uid"), value_set=wanted))
             if len(pc.unique(t.column("uid"))) == len(wanted):
                 return t
+    import pyarrow.dataset as ds  # here, not at the top: it imports pandas (~0.4 s in every worker process)
+
     dataset = ds.dataset(store_files(pool_root, signal), format="parquet")
     return dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
 
