@@ -14,10 +14,12 @@ a `Meter` says what each task's result adds (images, successes) and how to show 
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 INTERVAL = 10.0  # seconds between plain lines when stderr is not a terminal
 
@@ -118,11 +120,9 @@ class Progress:
         self._last = now
         seconds = now - self.start
         of = f"/{self.total}" if self.total is not None else ""
-        parts = [f"{self.done:,}{of} {self.meter.unit}"]
-        shown = self.shown(seconds)
-        parts.append(shown if shown else rate(self.done, seconds, self.meter.unit))
-        parts.append(f"{seconds:.0f} s")
-        print(f"{self.meter.desc}: {', '.join(parts)}", file=self.stream, flush=True)
+        parts = [f"{self.done:,}{of} {self.meter.unit}", rate(self.done, seconds, self.meter.unit),
+                 self.shown(seconds), f"{seconds:.0f} s"]
+        print(f"{self.meter.desc}: {', '.join(p for p in parts if p)}", file=self.stream, flush=True)
 
     def note(self, text: str) -> None:
         """One line about this work (not a count), above the bar or among the plain lines; nothing when off."""
@@ -146,4 +146,40 @@ class Progress:
         self.close()
 
 
-__all__ = ["INTERVAL", "Meter", "Progress", "configure", "enabled", "mode", "rate"]
+@contextlib.contextmanager
+def working(desc: str, stream: TextIO | None = None, interval: float = INTERVAL) -> Iterator[None]:
+    """For work that counts nothing as it goes (an in-memory pair search, a dataframe job): the time it has
+    taken so far, redrawn every second in a terminal, a line every `interval` seconds otherwise; no last line
+    (the command's summary follows)."""
+    stream = stream if stream is not None else sys.stderr
+    how = mode(stream)
+    if how == "off":
+        yield
+        return
+    start = time.monotonic()
+    bar = None
+    if how == "bar":
+        from tqdm import tqdm
+
+        bar = tqdm(desc=desc, file=stream, leave=False, bar_format="{desc}: working, {elapsed}")
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(1.0 if bar is not None else interval):
+            if bar is not None:
+                bar.refresh()
+            else:
+                print(f"{desc}: working, {time.monotonic() - start:.0f} s", file=stream, flush=True)
+
+    thread = threading.Thread(target=beat, name="progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        if bar is not None:
+            bar.close()
+
+
+__all__ = ["INTERVAL", "Meter", "Progress", "configure", "enabled", "mode", "rate", "working"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from curate import progress
 from curate.commands.common import add_engine_arguments, engine_from_args
 
 NAME = "dedup"
@@ -37,14 +38,16 @@ def main(args) -> int:
     Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 
-    if args.engine == "local":
-        engine = None  # the local search runs in this process (vectorised numpy); no worker pool needed
-        stats = run_dedup(args.pool, args.method, engine=engine, max_distance=args.max_distance, keep=args.keep,
-                          score_column=args.score_column, eps=args.eps, clusters=args.clusters, arch=args.arch)
-    else:
-        with engine_from_args(args) as engine:
+    progress.configure(not args.no_progress)
+    with progress.working(f"dedup {args.method}"):  # the search reports no counts as it goes: the time so far
+        if args.engine == "local":
+            engine = None  # the local search runs in this process (vectorised numpy); no worker pool needed
             stats = run_dedup(args.pool, args.method, engine=engine, max_distance=args.max_distance, keep=args.keep,
                               score_column=args.score_column, eps=args.eps, clusters=args.clusters, arch=args.arch)
+        else:
+            with engine_from_args(args) as engine:
+                stats = run_dedup(args.pool, args.method, engine=engine, max_distance=args.max_distance, keep=args.keep,
+                                  score_column=args.score_column, eps=args.eps, clusters=args.clusters, arch=args.arch)
     print(f"dedup {stats['method']}: {stats['rows_grouped']} of {stats['rows']} rows in {stats['groups']} groups "
           f"({stats['groups_with_duplicates']} with duplicates, largest {stats['largest_group']}); keep {stats['kept']}, "
           f"remove {stats['removed_as_duplicates']} ({stats['seconds']} s on {stats['engine']})")

@@ -103,6 +103,21 @@ def test_off_writes_nothing():
     assert stream.getvalue() == ""
 
 
+def test_working_beats_until_the_work_ends():
+    """Work that counts nothing still shows it is alive: a line every interval, none after it ended."""
+    import time
+
+    stream = io.StringIO()
+    with progress.working("search", stream=stream, interval=0.01):
+        deadline = time.monotonic() + 60
+        while "search: working, " not in stream.getvalue() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    after = stream.getvalue()
+    assert after.startswith("search: working, ") and after.endswith(" s\n")
+    time.sleep(0.05)
+    assert stream.getvalue() == after  # the beat stopped with the work
+
+
 # ---- download through the CLI ----------------------------------------------------------------------------
 
 
@@ -194,3 +209,15 @@ def test_reshard_counts_samples_written(shard_pool, tmp_path):
     assert "samples written" not in stdout
     rc, stdout, stderr = run_cli(args + ["--output", str(tmp_path / "quiet"), "--no-progress"], tty=False)
     assert rc == 0 and "reshard: write" not in stderr and "reshard: select" not in stderr, stderr
+
+
+def test_dedup_shows_it_is_working(shard_pool, tmp_path):
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(shard_pool[0], pool)
+    assert run_cli(["stage", "--pool", str(pool), "--signals", "phash", "--processes", "1", "--no-progress"], tty=False)[0] == 0
+    rc, stdout, stderr = run_cli(["dedup", "--pool", str(pool)], tty=True)
+    assert rc == 0 and "dedup phash: working, 00:0" in stderr and "phash: working" not in stdout, stderr
+    rc, stdout, stderr = run_cli(["dedup", "--pool", str(pool), "--no-progress"], tty=True)
+    assert rc == 0 and "working" not in stderr and "\r" not in stderr, stderr
