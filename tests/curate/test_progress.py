@@ -220,4 +220,4 @@ def test_dedup_shows_it_is_working(shard_pool, tmp_path):
     rc, stdout, stderr = run_cli(["dedup", "--pool", str(pool)], tty=True)
     assert rc == 0 and "dedup phash: working, 00:0" in stderr and "phash: working" not in stdout, stderr
     rc, stdout, stderr = run_cli(["dedup", "--pool", str(pool), "--no-progress"], tty=True)
-    assert rc == 0 and "working" not in stderr and "\r" not in stderr, stderr
+    assert rc == 0 and "phash: working" not in stderr and "\r" not in stderr, stderr
