@@ -212,7 +212,7 @@ def _html(rows: list[dict], cols: tuple[str, ...]) -> str:
             body.append("<p>No run is standard and complete.</p></section>")
             continue
         scols = _section_columns(section, cols)
-        head = "".join(f"<th{' class=text' if c == 'why' else ''}>{esc(HEADERS[c])}</th>" for c in scols)
+        head = "".join(f"<th{' class=text' if c in ('why', 'run') else ''}>{esc(HEADERS[c])}</th>" for c in scols)
         trs = []
         for r in srows:
             tds = []
