@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from curate.subset import sort_pairs
-from curate.uids import UID_DTYPE, UID_HEX_CHARS, UidError, hex_to_pair
+from curate.uids import UID_DTYPE, UID_HEX_CHARS, hex_to_pair, valid_uid_mask
 from curate.wds import member_key
 
 RESHARD_STATS = "reshard_stats.json"
@@ -37,14 +37,9 @@ def uid_multiset_sha256(pairs: np.ndarray) -> str:
 
 
 def _uid_of_key(key: str) -> str | None:
+    """The uid of a `{uid}` or `{uid}-{j}` key (or of a bare uid string), lower-case; None for other keys."""
     uid = key.split("-", 1)[0]
-    if len(uid) != UID_HEX_CHARS:
-        return None
-    try:
-        hex_to_pair(uid)
-    except UidError:
-        return None
-    return uid.lower()
+    return uid.lower() if len(uid) == UID_HEX_CHARS and valid_uid_mask([uid])[0] else None
 
 
 def shard_uids(path: str) -> tuple[list[tuple[int, int]], int]:
@@ -72,7 +67,7 @@ def shard_uids(path: str) -> tuple[list[tuple[int, int]], int]:
             if uid is None and ext == "json":
                 try:
                     value = json.loads(tar.extractfile(member).read()).get("uid")
-                    uid = _uid_of_key(value) if isinstance(value, str) and len(value) == UID_HEX_CHARS else None
+                    uid = _uid_of_key(value) if isinstance(value, str) and "-" not in value else None
                 except (ValueError, AttributeError, UnicodeDecodeError):
                     uid = None
     close()

@@ -21,6 +21,7 @@ import evalsynth
 from curate.cli import main as curate
 from evals.cli import main as evaluate
 from tests.curate.helpers import write_shard_pool
+from tests.train.conftest import one_torch_thread  # noqa: F401 (autouse: one torch thread, as the trainer's tests)
 from train.cli import main as train
 
 # DataComp evaluate.py's submit_to_firebase fields (the per-dataset main metrics come on top)
@@ -32,14 +33,6 @@ DATACOMP_NAMES = {"cifar10": "CIFAR-10", "retrieval/flickr30k": "Flickr"}
 
 def _sha(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.mark.slow
