@@ -125,6 +125,7 @@ def _value(row: dict, col: str) -> str:
 
 HEADERS = {"rank": "#", "run": "run", "scale": "scale", "subset_size": "subset size", "imagenet": "ImageNet",
            "retrieval": "retrieval", "average": "average", "tasks": "tasks", "section": "section", "why": "why apart"}
+NO_STANDARD_RUN = "No run is standard and complete."
 NOTE = ("Scores in %. * = average over fewer tasks than the full set (partial). Subset size: samples in the data the "
         "run trained on. DataComp rows: published ImageNet only.")
 
@@ -190,7 +191,7 @@ def render(rows: list[dict], fmt: str = "md") -> str:
     for section, title, note, srows in sections(rows):
         parts.append(f"## {title}\n\n{note}\n")
         if not srows:
-            parts.append("No run is standard and complete.\n")
+            parts.append(f"{NO_STANDARD_RUN}\n")
             continue
         scols = _section_columns(section, cols)
         lines = ["| " + " | ".join(HEADERS[c] for c in scols) + " |", "|" + "---|" * len(scols)]
@@ -209,7 +210,7 @@ def _html(rows: list[dict], cols: tuple[str, ...]) -> str:
     for section, title, note, srows in sections(rows):
         body.append(f"<section class=board data-section='{esc(section)}'><h2>{esc(title)}</h2><p class=note>{esc(note)}</p>")
         if not srows:
-            body.append("<p>No run is standard and complete.</p></section>")
+            body.append(f"<p>{NO_STANDARD_RUN}</p></section>")
             continue
         scols = _section_columns(section, cols)
         head = "".join(f"<th{' class=text' if c in ('why', 'run') else ''}>{esc(HEADERS[c])}</th>" for c in scols)
