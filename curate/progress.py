@@ -98,12 +98,13 @@ class Progress:
         elif time.monotonic() - self._last >= self.interval:
             self._line()
 
-    def task_done(self, result: Any) -> None:
-        """One task of a map finished with `result`: count it, and add what its result counts."""
+    def task_done(self, result: Any, tasks: int = 1) -> None:
+        """A task of a map finished with `result`: count it (`tasks=0` if it was counted as it finished, before
+        its result came back), and add what its result counts."""
         if self.mode == "off":
             return
         count = self.meter.count if self.meter is not None else None
-        self.update(1, **(count(result) if count is not None else {}))
+        self.update(tasks, **(count(result) if count is not None else {}))
 
     def shown(self, seconds: float) -> str:
         """The counters as the meter reads them (default: each counter, the first with its rate)."""

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import threading
+import uuid
 import time
 from typing import Any, Callable, Sequence
 
@@ -11,6 +14,43 @@ from curate.engines.base import Engine, EngineTaskError, default_processes
 from curate.engines.cluster import (DEFAULT_WAIT_S, ClusterError, SharedPaths, raise_if_blind, require_reachable,
                                     worker_view)
 from curate.progress import Progress
+
+
+class _TaskWatcher(threading.Thread):
+    """Counts the finished tasks of this thread's next Spark job into a bar while collect() waits for all of
+    them (Spark hands results back only at the end); their results' counts are added when they come back."""
+
+    def __init__(self, sc, bar, total: int):
+        super().__init__(name="spark-progress", daemon=True)
+        self.sc, self.bar, self.total = sc, bar, total
+        self.group = f"curate-{uuid.uuid4().hex}"
+        self.counted = 0
+        self.stop = threading.Event()
+        sc.setJobGroup(self.group, bar.meter.desc)  # jobs this thread starts from now on
+        self.start()
+
+    def run(self) -> None:
+        tracker = self.sc.statusTracker()
+        while not self.stop.wait(1.0):
+            try:
+                done = sum(stage.numCompletedTasks
+                           for job in tracker.getJobIdsForGroup(self.group)
+                           for sid in (getattr(tracker.getJobInfo(job), "stageIds", None) or ())
+                           if (stage := tracker.getStageInfo(sid)) is not None)
+            except Exception:  # progress only: a context going away must not fail the map
+                return
+            done = min(done, self.total)
+            if done > self.counted:
+                self.bar.update(done - self.counted)
+                self.counted = done
+
+    def finish(self) -> int:
+        """Stop watching; returns the tasks already counted."""
+        self.stop.set()
+        self.join()
+        with contextlib.suppress(Exception):
+            self.sc.setLocalProperty("spark.jobGroup.id", None)  # later jobs of this thread: no group
+        return self.counted
 
 
 class SparkEngine(Engine):
@@ -53,17 +93,22 @@ class SparkEngine(Engine):
         items = list(items)
         if not items:
             return []
-        rdd = self.spark.sparkContext.parallelize(list(enumerate(items)), numSlices=len(items))
+        sc = self.spark.sparkContext
+        rdd = sc.parallelize(list(enumerate(items)), numSlices=len(items))
         with Progress(desc, len(items)) as bar:
-            bar.note(f"{bar.meter.desc if bar.meter else desc}: {len(items)} tasks on Spark {self.spark.sparkContext.master}")
+            bar.note(f"{bar.meter.desc if bar.meter else desc}: {len(items)} tasks on Spark {sc.master}")
+            watcher = _TaskWatcher(sc, bar, len(items)) if bar.mode != "off" else None
             try:
                 pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
             except Exception as e:  # Py4J wraps the worker's traceback; keep its last line readable
                 raise EngineTaskError(f"a Spark task failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+            finally:
+                counted = watcher.finish() if watcher is not None else 0
             results: list[Any] = [None] * len(items)
             for i, value in pairs:
                 results[i] = value
-                bar.task_done(value)  # collect() hands every result back at once
+                bar.task_done(value, tasks=0)  # collect() hands every result back at once, at the end
+            bar.update(len(items) - counted)
         return results
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:

@@ -19,7 +19,7 @@ import pytest
 from curate import progress
 from curate.demo.metadata import random_uids
 from curate.demo.server import LoopbackImageServer
-from tests.curate.helpers import jpeg_bytes, write_shard_pool
+from tests.curate.helpers import java_available, jpeg_bytes, write_shard_pool
 
 import numpy as np
 
@@ -221,3 +221,21 @@ def test_dedup_shows_it_is_working(shard_pool, tmp_path):
     assert rc == 0 and "dedup phash: working, 00:0" in stderr and "phash: working" not in stdout, stderr
     rc, stdout, stderr = run_cli(["dedup", "--pool", str(pool), "--no-progress"], tty=True)
     assert rc == 0 and "phash: working" not in stderr and "\r" not in stderr, stderr
+
+
+@pytest.mark.parametrize("engine", ["dask", "spark"])
+def test_cluster_engines_count_each_shard_once(shard_pool, tmp_path, engine):
+    """Dask reports shards as they finish; Spark's finished tasks are counted while collect() waits and their
+    images when the results come back: either way each shard and image is counted once."""
+    import shutil
+
+    if engine == "spark" and not java_available():
+        pytest.skip("Spark needs Java")
+    pool = tmp_path / "pool"
+    shutil.copytree(shard_pool[0], pool)
+    rc, stdout, stderr = run_cli(["stage", "--pool", str(pool), "--signals", "phash", "--engine", engine,
+                                  "--processes", "2"], tty=False)
+    assert rc == 0, stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("stage phash: ")]
+    assert lines and lines[-1].startswith("stage phash: 3/3 shards, ") and ", 12 images, " in lines[-1], stderr
+    assert stdout.startswith("stage: 12 samples in 3 shards")
