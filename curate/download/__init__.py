@@ -189,7 +189,8 @@ def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
                                f"with `curate fetch-metadata --pool {pool_root}`")
     if not own_metadata:
         refuse_overlap({"--url-list": url_list}, pool_root, "--pool")
-    table = read_url_list(url_list)
+    # the pool's own metadata is not copied: only what downloading reads
+    table = read_url_list(url_list, ("uid", "url", "text", "face_bboxes") if own_metadata else None)
     refused_rows = refusal_reasons(table)
     refused = Counter(r for r in refused_rows if r)
     accepted_mask = pa.array([r is None for r in refused_rows])

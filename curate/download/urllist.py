@@ -45,9 +45,12 @@ def list_files(path: str | os.PathLike) -> list[Path]:
     return files
 
 
-def read_url_list(path: str | os.PathLike) -> pa.Table:
-    """Read a parquet, csv or jsonl URL list (or a folder of them); check DataComp's required columns."""
-    tables = [_read_one(str(f)) for f in list_files(path)]
+def read_url_list(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> pa.Table:
+    """Read a parquet, csv or jsonl URL list (or a folder of them); check DataComp's required columns.
+
+    `columns`: read only these (those a file has), e.g. none of a DataComp parquet's scores and hashes
+    when the list is not copied into the pool."""
+    tables = [_read_one(str(f), columns) for f in list_files(path)]
     try:
         table = pa.concat_tables(tables, promote_options="permissive")
     except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
@@ -57,11 +60,12 @@ def read_url_list(path: str | os.PathLike) -> pa.Table:
     return table
 
 
-def _read_one(path: str) -> pa.Table:
+def _read_one(path: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".parquet":
-            table = pq.read_table(path)
+            names = pq.read_schema(path).names
+            table = pq.read_table(path, columns=None if columns is None else [c for c in names if c in columns])
         elif suffix == ".csv":
             as_text = {c: pa.string() for c in REQUIRED_COLUMNS}
             table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=as_text))
