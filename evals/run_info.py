@@ -4,8 +4,9 @@ beyond DataComp's protocol (non-standard) and how many samples its data held (th
 A run is the folder `evaluate` wrote eval_results.jsonl into; it is usually also the `train` folder. Where
 it is not, eval_model.json names the evaluated checkpoint, and the train folder is the one above its
 `checkpoints/`. Every field is read defensively: info.json may be train's (`non_standard`, `data`), a
-user's own ({"name", "scale", "subset_size"}), or carry fields a newer trainer adds
-(`data: {"subset_size" | "samples_in_data", "path"}`); the first source that gives a value wins.
+user's own ({"name", "scale", "subset_size"}), or carry the trainer's record of its data (`data_source`:
+{"kind", "samples", ...}, train.provenance); the first source that gives a value wins, then the data folder's
+sizes.json / reshard_stats.json, then the run's subset.npy.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import numpy as np
 #: sizes written by earlier or later trainers and by users, in the order they are trusted
 SIZE_KEYS = ("subset_size", "num_samples", "n_samples")
 DATA_SIZE_KEYS = ("subset_size", "samples_in_data", "samples")
+#: train's record of what it read (train.provenance: `data_source.samples`), then a `data` object if one appears
+RECORD_FIELDS = ("data_source", "data")
 DATA_PATH_KEYS = ("path", "shards", "dir")
 
 
@@ -95,11 +98,12 @@ def subset_size(run: Path, train_dir: Path | None, info: dict) -> tuple[int | No
     for k in SIZE_KEYS:
         if (n := _count(info.get(k))) is not None:
             return n, f"info.json {k}"
+    for field in RECORD_FIELDS:
+        if isinstance(record := info.get(field), dict):
+            for k in DATA_SIZE_KEYS:
+                if (n := _count(record.get(k))) is not None:
+                    return n, f"info.json {field}.{k}"
     data = info.get("data")
-    if isinstance(data, dict):
-        for k in DATA_SIZE_KEYS:
-            if (n := _count(data.get(k))) is not None:
-                return n, f"info.json data.{k}"
     folder = _data_folder(data, [d for d in (train_dir, run) if d is not None])
     if folder is not None:
         sizes = _json_or_none(folder / "sizes.json")

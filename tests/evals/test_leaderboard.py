@@ -91,7 +91,7 @@ def test_html_is_a_whole_page_in_the_report_style(runs, capsys, tmp_path):
     assert page.startswith("<!DOCTYPE html>") and "<title>evaluate leaderboard</title>" in page and page.rstrip().endswith("</html>")
     assert CSS in page and CSS in (root / "subset" / "report.html").read_text()  # one stylesheet for both pages
     assert page.count("<section class=board") == 4 and "class=warn" in page and "0 of 2 tasks: no task scored" in page
-    assert f"title='from {root / 'subset' / 'shards' / 'sizes.json'}'" in page
+    assert "title='from info.json data_source.samples'" in page  # where each subset size came from
 
 
 def test_run_info_reads_what_the_trainer_records(runs, tmp_path):
@@ -99,15 +99,25 @@ def test_run_info_reads_what_the_trainer_records(runs, tmp_path):
     info = json.loads((root / "A" / "info.json").read_text())
     a = run_info(root / "A-evals")  # found through eval_model.json's checkpoint
     assert a["scale"] == "tiny" and a["non_standard"] == info["non_standard"] == {"batch_size_per_rank": 8, "samples_seen": 16}
-    assert a["subset_size"] == SAMPLES and a["subset_size_source"].endswith("sizes.json")
-    # a trainer that records the data's size in info.json is believed first
-    run = tmp_path / "newer"
+    # train's record of the samples it read (train.provenance) is believed first
+    assert info["data_source"]["samples"] == SAMPLES
+    assert a["subset_size"] == SAMPLES and a["subset_size_source"] == "info.json data_source.samples"
+    run = tmp_path / "older"
     run.mkdir()
-    (run / "info.json").write_text(json.dumps({**info, "data": {"path": info["data"], "samples_in_data": 123}}))
+    older = {k: v for k, v in info.items() if k != "data_source"}
+    (run / "info.json").write_text(json.dumps({**older, "data": {"path": info["data"], "samples_in_data": 123}}))
     assert run_info(run)["subset_size"] == 123 and run_info(run)["subset_size_source"] == "info.json data.samples_in_data"
-    # a brace pattern of shards, and a run that only has its reshard_stats.json
-    (run / "info.json").write_text(json.dumps({**info, "data": str(root / "subset" / "shards" / "{00000000..00000001}.tar")}))
+    # without a record: the data folder's sizes.json, also behind a brace pattern, then its reshard_stats.json
+    (run / "info.json").write_text(json.dumps(older))
+    assert run_info(run)["subset_size"] == SAMPLES and run_info(run)["subset_size_source"].endswith("sizes.json")
+    shards = root / "subset" / "shards"
+    (run / "info.json").write_text(json.dumps({**older, "data": str(shards / "{00000000..00000001}.tar")}))
     assert run_info(run)["subset_size"] == SAMPLES
+    copy = tmp_path / "shards-copy"
+    copy.mkdir()
+    (copy / "reshard_stats.json").write_text((shards / "reshard_stats.json").read_text())
+    (run / "info.json").write_text(json.dumps({**older, "data": str(copy)}))
+    assert run_info(run) == {**run_info(run), "subset_size": SAMPLES, "subset_size_source": str(copy / "reshard_stats.json")}
     # no info.json anywhere: the options train wrote into final.pt
     ev = tmp_path / "evals-only"
     ev.mkdir()
