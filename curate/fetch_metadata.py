@@ -14,6 +14,7 @@ commit, and each file's size, sha256 and mtime, so a rerun skips files already v
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
 import time
@@ -77,8 +78,6 @@ class _PoolLock:
 
 
 def _read_record(path: Path) -> dict:
-    import json
-
     try:
         data = json.loads(path.read_text())
         return data if isinstance(data, dict) and isinstance(data.get("files"), dict) else {}
@@ -101,7 +100,7 @@ def _verified(final: Path, remote: RemoteFile, known: dict | None, stated_by: st
     return problem is None, sha256
 
 
-def _fetch_one(source, remote: RemoteFile, final: Path, partial: Path, progress) -> str:
+def _fetch_one(source, remote: RemoteFile, final: Path, partial: Path, progress, stop: threading.Event) -> str:
     """Append the rest of `remote` to `partial`, verify it whole, rename it to `final`; returns its sha256."""
     offset = partial.stat().st_size if partial.exists() else 0
     if offset > remote.size:
@@ -111,6 +110,8 @@ def _fetch_one(source, remote: RemoteFile, final: Path, partial: Path, progress)
     if offset < remote.size:
         with open(partial, "ab") as out:
             for block in source.read(remote, offset):
+                if stop.is_set():
+                    raise InterruptedError("stopped")  # the partial stays, to resume from
                 out.write(block)
                 progress(len(block))
                 offset += len(block)
@@ -126,11 +127,58 @@ def _fetch_one(source, remote: RemoteFile, final: Path, partial: Path, progress)
     return sha256
 
 
-def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_root: str | os.PathLike | None = None,
-                   revision: str | None = None, workers: int = 8, log=print) -> dict:
-    """Fetch the scale's metadata into POOL/metadata; returns the summary (also POOL/fetch_metadata.json)."""
+def _wanted(source, scale: str, npz: bool, repo: str, meta: Path) -> dict[str, RemoteFile]:
+    """{name in POOL/metadata: file} of this run; refuses a metadata folder holding files of another source."""
+    listing = source.list_files()
+    names = plan_names([f for f in listing if matches(f.path, patterns_for(scale, npz))], repo)
+    if not names:
+        raise FetchError(f"{repo}@{source.commit} ({source.location}) has no files matching "
+                         f"{', '.join(patterns_for(scale, npz))}")
+    ours = set(plan_names([f for f in listing if matches(f.path, patterns_for(scale, True))], repo))
+    foreign = sorted(p.name for p in meta.glob("*") if p.suffix in (".parquet", ".npz") and p.name not in ours) \
+        if meta.is_dir() else []
+    if foreign:
+        raise FetchError(f"{meta} holds files that are not {repo}@{source.commit}'s ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); fetch into a new pool")
+    return names
+
+
+def _fetch_all(source, todo: list[tuple[str, RemoteFile]], meta: Path, partial_dir: Path, workers: int,
+               done, failed: dict[str, str]) -> None:
+    """Fetch `todo` on `workers` threads; done(name, remote, sha256) for each verified file, failures into
+    `failed`. An interrupt stops every thread at its next block, leaving its partial to resume from."""
     from tqdm import tqdm
 
+    bar = tqdm(total=sum(r.size for _, r in todo), unit="B", unit_scale=True, unit_divisor=1024,
+               desc="fetch-metadata", disable=None, leave=False, dynamic_ncols=True)
+    lock, stop = threading.Lock(), threading.Event()
+
+    def progress(n: int) -> None:
+        with lock:  # updates come from every worker thread
+            bar.update(n)
+
+    ex = ThreadPoolExecutor(max_workers=min(workers, max(1, len(todo))))
+    try:
+        futures = {ex.submit(_fetch_one, source, remote, meta / name, partial_dir / name, progress, stop):
+                   (name, remote) for name, remote in todo}
+        for fut in as_completed(futures):
+            name, remote = futures[fut]
+            try:
+                done(name, remote, fut.result())
+            except HubError as e:  # refused: the bytes are not what the source states
+                failed[name] = str(e)
+            except Exception as e:  # network (huggingface_hub's, httpx's) or disk: the partial is kept
+                first = (str(e).strip().splitlines() or [""])[0]
+                failed[name] = f"{remote.path}: {type(e).__name__}: {first}; rerun to try again (a partial file resumes)"
+    finally:
+        stop.set()  # only threads still fetching see it: after a normal end there are none
+        ex.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+
+
+def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_root: str | os.PathLike | None = None,
+                   revision: str | None = None, workers: int = 8) -> dict:
+    """Fetch the scale's metadata into POOL/metadata; returns the summary (also POOL/fetch_metadata.json)."""
     if workers < 1:
         raise FetchError(f"--workers must be at least 1 (got {workers})")
     repo = repo_for(scale)
@@ -142,17 +190,7 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
     with _PoolLock(work):
         remove_stale_temporaries(pool)  # the record's killed writes
         source = open_repo(repo, revision, hub_root)
-        listing = source.list_files()
-        names = plan_names([f for f in listing if matches(f.path, patterns_for(scale, npz))], repo)
-        if not names:
-            raise FetchError(f"{repo}@{source.commit} ({source.location}) has no files matching "
-                             f"{', '.join(patterns_for(scale, npz))}")
-        ours = set(plan_names([f for f in listing if matches(f.path, patterns_for(scale, True))], repo))
-        foreign = sorted(p.name for p in meta.glob("*") if p.suffix in (".parquet", ".npz") and p.name not in ours) \
-            if meta.is_dir() else []
-        if foreign:
-            raise FetchError(f"{meta} holds files that are not {repo}@{source.commit}'s ({', '.join(foreign[:3])}"
-                             f"{', ...' if len(foreign) > 3 else ''}); fetch into a new pool")
+        names = _wanted(source, scale, npz, repo, meta)
         meta.mkdir(parents=True, exist_ok=True)
         partial_dir.mkdir(parents=True, exist_ok=True)
 
@@ -168,53 +206,35 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
             else:
                 todo.append((name, remote))
         present = len(files)
-
+        failed: dict[str, str] = {}
         record = {"repo": repo, "revision": revision or "main", "commit": source.commit,
                   "source": source.location, "scale": scale, "npz": npz, "patterns": patterns_for(scale, npz),
                   "files": files}
 
-        def save(failed: dict) -> None:
+        def save() -> None:
             write_json(record_path, {**record, "fetched": len(files) - present, "present": present,
                                      "failed": failed, "complete": not failed and len(files) == len(names)})
 
-        failed: dict[str, str] = {}
-        total = sum(r.size for _, r in todo)
-        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="fetch-metadata", disable=None,
-                   leave=False, dynamic_ncols=True)
         last_save = time.monotonic()
-        lock = threading.Lock()
 
-        def progress(n: int) -> None:
-            with lock:  # updates come from every worker thread
-                bar.update(n)
+        def done(name: str, remote: RemoteFile, sha256: str) -> None:
+            nonlocal last_save
+            files[name] = _entry(meta / name, remote, sha256)
+            if time.monotonic() - last_save > SAVE_EVERY_S:
+                save()
+                last_save = time.monotonic()
 
         try:
-            with ThreadPoolExecutor(max_workers=min(workers, max(1, len(todo)))) as pool_ex:
-                futures = {pool_ex.submit(_fetch_one, source, remote, meta / name, partial_dir / name, progress):
-                           (name, remote) for name, remote in todo}
-                for fut in as_completed(futures):
-                    name, remote = futures[fut]
-                    try:
-                        files[name] = _entry(meta / name, remote, fut.result())
-                    except HubError as e:  # refused: the bytes are not what the source states
-                        failed[name] = str(e)
-                    except Exception as e:  # network (huggingface_hub's, httpx's) or disk: the partial is kept
-                        first = (str(e).strip().splitlines() or [""])[0]
-                        failed[name] = f"{remote.path}: {type(e).__name__}: {first}; rerun to try again (a partial file resumes)"
-                    if time.monotonic() - last_save > SAVE_EVERY_S:
-                        save(failed)
-                        last_save = time.monotonic()
+            _fetch_all(source, todo, meta, partial_dir, workers, done, failed)
         finally:
-            bar.close()
-        save(failed)
+            save()
         if not failed:
             for p in partial_dir.iterdir():
                 p.unlink()  # partials of files no longer wanted
             partial_dir.rmdir()
-    nbytes = sum(r.size for name, r in todo if name in files)
-    summary = {"repo": repo, "commit": source.commit, "source": source.location, "files": len(names),
-               "fetched": len(files) - present, "present": present, "bytes_fetched": nbytes, "failed": failed}
-    return summary
+    return {"repo": repo, "commit": source.commit, "source": source.location, "files": len(names),
+            "fetched": len(files) - present, "present": present,
+            "bytes_fetched": sum(r.size for name, r in todo if name in files), "failed": failed}
 
 
 def _entry(final: Path, remote: RemoteFile, sha256: str) -> dict:

@@ -5,12 +5,10 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from curate.demo.metadata import generate_metadata, random_uids
 from curate.demo.server import LoopbackImageServer
@@ -48,7 +46,7 @@ def make_mirror(hub_root, scale="small", parts=3, rows=40, npz=True, url_prefix=
     folder = hub_root / repo_for(scale)
     folder.mkdir(parents=True)
     (folder / "README.md").write_text("# not metadata\n")
-    names = [u for u in random_uids(np.random.default_rng(len(str(hub_root))), parts)]
+    names = random_uids(np.random.default_rng(len(str(hub_root))), parts)
     for i, name in enumerate(names):
         sub = folder / f"part_{i:05d}" if scale == "xlarge" else folder
         sub.mkdir(exist_ok=True)
