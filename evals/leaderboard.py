@@ -140,17 +140,14 @@ def columns_for(rows: list[dict]) -> tuple[str, ...]:
     return ("rank", "run", "scale", "subset_size", *task_cols, "average", "tasks")
 
 
-def sections(rows: list[dict]) -> list[tuple[str, str, str, list[dict]]]:
-    """(section, title, what it means, its rows) in display order; the standard section always comes first."""
+def sections(rows: list[dict], cols: tuple[str, ...]) -> list[tuple[str, str, str, tuple[str, ...], list[dict]]]:
+    """(section, title, what it means, its columns, its rows) in display order; the standard section comes first,
+    even when empty."""
     n = next((r["n_scored"] for r in rows if not r["reference"]), 0)
-    out: list[tuple[str, str, str, list[dict]]] = []
+    groups: dict[str, list[dict]] = {STANDARD: []}
     for r in rows:
-        if not out or out[-1][0] != r["section"]:
-            out.append((r["section"], *_section_text(r["section"], n), []))
-        out[-1][3].append(r)
-    if not out or out[0][0] != STANDARD:
-        out.insert(0, (STANDARD, *_section_text(STANDARD, n), []))
-    return out
+        groups.setdefault(r["section"], []).append(r)
+    return [(section, *_section_text(section, n), _section_columns(section, cols), srows) for section, srows in groups.items()]
 
 
 def _section_text(section: str, n: int) -> tuple[str, str]:
@@ -188,16 +185,30 @@ def render(rows: list[dict], fmt: str = "md") -> str:
     if fmt == "html":
         return _html(rows, cols)
     parts = []
-    for section, title, note, srows in sections(rows):
-        parts.append(f"## {title}\n\n{note}\n")
-        if not srows:
-            parts.append(f"{NO_STANDARD_RUN}\n")
-            continue
-        scols = _section_columns(section, cols)
-        lines = ["| " + " | ".join(HEADERS[c] for c in scols) + " |", "|" + "---|" * len(scols)]
-        lines += ["| " + " | ".join(_cell(r, c) for c in scols) + " |" for r in srows]
-        parts.append("\n".join(lines) + "\n")
+    for _, title, note, scols, srows in sections(rows, cols):
+        table = _md_table(scols, srows) if srows else NO_STANDARD_RUN
+        parts.append(f"## {title}\n\n{note}\n\n{table}\n")
     return "\n".join(parts) + f"\n{NOTE}\n"
+
+
+def _md_table(cols: tuple[str, ...], rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS[c] for c in cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(_cell(r, c) for c in cols) + " |" for r in rows])
+
+
+def _html_table(cols: tuple[str, ...], rows: list[dict]) -> str:
+    """One section's table; a subset size's cell names where the number came from (its tooltip)."""
+    head = "".join(f"<th{' class=text' if c in ('why', 'run') else ''}>{esc(HEADERS[c])}</th>" for c in cols)
+    trs = []
+    for r in rows:
+        tds = []
+        for c in cols:
+            attrs = " class=text" if c in ("why", "run") else ""
+            if c == "subset_size" and r.get("subset_size_source"):
+                attrs += f" title='from {esc(r['subset_size_source'])}'"
+            tds.append(f"<td{attrs}>{esc(_cell(r, c))}</td>")
+        trs.append(f"<tr{' class=reference' if r['reference'] else ''}>{''.join(tds)}</tr>")
+    return f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(trs) + "\n</tbody></table></div>"
 
 
 def _html(rows: list[dict], cols: tuple[str, ...]) -> str:
@@ -207,24 +218,10 @@ def _html(rows: list[dict], cols: tuple[str, ...]) -> str:
     body = [f"<h1>Leaderboard: {len(runs)} run{'s' * (len(runs) != 1)} on {n} scored tasks</h1>"]
     body += [f"<div class=warn>⚠ {esc(r['run'])} (<code>{esc(r['path'])}</code>): {esc(r['why'])}; listed apart, "
              "not ranked</div>" for r in runs if r["n_tasks"] == 0]
-    for section, title, note, srows in sections(rows):
-        body.append(f"<section class=board data-section='{esc(section)}'><h2>{esc(title)}</h2><p class=note>{esc(note)}</p>")
-        if not srows:
-            body.append(f"<p>{NO_STANDARD_RUN}</p></section>")
-            continue
-        scols = _section_columns(section, cols)
-        head = "".join(f"<th{' class=text' if c in ('why', 'run') else ''}>{esc(HEADERS[c])}</th>" for c in scols)
-        trs = []
-        for r in srows:
-            tds = []
-            for c in scols:
-                attrs = " class=text" if c in ("why", "run") else ""
-                if c == "subset_size" and r.get("subset_size_source"):
-                    attrs += f" title='from {esc(r['subset_size_source'])}'"
-                tds.append(f"<td{attrs}>{esc(_cell(r, c))}</td>")
-            trs.append(f"<tr{' class=reference' if r['reference'] else ''}>{''.join(tds)}</tr>")
-        body.append(f"<div class=scroll><table><thead><tr>{head}</tr></thead><tbody>\n" + "\n".join(trs)
-                    + "\n</tbody></table></div></section>")
+    for section, title, note, scols, srows in sections(rows, cols):
+        table = _html_table(scols, srows) if srows else f"<p>{NO_STANDARD_RUN}</p>"
+        body.append(f"<section class=board data-section='{esc(section)}'><h2>{esc(title)}</h2>"
+                    f"<p class=note>{esc(note)}</p>{table}</section>")
     body.append(f"<p class=note>{esc(NOTE)}</p>")
     return page("evaluate leaderboard", "\n".join(body))
 
