@@ -66,15 +66,16 @@ def matches(path: str, patterns: list[str] | None) -> bool:
 # ---------------------------------------------------------------- verification
 
 
-def digests(path: Path) -> tuple[str, str]:
-    """(sha256, git blob sha1) of a file's content, in one read."""
+def digests(path: Path, git_oid: bool = True) -> tuple[str, str | None]:
+    """(sha256, git blob sha1 or None when not asked for) of a file's content, in one read."""
     sha256 = hashlib.sha256()
-    git = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    git = hashlib.sha1(f"blob {path.stat().st_size}\0".encode()) if git_oid else None
     with open(path, "rb") as f:
         while block := f.read(CHUNK):
             sha256.update(block)
-            git.update(block)
-    return sha256.hexdigest(), git.hexdigest()
+            if git is not None:
+                git.update(block)
+    return sha256.hexdigest(), git and git.hexdigest()
 
 
 def check_file(path: Path, remote: RemoteFile, stated_by: str) -> tuple[str | None, str]:
@@ -82,7 +83,7 @@ def check_file(path: Path, remote: RemoteFile, stated_by: str) -> tuple[str | No
     size = path.stat().st_size
     if size != remote.size:
         return f"{size} bytes where {stated_by} states {remote.size}", ""
-    sha256, git_oid = digests(path)
+    sha256, git_oid = digests(path, git_oid=not remote.sha256)
     if remote.sha256 and sha256 != remote.sha256.lower():
         return f"sha256 {sha256} where {stated_by} states {remote.sha256}", sha256
     if not remote.sha256 and remote.git_oid and git_oid != remote.git_oid.lower():

@@ -230,3 +230,25 @@ def test_download_takes_the_fetched_metadata_as_its_list(tmp_path):
 
     out = curate("download", "--pool", tmp_path / "nowhere")
     assert out.returncode == 2 and "no metadata in this pool" in out.stderr and "fetch-metadata" in out.stderr
+
+
+def test_a_file_without_lfs_metadata_is_checked_by_its_git_blob_id(tmp_path):
+    """The hub states only a git blob id for a file not in LFS: the file is checked against that (the id git
+    itself computes), and a file that differs is refused."""
+    folder = make_mirror(tmp_path / "hub", parts=2, npz=False)
+    manifest = json.loads((folder / MIRROR_MANIFEST).read_text())
+    for entry in manifest["files"]:
+        entry.pop("lfs")
+        git = subprocess.run(["git", "hash-object", str(folder / entry["path"])], capture_output=True, text=True)
+        assert entry["oid"] == git.stdout.strip()
+    (folder / MIRROR_MANIFEST).write_text(json.dumps(manifest))
+    kept, changed = sorted(folder.glob("*.parquet"))
+    data = changed.read_bytes()
+    changed.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    pool = tmp_path / "pool"
+    out = curate("fetch-metadata", "--scale", "small", "--pool", pool, "--hub-root", tmp_path / "hub")
+    assert out.returncode == 1 and "git blob id" in out.stderr and changed.name in out.stderr
+    assert sorted(pool_files(pool)) == [kept.name]
+    changed.write_bytes(data)
+    out = curate("fetch-metadata", "--scale", "small", "--pool", pool, "--hub-root", tmp_path / "hub")
+    assert out.returncode == 0 and pool_files(pool) == repo_files(folder)
