@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 import time
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes
@@ -52,6 +53,8 @@ class _TaskWatcher(threading.Thread):
             self.sc.setLocalProperty("spark.jobGroup.id", None)  # later jobs of this thread: no group
         return self.counted
 
+LOG_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
+
 
 class SparkEngine(Engine):
     """Maps items as an RDD with one partition each; collects results back in item order."""
@@ -77,6 +80,7 @@ class SparkEngine(Engine):
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", os.environ.get("CURATE_SPARK_DRIVER_MEMORY", "4g"))
             .config("spark.python.worker.reuse", "true")
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
             .getOrCreate()
         )
         self.spark.sparkContext.setLogLevel("ERROR")
