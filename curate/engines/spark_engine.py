@@ -73,16 +73,17 @@ class SparkEngine(Engine):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         self._owned = SparkSession.getActiveSession() is None
-        self.spark = (
+        builder = (
             SparkSession.builder.master(master or f"local[{processes or default_processes()}]")
             .appName("curate")
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
             .config("spark.driver.memory", os.environ.get("CURATE_SPARK_DRIVER_MEMORY", "4g"))
             .config("spark.python.worker.reuse", "true")
-            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
-            .getOrCreate()
         )
+        if LOG_CONFIG.exists():
+            builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
+        self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
         if cluster:
             try:
