@@ -78,6 +78,7 @@ class Progress:
         self.counters: dict[str, int] = {}
         self.start = self._last = time.monotonic()
         self._bar = None
+        self._drawn = False
         if self.mode == "bar":
             from tqdm import tqdm
 
@@ -94,7 +95,7 @@ class Progress:
             shown = self.shown(time.monotonic() - self.start)
             if shown:
                 self._bar.set_postfix_str(shown, refresh=False)
-            self._bar.update(n)
+            self._drawn = bool(self._bar.update(n))  # tqdm redraws at most every mininterval
         elif time.monotonic() - self._last >= self.interval:
             self._line()
 
@@ -105,6 +106,8 @@ class Progress:
             return
         count = self.meter.count if self.meter is not None else None
         self.update(tasks, **(count(result) if count is not None else {}))
+        if self._bar is not None and not self._drawn:
+            self._bar.refresh()  # tasks are few and long (a shard each): show each one's counts at once
 
     def shown(self, seconds: float) -> str:
         """The counters as the meter reads them (default: each counter, the first with its rate)."""

@@ -67,6 +67,18 @@ def test_mode_follows_the_stream_and_the_switch():
         progress.configure(True)
 
 
+def test_a_terminal_sees_each_task_s_counts_at_once():
+    """Tasks are shards, minutes apart: the bar is redrawn for each, not only after tqdm's minimum interval."""
+    stream = FakeTerminal()
+    meter = progress.Meter("work", unit="shards", count=lambda r: {"images": r})
+    with progress.Progress(meter, total=3, stream=stream) as bar:
+        for _ in range(3):
+            bar.task_done(3)
+    drawn = stream.getvalue()
+    assert "\r" in drawn and ("shards/s" in drawn or "s/shards" in drawn)
+    assert all(f"{k}/3 [" in drawn and f"{3 * k} images" in drawn for k in (1, 2, 3)), drawn
+
+
 def test_plain_lines_are_not_a_flood():
     """Lines mode writes one line per interval at most, and one at the end with the totals and a rate."""
     stream = io.StringIO()
@@ -75,8 +87,8 @@ def test_plain_lines_are_not_a_flood():
         for _ in range(1000):
             bar.task_done(7)
     lines = stream.getvalue().splitlines()
-    assert lines == [lines[-1]] and lines[0].startswith("work: 1,000/1000 shards, 7,000 images, ")
-    assert "images/s" in lines[0]
+    assert lines == [lines[-1]] and lines[0].startswith("work: 1,000/1000 shards, ")
+    assert "shards/s, 7,000 images, " in lines[0] and "images/s" in lines[0]
 
 
 def test_plain_lines_come_every_interval():
@@ -153,7 +165,8 @@ def test_download_writes_plain_lines_to_a_pipe(web, tmp_path):
     rc, stdout, stderr = run_cli(_download(web, tmp_path / "pool"), tty=False)
     assert rc == 0, stderr[-3000:]
     lines = [line for line in stderr.splitlines() if line.startswith("download: ")]
-    assert lines and lines[-1].startswith("download: 3/3 shards, 10 images, 83.3% success, "), stderr
+    assert lines and lines[-1].startswith("download: 3/3 shards, "), stderr
+    assert " shards/s, 10 images, 83.3% success, " in lines[-1] and "images/s" in lines[-1], stderr
     assert len(lines) <= 2 and "\r" not in stderr  # a short run: its last line, perhaps one 10 s line
     assert "% success" not in stdout
 
