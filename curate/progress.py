@@ -32,15 +32,13 @@ def configure(enabled: bool) -> None:
     _enabled = bool(enabled)
 
 
-def enabled() -> bool:
-    return _enabled
-
-
 def mode(stream: TextIO | None = None) -> str:
     """'off', 'bar' (stderr is a terminal) or 'lines' (it is not)."""
     if not _enabled:
         return "off"
     stream = stream if stream is not None else sys.stderr
+    if stream is None:  # no stderr at all: never fall back to print()'s stdout
+        return "off"
     try:
         return "bar" if stream.isatty() else "lines"
     except (AttributeError, ValueError):  # a closed or unusual stream
@@ -186,4 +184,4 @@ def working(desc: str, stream: TextIO | None = None, interval: float = INTERVAL)
             bar.close()
 
 
-__all__ = ["INTERVAL", "Meter", "Progress", "configure", "enabled", "mode", "rate", "working"]
+__all__ = ["INTERVAL", "Meter", "Progress", "configure", "mode", "rate", "working"]
