@@ -21,6 +21,7 @@ class Engine:
     name = "base"
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+        """`desc`: the progress label, or a `curate.progress.Meter` (what each task's result adds); None: no bar."""
         raise NotImplementedError
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
