@@ -313,8 +313,6 @@ def _dedup_method(item: dict) -> str | None:
 
 def kept_copies_of(pool, examples: list[dict]) -> dict[str, str | None]:
     """rejected duplicate's uid (lower case) -> the uid its dedup group kept, from POOL/columns/dedup_<method>/."""
-    from curate.dedup.kept import kept_copies
-
     by_method: dict[str, set[str]] = {}
     for st in examples:
         for e in st["rejected"]:
@@ -323,6 +321,8 @@ def kept_copies_of(pool, examples: list[dict]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for method, uids in by_method.items():
         if pool is not None:
+            from curate.dedup.kept import kept_copies  # here: it imports pyarrow.dataset, and with it pandas (0.4 s)
+
             out.update({u.lower(): k for u, k in kept_copies(pool.root, method, sorted(uids)).items()})
     return out
 
