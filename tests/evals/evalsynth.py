@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,34 @@ def winogavil_rows(sizes=(5, 6, 10, 12, 5, 10, 12, 6, 10, 12), seed=4, size=(40,
         rows.append({"cue": CUES[i % len(CUES)], "candidates": cands, "associations": assoc,
                      "candidate_images": imgs, "num_associations": k})
     return rows
+
+
+def make_datacomp_suite(root: Path, n_images=4, n_classes=3, seed=0, tasks=None) -> list[str]:
+    """Every scored task of DataComp's list (configs/evals/datacomp.yaml, 38) as a tiny set under `root`, in the
+    folder the task list names; returns their keys. Few images each, so a model can run the whole suite quickly.
+
+    Classification sets get `n_classes` classes and one template; WILDS and fairness sets also a `.npy` metadata
+    vector with the fields evals.groups names; WinoGAViL is written by `evaluate download`'s own converter from
+    nlphuji-like parquet rows, one instance of 5 candidates and one of 10, so that the main metric's group (10-12
+    candidates) is not empty. FairFace and UTKFace (run by DataComp, not scored) are left out.
+    """
+    from evals.download import convert_winogavil
+    from evals.groups import METADATA_FIELDS
+    from evals.tasks import load_tasks
+
+    root = Path(root)
+    keys = []
+    for i, task in enumerate(t for t in (tasks or load_tasks()) if t.scored):
+        dest, s = task.path(root), seed + i
+        if task.type == "retrieval":
+            make_retrieval_set(dest, n_images=n_images, seed=s)
+        elif task.type == "winogavil":
+            with tempfile.TemporaryDirectory() as raw:
+                write_parquet(Path(raw) / "test" / "0000.parquet", winogavil_rows(sizes=(5, 10), seed=s))
+                convert_winogavil(Path(raw), dest)
+        else:
+            fields = METADATA_FIELDS.get(task.key)
+            make_classification_set(dest, n_classes=n_classes, n_images=n_images, n_templates=1, n_shards=1, seed=s,
+                                    metadata_ranges=[2] * len(fields) if fields else None)
+        keys.append(task.key)
+    return keys
