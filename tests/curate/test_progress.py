@@ -7,11 +7,13 @@ terminal or a captured log would have it.
 import fcntl
 import io
 import os
+import pty
 import struct
 import subprocess
 import sys
 import termios
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -20,8 +22,7 @@ from curate import progress
 from curate.demo.metadata import random_uids
 from curate.demo.server import LoopbackImageServer
 from tests.curate.helpers import java_available, jpeg_bytes, write_shard_pool
-
-import numpy as np
+from tests.curate.test_stage_clip import models  # noqa: F401  (a fixture: tiny CLIP models made by the tests)
 
 
 def run_cli(args, tty: bool) -> tuple[int, str, str]:
@@ -30,7 +31,7 @@ def run_cli(args, tty: bool) -> tuple[int, str, str]:
     if not tty:
         out = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         return out.returncode, out.stdout, out.stderr
-    master, slave = os.openpty()
+    master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a real terminal has a width
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
     os.close(slave)
@@ -252,3 +253,20 @@ def test_cluster_engines_count_each_shard_once(shard_pool, tmp_path, engine):
     lines = [line for line in stderr.splitlines() if line.startswith("stage phash: ")]
     assert lines and lines[-1].startswith("stage phash: 3/3 shards, ") and ", 12 images, " in lines[-1], stderr
     assert stdout.startswith("stage: 12 samples in 3 shards")
+
+
+def test_stage_loader_path_counts_images(tmp_path, models, capsys):
+    """The loader path (the GPU default; here on CPU) counts images per batch and shards as they are written."""
+    from curate.engines import LocalEngine
+    from curate.pool import Pool
+    from curate.stage import StageOptions, run_stage
+
+    write_shard_pool(tmp_path / "pool", [5, 4], seed=5, failed_per_shard=0)
+    with LocalEngine(1) as engine:
+        stats = run_stage(Pool(tmp_path / "pool"), ["phash", "clip"], engine,
+                          options=StageOptions(models=(models["a"],), batch_size=4, device="cpu", torch_threads=1,
+                                               loader_workers=1))
+    out = capsys.readouterr()
+    assert stats["engine"] == "loader" and out.out == ""
+    assert out.err.splitlines()[-1].startswith(f"stage phash,{models['a'].folder}: 9/9 images, "), out.err
+    assert " images/s, 2/2 shards, " in out.err, out.err
