@@ -188,6 +188,7 @@ class SparkStandalone:
                                              "--host", "127.0.0.1", "--port", str(self.port), "--webui-port", str(self.ui)],
                                   cwd=root, env=spark_env())
         wait_for_port(self.port, master, log)
+        wait_for_port(self.ui, master, log)  # its JSON status says which workers registered
 
     def add_worker(self, name: str, prefix: list[str] | None = None) -> subprocess.Popen:
         work = self.root / f"{name}-work"
@@ -205,7 +206,8 @@ class SparkStandalone:
         return proc
 
     def alive_workers(self) -> int:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.ui}/json/", timeout=5) as r:
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(f"http://127.0.0.1:{self.ui}/json/", timeout=5) as r:
             return int(json.load(r).get("aliveworkers", 0))
 
 
