@@ -2,8 +2,8 @@
 # What the project needs beyond Python, installed with apt when missing and we are root.
 #   setup: before `pip install` - protobuf-compiler + libprotobuf-dev (gcld3, laion2b's language detector, builds
 #          from source against them), a C++ compiler, and wordnet-base (WordNet 3.0 for text_based, offline).
-#   test:  Java 17+ (the Spark engine) and Chromium (the report test renders report.html headless);
-#          without them those tests skip.
+#   test:  Java 17+ (the Spark engine, local[N] and a standalone master + worker) and Chromium (the page tests open
+#          the filter report and the leaderboard headless); without them those tests skip.
 set -euo pipefail
 what=${1:-test}
 need=()
@@ -20,7 +20,7 @@ else
   fi
   [ "${major:-0}" -ge 17 ] || need+=(openjdk-17-jre-headless)
   command -v chromium >/dev/null 2>&1 || need+=(chromium)
-  why="the Spark and report tests"
+  why="the Spark and page tests"
 fi
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
