@@ -14,8 +14,11 @@ import json
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+from curate import storage
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
@@ -34,7 +37,14 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes.
+
+    For an object-store URL the temporary is a local file, uploaded whole when the block finishes
+    (`curate.storage.upload`: a temporary key, then a copy to the final one)."""
+    if storage.is_url(path):
+        with _uploaded(path) as tmp:
+            yield tmp
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_path = _create_temporary(path)
@@ -47,6 +57,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp_path.unlink()
         finally:
             os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def _uploaded(target) -> Iterator[Path]:
+    fd, name = tempfile.mkstemp(prefix=".curate-upload-", suffix=f"-{storage.path(target).name}")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        storage.upload(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -69,6 +91,7 @@ def write_json(path: str | os.PathLike, obj) -> None:
 def replace_folder(staging: str | os.PathLike, target: str | os.PathLike, old: str | os.PathLike) -> None:
     """Put a fully written `staging` folder at `target`: the previous target moves aside to `old` first and is
     removed after, so `target` is at every moment either the whole old folder or the whole new one."""
+    storage.refuse_url(target, "replacing a folder")
     staging, target, old = Path(staging), Path(target), Path(old)
     if old.exists():
         shutil.rmtree(old)
@@ -82,7 +105,7 @@ def replace_folder(staging: str | os.PathLike, target: str | os.PathLike, old: s
 
 def is_temporary(path: str | os.PathLike) -> bool:
     """True for the leftovers of an interrupted atomic write (never to be read as output)."""
-    name = Path(path).name
+    name = str(path).rstrip("/").rsplit("/", 1)[-1]
     return name.startswith(".") and name.endswith(".tmp")
 
 
@@ -93,7 +116,11 @@ def remove_stale_temporaries(*folders: str | os.PathLike) -> list[Path]:
     write in progress by another process is left alone.
     """
     removed = []
-    for folder in map(Path, folders):
+    for folder in folders:
+        if storage.is_url(folder):
+            removed.extend(storage.remove_stale_objects(folder))
+            continue
+        folder = Path(folder)
         if not folder.is_dir():
             continue
         for p in sorted(folder.iterdir()):

@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import is_temporary
 
 #: which command produces a column, for the error a user sees when it is missing
@@ -36,7 +37,7 @@ class MissingColumnError(ValueError):
 
 
 def store_files(pool_root: str | Path, signal: str) -> list[str]:
-    d = Path(pool_root) / "columns" / signal
+    d = storage.path(pool_root) / "columns" / signal
     return sorted(str(p) for p in d.glob("*.parquet") if not is_temporary(p)) if d.is_dir() else []
 
 
@@ -52,12 +53,12 @@ def find_store_signal(pool_root: str, column: str) -> str | None:
     key = (str(pool_root), column)
     if key in _FOUND:
         return _FOUND[key]
-    root = Path(pool_root) / "columns"
+    root = storage.path(pool_root) / "columns"
     if not root.is_dir():
         return None
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         files = store_files(pool_root, d.name)
-        if files and column in pq.read_schema(files[0]).names:
+        if files and column in pq.read_schema(storage.arrow_source(files[0])).names:
             _FOUND[key] = d.name
             return d.name
     return None
@@ -78,7 +79,7 @@ def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, 
         if signal is None:
             hint = PRODUCERS.get(col)
             raise MissingColumnError(
-                f"{where}: column {col!r} is in neither the metadata nor the column store {Path(pool_root) / 'columns'}"
+                f"{where}: column {col!r} is in neither the metadata nor the column store {storage.path(pool_root) / 'columns'}"
                 + (f"; compute it with `{hint}`" if hint else "")
             )
         by_signal.setdefault(signal, []).append(col)
@@ -95,15 +96,19 @@ def join_store_columns(pool_root: str | Path, uids: pa.ChunkedArray | pa.Array, 
 
 def _stored_rows(pool_root, signal: str, cols: list[str], wanted: pa.Array, same_split: str | None) -> pa.Table:
     if same_split:
-        guess = Path(pool_root) / "columns" / signal / f"{same_split}.parquet"
+        guess = storage.path(pool_root) / "columns" / signal / f"{same_split}.parquet"
         if guess.exists():
-            t = pq.ParquetFile(guess).read(columns=["uid", *cols])
+            t = pq.ParquetFile(storage.arrow_source(guess)).read(columns=["uid", *cols])
             t = t.filter(pc.is_in(t.column("uid"), value_set=wanted))
             if len(pc.unique(t.column("uid"))) == len(wanted):
                 return t
     import pyarrow.dataset as ds  # here, not at the top: it imports pandas (~0.4 s in every worker process)
 
-    dataset = ds.dataset(store_files(pool_root, signal), format="parquet")
+    files = store_files(pool_root, signal)
+    filesystem, _ = storage.arrow_filesystem(pool_root)
+    if filesystem is not None:
+        files = [storage.path(f).path for f in files]
+    dataset = ds.dataset(files, format="parquet", filesystem=filesystem)
     return dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
 
 
@@ -119,7 +124,7 @@ def read_columns(pool_root: str | Path, partition_path: str, columns: list[str])
     key = ["uid"] if from_store or "uid" in columns else []  # the join key, only when needed
     table = read_partition(partition_path, list(dict.fromkeys([*key, *from_meta])))
     if from_store:
-        joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path, same_split=Path(partition_path).stem)
+        joined = join_store_columns(pool_root, table.column("uid"), from_store, partition_path, same_split=storage.path(partition_path).stem)
         for c in from_store:
             table = table.append_column(c, joined.column(c))
     for c, arr in npz.items():
@@ -138,10 +143,10 @@ def _npz_columns(partition_path: str, keys: list[str]) -> dict:
         return {}
     import numpy as np
 
-    npz_path = Path(partition_path).with_suffix(".npz")
+    npz_path = storage.path(partition_path).with_suffix(".npz")
     if not npz_path.exists():
         return {}
-    with np.load(npz_path, allow_pickle=False) as npz:
+    with storage.open_file(npz_path, "rb") as f, np.load(f, allow_pickle=False) as npz:
         return {k: npz[k] for k in keys if k in npz.files}
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import is_temporary
 
 
@@ -34,7 +35,7 @@ class Partition:
 
     @property
     def kind(self) -> str:
-        return "shard" if Path(self.path).parent.name == "shards" else "metadata"
+        return "shard" if storage.path(self.path).parent.name == "shards" else "metadata"
 
 
 @dataclass(frozen=True)
@@ -48,10 +49,10 @@ class Shard:
 
     def expected_successes(self) -> int | None:
         """How many samples the downloader says it wrote (None without a stats file)."""
-        if not self.stats or not os.path.exists(self.stats):
+        if not self.stats or not storage.path(self.stats).exists():
             return None
         try:
-            with open(self.stats) as f:
+            with storage.open_file(self.stats, "r") as f:
                 return int(json.load(f)["successes"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -59,7 +60,7 @@ class Shard:
 
 class Pool:
     def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+        self.root = storage.path(root)  # a Path, or a UPath for an object-store URL
         if not self.root.exists():
             raise PoolError(f"{self.root}: pool folder does not exist")
         if not self.root.is_dir():
@@ -116,7 +117,7 @@ class Pool:
         """Metadata files when the pool has them, else the downloader's per-shard parquet files."""
         files = self.metadata_files()
         if not files:
-            files = [Path(s.parquet) for s in self.shards() if s.parquet]
+            files = [storage.path(s.parquet) for s in self.shards() if s.parquet]
         if not files:
             raise PoolError(
                 f"{self.root}: no metadata found (expected {self.root}/metadata/*.parquet, "
@@ -167,7 +168,7 @@ def check_schemas(files: list) -> None:
 
 def partition_schema(path: str) -> pa.Schema:
     try:
-        return pq.read_schema(path)
+        return pq.read_schema(storage.arrow_source(path))
     except Exception as e:
         raise PoolError(f"{path}: not a readable parquet file ({e})") from e
 
@@ -188,7 +189,7 @@ def read_partition(path: str, columns: list[str]) -> pa.Table:
     try:
         # ParquetFile.read, not pq.read_table: the latter goes through pyarrow.dataset, which imports
         # pandas (about a second in every fresh worker process).
-        table = pq.ParquetFile(path).read(columns=list(dict.fromkeys(chosen.values())))
+        table = pq.ParquetFile(storage.arrow_source(path)).read(columns=list(dict.fromkeys(chosen.values())))
     except Exception as e:
         raise PoolError(f"{path}: failed to read columns {list(chosen.values())} ({e})") from e
     for col, src in chosen.items():
@@ -220,6 +221,6 @@ def _is_utf8(data: bytes) -> bool:
 
 def partition_num_rows(path: str) -> int:
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        return pq.ParquetFile(storage.arrow_source(path)).metadata.num_rows
     except Exception as e:
         raise PoolError(f"{path}: not a readable parquet file ({e})") from e

@@ -34,11 +34,11 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import remove_stale_temporaries, write_json
 from curate.engines import Engine
 from curate.pool import Pool, Shard
@@ -229,7 +229,7 @@ READS_FOLDER = "stage_reads"
 
 def _record_reads(columns_root: str, shard_id: int, result: ShardResult) -> None:
     rep = result.report or {}
-    write_json(Path(columns_root) / READS_FOLDER / f"{shard_id:08d}.json",
+    write_json(storage.path(columns_root) / READS_FOLDER / f"{shard_id:08d}.json",
                {k: rep.get(k) for k in ("samples", "samples_without_uid", "read_error")})
 
 
@@ -237,7 +237,7 @@ def recorded_reads(columns_root: str, shards: list[Shard]) -> dict:
     """samples_without_uid and read_errors over the pool's whole shards, from each shard's recorded read."""
     without_uid, errors = 0, {}
     for s in shards:
-        path = Path(columns_root) / READS_FOLDER / f"{s.shard_id:08d}.json"
+        path = storage.path(columns_root) / READS_FOLDER / f"{s.shard_id:08d}.json"
         try:
             rep = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -371,7 +371,7 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
         raise StageError(f"{pool.root}: no whole shards in {pool.shards_dir} (run `curate download` first)")
     start = time.perf_counter()
     root = str(pool.root / "columns")
-    remove_stale_temporaries(root, Path(root) / READS_FOLDER, *(Path(root) / o.folder for o in outputs))  # left by a killed stage
+    remove_stale_temporaries(root, storage.path(root) / READS_FOLDER, *(storage.path(root) / o.folder for o in outputs))  # left by a killed stage
     work = [(s, missing_outputs(outputs, root, s.shard_id)) for s in shards]
     todo = [(s, outs) for s, outs in work if outs]
     needs_model = any(o.kind == "clip" for _, outs in todo for o in outs)
@@ -417,7 +417,7 @@ def column_counts(outputs: tuple[Output, ...], columns_root: str, shards: list[S
         for s in shards:
             path = o.path(columns_root, s.shard_id)
             if path.exists():
-                status.update(pq.ParquetFile(path).read(columns=["status"]).column("status").to_pylist())
+                status.update(pq.ParquetFile(storage.arrow_source(path)).read(columns=["status"]).column("status").to_pylist())
         out[o.folder] = {"samples": sum(status.values()), "ok": status.pop("ok", 0), "failed": dict(status)}
     return out
 
@@ -428,7 +428,7 @@ def read_signal(pool: Pool, signal: str) -> pa.Table:
     files = sorted(p for p in d.glob("*.parquet") if not p.name.startswith(".") and not p.name.startswith("metadata-"))
     if not files:
         raise StageError(f"{pool.root}: no '{signal}' columns; run `curate stage --signals {signal}` first")
-    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    return pa.concat_tables([pq.ParquetFile(storage.arrow_source(f)).read() for f in files], promote_options="permissive")
 
 
 # ---- computing what a filter needs -------------------------------------------------------------------
@@ -481,12 +481,12 @@ def _metadata_has(pool: Pool, column: str) -> bool:
     from curate.columns import EMBEDDING_KEYS
 
     for f in files:
-        if column in pq.read_schema(f).names:
+        if column in pq.read_schema(storage.arrow_source(f)).names:
             continue
         if column in EMBEDDING_KEYS and f.with_suffix(".npz").exists():
             import numpy as np
 
-            with np.load(f.with_suffix(".npz"), allow_pickle=False) as npz:
+            with storage.open_file(f.with_suffix(".npz"), "rb") as raw, np.load(raw, allow_pickle=False) as npz:
                 if column in npz.files:
                     continue
         return False

@@ -14,6 +14,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from curate import storage
+
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
 SAFE_EXT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$")
 
@@ -49,7 +51,7 @@ def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
     """
     current: Sample | None = None
     try:
-        with open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        with storage.open_file(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     if not member.isdir():
@@ -80,7 +82,7 @@ def iter_samples(path: str, report: ReadReport) -> Iterator[Sample]:
 
 def _check_end_marker(path: str, offset: int) -> None:
     """A whole tar ends with two zero blocks; tarfile reads a cut at a block boundary as a clean end."""
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         f.seek(offset)
         marker = f.read(2 * tarfile.BLOCKSIZE)
     if len(marker) < 2 * tarfile.BLOCKSIZE or marker.count(0) != len(marker):

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path
 from curate.signals.decode import OK, UNSUPPORTED_MODE, DecodeLimits, convert, decode_image
 from curate.signals.phash import hash_pixels, luminance_source, pixels32, uint64_to_hex
@@ -53,7 +54,7 @@ class Output:
     def path(self, columns_root: str, shard_id: int) -> Path:
         # The language folder is shared with the metadata-level cache (`metadata-<stem>.parquet`).
         name = f"shard-{shard_id:08d}.parquet" if self.kind == "language" else f"{shard_id:08d}.parquet"
-        return Path(columns_root) / self.folder / name
+        return storage.path(columns_root) / self.folder / name
 
 
 @dataclass(frozen=True)
@@ -350,7 +351,7 @@ def aesthetic_from_store(feed, columns_root: str, shard_id: int, predictor) -> p
     from curate.columns import embeddings_to_numpy
 
     path = Output("clip", feed.folder, feed).path(columns_root, shard_id)
-    t = pq.read_table(path, columns=["uid", feed.img_column, "status"])
+    t = pq.ParquetFile(storage.arrow_source(path)).read(columns=["uid", feed.img_column, "status"])
     col = t.column(feed.img_column).combine_chunks()
     predictor.check_width(col.type.list_size, f"column {feed.img_column} in {path}")
     valid = np.asarray(col.is_valid().to_numpy(zero_copy_only=False), bool)
