@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate import storage
 from curate.atomic import atomic_open
 from curate.uids import UID_DTYPE
 
@@ -25,7 +26,7 @@ def write_subset(path: str | os.PathLike, pairs: np.ndarray) -> Path:
     if pairs.dtype != UID_DTYPE:
         raise SubsetFileError(f"subset rows must have dtype {UID_DTYPE}, got {pairs.dtype}")
     pairs = sort_pairs(pairs)
-    path = Path(path)
+    path = storage.path(path)
     with atomic_open(path, "wb") as f:
         np.save(f, pairs, allow_pickle=False)
     return path
@@ -37,10 +38,10 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     The header is checked against the file's size before any array is allocated: a header may claim
     any number of rows.
     """
-    path = Path(path)
+    path = storage.path(path)
     if not path.is_file():
         raise SubsetFileError(f"{path}: subset file not found")
-    with open(path, "rb") as f:
+    with storage.open_file(path, "rb") as f:
         shape, dtype = _read_header(path, f)
         if dtype != UID_DTYPE:
             raise SubsetFileError(
@@ -49,11 +50,14 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
             )
         if len(shape) != 1:
             raise SubsetFileError(f"{path}: expected a 1-D array, got shape {shape}")
-        data_bytes = os.fstat(f.fileno()).st_size - f.tell()
+        start = f.tell()
+        data_bytes = f.seek(0, os.SEEK_END) - start
+        f.seek(start)
         if data_bytes != shape[0] * dtype.itemsize:
             raise SubsetFileError(f"{path}: its header says {shape[0]} rows ({shape[0] * dtype.itemsize} bytes), "
                                   f"but the file holds {data_bytes} bytes of rows (truncated or corrupt)")
-        arr = np.fromfile(f, dtype=dtype, count=shape[0])
+        arr = (np.fromfile(f, dtype=dtype, count=shape[0]) if not storage.is_url(path)  # (fromfile needs a real file)
+               else np.frombuffer(bytearray(f.read(data_bytes)), dtype=dtype))
     if len(arr) > 1 and not _is_sorted(arr):
         raise SubsetFileError(f"{path}: rows are not sorted; DataComp's resharder binary-searches them (sort with np.sort)")
     return arr
