@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from curate import storage
 from curate.atomic import atomic_open
 from curate.page import esc as _e
 from curate.page import page as html_page
@@ -221,7 +222,7 @@ def fetch_thumbnails(pool, uids: set[str], size: int = THUMB) -> dict[str, str]:
         keys: dict[str, str] = {}
         if shard.parquet:
             try:
-                t = pq.read_table(shard.parquet, columns=["uid", "key"])
+                t = pq.ParquetFile(storage.arrow_source(shard.parquet)).read(columns=["uid", "key"])
                 for uid, key in zip(t.column("uid").to_pylist(), t.column("key").to_pylist()):
                     if uid and key and uid.lower() in wanted and uid.lower() not in out:
                         keys[str(key)] = uid.lower()
@@ -358,7 +359,7 @@ def write_report(output: Path, stats: dict, filters: list, scores: dict, example
 
     Histograms are inline SVG in the page (each bar and threshold label an element a browser can measure)
     and the same drawing as PNG beside it."""
-    output = Path(output)
+    output = storage.path(output)
     written = {"html": "report.html", "png": []}
     steps = stats["steps"]
     funnel = funnel_png(steps)

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 
 from curate.assets import AssetError, load_matrices
+from curate import storage
 from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
@@ -395,7 +396,7 @@ def run_filters(
     score_sample: int = 20000,
 ) -> dict:
     """Filter the pool and write OUT/subset.npy, OUT/stats.json and (with `report`) OUT/report.html; return the stats."""
-    output = Path(output)
+    output = storage.path(output)  # a folder, or an object-store URL
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     partitions = pool.partitions()
