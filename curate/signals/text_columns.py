@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 
@@ -24,9 +25,9 @@ def language_columns(uids: pa.ChunkedArray, text: pa.ChunkedArray, cache_file: s
     """The columns of a language `signal` for each row, read from the cache when it matches, else computed."""
     columns = list(LANGUAGE_SIGNALS[signal])
     det = detector(signal, fasttext_model)
-    if cache_file and os.path.exists(cache_file):
+    if cache_file and storage.path(cache_file).exists():
         try:
-            cached = pq.read_table(cache_file)
+            cached = pq.ParquetFile(storage.arrow_source(cache_file)).read()
             meta = cached.schema.metadata or {}
             if meta.get(_DETECTOR_KEY) == det.name.encode() and cached.column("uid").equals(uids):
                 return cached.select(columns)
