@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from curate import storage
+
 
 class OverlapError(ValueError):
     """An output folder that is, is inside, or contains one of the command's inputs."""
@@ -28,9 +30,15 @@ def refuse_overlap(inputs: Mapping[str, str | os.PathLike] | Iterable[str | os.P
     after resolving symlinks, so a link to the pool counts as the pool.
     """
     labelled = inputs.items() if isinstance(inputs, Mapping) else (("input", p) for p in inputs)
-    out = _real(output)
+    out = None if storage.is_url(output) else _real(output)
     for label, given in labelled:
         if given is None:
+            continue
+        if out is None or storage.is_url(given):  # an object-store URL: compared as written (no links there)
+            how = storage.same_or_nested(output, given)
+            if how:
+                raise OverlapError(f"{output_name} {output} {how} {label} {given}: writing there could overwrite "
+                                   "or delete what it reads; choose a folder outside it")
             continue
         src = _real(given)
         if out == src:

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path, remove_stale_temporaries, write_json
 from curate.engines import Engine
 from curate.paths import refuse_overlap
@@ -120,7 +121,8 @@ def pack_shard(task: PackTask) -> int:
             if report.error:
                 raise OSError(f"{path}: temporary tar unreadable ({report.error})")
         writer.close()
-    stats = Path(task.out_tar).with_name(Path(task.out_tar).stem + "_stats.json")
+    out_tar = storage.path(task.out_tar)
+    stats = out_tar.with_name(out_tar.stem + "_stats.json")
     write_json(stats, {"successes": count})
     return count
 
@@ -166,7 +168,7 @@ def successful_uids(shard: Shard) -> set[str]:
     if not shard.parquet:
         return set()
     try:
-        t = pq.read_table(shard.parquet, columns=["uid", "status"])
+        t = pq.ParquetFile(storage.arrow_source(shard.parquet)).read(columns=["uid", "status"])
     except Exception:
         return set()
     ok = t.filter(pc.equal(t.column("status"), "success"))
@@ -189,13 +191,13 @@ def prepare_output(out_dir: Path, overwrite: bool) -> bool:
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     unfinished = (out_dir / UNFINISHED).exists()
-    old = [p for p in out_dir.iterdir() if _is_output(p)]
+    old = [p for p in out_dir.iterdir() if _is_output(p)] if out_dir.is_dir() else []  # (an empty prefix is no folder)
     if old and not (overwrite or unfinished):
         raise ReshardError(f"{out_dir}: already holds shards; pass --overwrite to replace them")
     write_json(out_dir / UNFINISHED, {"note": "a reshard is writing this folder; rerun it to finish"})
     for p in old:
         p.unlink()
-    shutil.rmtree(out_dir / "_tmp", ignore_errors=True)
+    storage.remove_tree(out_dir / "_tmp")
     remove_stale_temporaries(out_dir)
     return unfinished
 
@@ -221,7 +223,7 @@ def reshard(
     refuse_overlap({"the pool": pool.root, "the subset file": subset_path}, output)
     subset_path = str(subset_path)
     subset = read_subset(subset_path)
-    subset_sha256 = hashlib.sha256(Path(subset_path).read_bytes()).hexdigest()
+    subset_sha256 = hashlib.sha256(storage.path(subset_path).read_bytes()).hexdigest()
     unique, multiplicity = np.unique(subset, return_counts=True)
     all_shards = pool.shards()
     if not all_shards:
@@ -242,10 +244,10 @@ def reshard(
         example = f"{int(missing[0]['f0']):016x}{int(missing[0]['f1']):016x}"
         raise SubsetFileError(f"{subset_path}: {len(missing)} uids are not in the pool {pool.root} (first: {example})")
 
-    out_dir = Path(output)
+    out_dir = storage.path(output)
     redone = prepare_output(out_dir, overwrite)
     tmp_dir = out_dir / "_tmp"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
+    storage.remove_tree(tmp_dir)
     tmp_dir.mkdir(parents=True)
     try:
         selected = engine.map(
@@ -257,8 +259,8 @@ def reshard(
         packs = plan_packs(counts, out_dir, shard_size)
         written_per_shard = engine.map(pack_shard, packs, desc=WRITE_METER)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    sizes = {Path(p.out_tar).name: n for p, n in zip(packs, written_per_shard)}
+        storage.remove_tree(tmp_dir)
+    sizes = {storage.path(p.out_tar).name: n for p, n in zip(packs, written_per_shard)}
     write_json(out_dir / "sizes.json", sizes)
 
     found = np.zeros(len(unique), dtype=bool)

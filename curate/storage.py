@@ -88,6 +88,18 @@ def refuse_url(value, what: str) -> None:
         raise StorageError(f"{what} does not take object-store paths yet ({value}); use a local or mounted folder")
 
 
+def remove_tree(p) -> None:
+    """Remove a folder (or an object-store prefix) and everything under it; nothing there is no error."""
+    if not is_url(p):
+        import shutil
+
+        shutil.rmtree(p, ignore_errors=True)
+        return
+    up = path(p)
+    if up.fs.exists(up.path):
+        up.fs.rm(up.path, recursive=True)
+
+
 def upload(local: str | os.PathLike, target) -> None:
     """Put a finished local file at object `target` whole: upload to a temporary key beside it, copy that to
     the final key, delete the temporary. S3 makes an object visible only once its upload completes, so a

@@ -7,7 +7,6 @@ cache file records which detector and model wrote it, and is recomputed when ano
 
 from __future__ import annotations
 
-import os
 
 import pyarrow as pa
 import pyarrow.compute as pc
