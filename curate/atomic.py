@@ -91,7 +91,9 @@ def write_json(path: str | os.PathLike, obj) -> None:
 def replace_folder(staging: str | os.PathLike, target: str | os.PathLike, old: str | os.PathLike) -> None:
     """Put a fully written `staging` folder at `target`: the previous target moves aside to `old` first and is
     removed after, so `target` is at every moment either the whole old folder or the whole new one."""
-    storage.refuse_url(target, "replacing a folder")
+    if storage.is_url(target):
+        storage.replace_prefix(staging, target)
+        return
     staging, target, old = Path(staging), Path(target), Path(old)
     if old.exists():
         shutil.rmtree(old)

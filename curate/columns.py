@@ -104,11 +104,7 @@ def _stored_rows(pool_root, signal: str, cols: list[str], wanted: pa.Array, same
                 return t
     import pyarrow.dataset as ds  # here, not at the top: it imports pandas (~0.4 s in every worker process)
 
-    files = store_files(pool_root, signal)
-    filesystem, _ = storage.arrow_filesystem(pool_root)
-    if filesystem is not None:
-        files = [storage.path(f).path for f in files]
-    dataset = ds.dataset(files, format="parquet", filesystem=filesystem)
+    dataset = storage.dataset(store_files(pool_root, signal))
     return dataset.to_table(columns=["uid", *cols], filter=pc.is_in(ds.field("uid"), value_set=wanted))
 
 

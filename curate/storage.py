@@ -67,6 +67,55 @@ def arrow_filesystem(p):
     return PyFileSystem(FSSpecHandler(up.fs)), up.path
 
 
+def read_parquet(p, columns: list[str] | None = None):
+    """A parquet file (local or an object) as a table, read with ParquetFile (no pyarrow.dataset, so no pandas)."""
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(arrow_source(p)).read(columns=columns)
+
+
+def write_parquet(table, p) -> None:
+    """Write `table` to `p`: pyarrow's own writer for a local path; an object is uploaded whole (`upload`)."""
+    import pyarrow.parquet as pq
+
+    if not is_url(p):
+        pq.write_table(table, p)
+        return
+    from curate.atomic import atomic_path
+
+    with atomic_path(p) as tmp:
+        pq.write_table(table, tmp)
+
+
+def dataset(files: list, **kwargs):
+    """pyarrow.dataset over parquet `files` (all local, or all objects of one store)."""
+    import pyarrow.dataset as ds  # here, not at the top: it imports pandas
+
+    filesystem = None
+    if files and is_url(files[0]):
+        filesystem, _ = arrow_filesystem(files[0])
+        files = [path(f).path for f in files]
+    return ds.dataset(files, format="parquet", filesystem=filesystem, **kwargs)
+
+
+def replace_prefix(staging, target) -> None:
+    """The object-store form of `curate.atomic.replace_folder`: copy each object of `staging` over `target`
+    (each copy lands whole), delete the target's objects staging lacks, then staging. There is no rename of a
+    prefix on S3, so while this runs the folder may hold old and new files, each whole; the command's stats
+    file, written after, says the set is finished."""
+    src, dst = path(staging), path(target)
+    fs = src.fs
+    names = [info["name"] for info in fs.ls(src.path, detail=True) if info.get("type") == "file"]
+    new = {n.rsplit("/", 1)[-1] for n in names}
+    for n in names:
+        fs.copy(n, f"{dst.path}/{n.rsplit('/', 1)[-1]}")
+    if fs.exists(dst.path):
+        for info in fs.ls(dst.path, detail=True):
+            if info.get("type") == "file" and info["name"].rsplit("/", 1)[-1] not in new:
+                fs.rm_file(info["name"])
+    remove_tree(staging)
+
+
 def same_or_nested(a, b) -> str | None:
     """For two object-store URLs: "is" when equal, "is inside" when `a` lies under `b`, "contains" when `b`
     lies under `a`, else None (a local path and a URL never overlap)."""

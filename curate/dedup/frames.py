@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate import storage
 from curate.dedup.hamming import Plan, ball_size, flip_masks, make_plan, parse_hex64
 from curate.dedup.names import SCORE_COLUMNS, DedupError
 
@@ -59,7 +60,7 @@ class ColumnFile:
 
     @property
     def stem(self) -> str:
-        return Path(self.path).stem
+        return storage.path(self.path).stem
 
 
 ROW_COLUMNS = ["row", "file", "uid", "h", "k", "valid", "present", "status", "bad"]
@@ -107,7 +108,7 @@ def read_rows(f: ColumnFile, signal: str = "phash"):
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pq.read_table(f.path)
+    t = storage.read_parquet(f.path)
     if signal not in t.column_names or "uid" not in t.column_names:
         raise DedupError(f"{f.path}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
     text = t.column(signal).cast(pa.string())
@@ -234,7 +235,7 @@ def score_column(pool_root: Path, column: str | None) -> str:
     except PoolError as e:
         raise DedupError(f"--keep highest_clip_score needs a CLIP score column: {e}") from e
     for col in candidates:
-        if all(col in pq.read_schema(p.path).names for p in parts) or find_store_signal(str(pool_root), col):
+        if all(col in pq.read_schema(storage.arrow_source(p.path)).names for p in parts) or find_store_signal(str(pool_root), col):
             return col
     raise DedupError("--keep highest_clip_score needs a CLIP score column (" + " or ".join(candidates) + ")")
 
@@ -284,7 +285,7 @@ def write_files(part, files: dict[int, str], staging: str, group_col: str, keep_
             group_col: pa.array(group, pa.int64(), mask=~grouped),
             keep_col: pa.array(keep, pa.bool_(), mask=~grouped),
         })
-        pq.write_table(table, Path(staging) / f"{Path(files[int(fi)]).stem}.parquet")
+        storage.write_parquet(table, storage.path(staging) / f"{storage.path(files[int(fi)]).stem}.parquet")
         out.append((int(fi), len(g)))
     return pd.DataFrame({"file": pd.Series([f for f, _ in out], dtype="int64"), "rows": pd.Series([n for _, n in out], dtype="int64")})
 
@@ -299,8 +300,8 @@ def write_empty(path: Path, group_col: str, keep_col: str) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({"uid": pa.array([], pa.string()), group_col: pa.array([], pa.int64()),
-                             keep_col: pa.array([], pa.bool_())}), path)
+    storage.write_parquet(pa.table({"uid": pa.array([], pa.string()), group_col: pa.array([], pa.int64()),
+                                    keep_col: pa.array([], pa.bool_())}), path)
 
 
 def write_empty_files(files: list[ColumnFile], staging: Path, group_col: str, keep_col: str) -> list[ColumnFile]:
@@ -337,7 +338,7 @@ def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
         raise DedupError(f"{pool_root}: no '{signal}' columns in {d}; run `curate stage --pool {pool_root} --signals {signal}` first")
     out, offset = [], 0
     for i, p in enumerate(paths):
-        meta = pq.ParquetFile(p)
+        meta = pq.ParquetFile(storage.arrow_source(p))
         names = meta.schema_arrow.names
         if signal not in names or "uid" not in names:
             raise DedupError(f"{p}: expected columns uid and {signal}, found {', '.join(names)}")

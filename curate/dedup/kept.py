@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from curate import storage
 from curate.columns import store_files
 from curate.dedup.names import column_names
 
@@ -23,7 +24,7 @@ def kept_copies(pool_root: str | Path, method: str, uids: list[str]) -> dict[str
     if not uids or not files:
         return {}
     gcol, kcol = column_names(method)
-    data = ds.dataset(files, format="parquet")
+    data = storage.dataset(files)
     mine = data.to_table(columns=["uid", gcol], filter=pc.is_in(ds.field("uid"), value_set=pa.array(uids, pa.string())))
     group_of = {u: g for u, g in zip(mine.column("uid").to_pylist(), mine.column(gcol).to_pylist()) if g is not None}
     groups = pa.array(sorted(set(group_of.values())), pa.int64())

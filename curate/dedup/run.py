@@ -27,7 +27,6 @@ complete, so a killed run leaves the previous result or none, never a mix. Stati
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import is_temporary, replace_folder, write_json
 from curate.dedup.frames import list_files
 from curate.dedup.groups import group_ids, keep_representatives
@@ -63,7 +63,7 @@ def read_store_signal(pool_root: Path, signal: str) -> Rows:
         raise DedupError(f"{pool_root}: no '{signal}' columns in {d}; run `curate stage --pool {pool_root} --signals {signal}` first")
     tables = []
     for f in files:
-        t = pq.read_table(f)
+        t = storage.read_parquet(f)
         if signal not in t.column_names or "uid" not in t.column_names:
             raise DedupError(f"{f}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
         tables.append(t)
@@ -169,7 +169,7 @@ def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, 
             gcol: pa.array(group[sl], pa.int64(), mask=nulls[sl].to_numpy(zero_copy_only=False)),
             kcol: pa.array(keep[sl], pa.bool_(), mask=nulls[sl].to_numpy(zero_copy_only=False)),
         })
-        pq.write_table(table, staging / f"{name}.parquet")
+        storage.write_parquet(table, staging / f"{name}.parquet")
         start += size
     return _swap_in(pool_root, method, staging)
 
@@ -177,8 +177,7 @@ def _write_outputs(pool_root: Path, method: str, rows_names, sizes, uid, valid, 
 def _staging(pool_root: Path, method: str) -> Path:
     # staged outside columns/ so that the column store never sees a half-written folder
     staging = pool_root / f".dedup_{method}.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    storage.remove_tree(staging)
     staging.mkdir(parents=True)
     return staging
 
@@ -214,7 +213,7 @@ def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: s
             else:
                 spark_job.spark_dedup(engine.spark, pool_root, method, files, max_distance, keep, score_column, staging, stats)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove_tree(staging)
         raise
     out = _swap_in(pool_root, method, staging)
     stats.update({"output": str(out), "seconds": round(time.perf_counter() - start, 3)})
@@ -236,7 +235,7 @@ def run_dedup(
     seed: int = 0,
 ) -> dict:
     """Group the pool's duplicates by `method`, write the dedup columns, and return the statistics."""
-    pool_root = Path(pool_root)
+    pool_root = storage.path(pool_root)  # a folder, or an object-store URL
     if method not in METHODS:
         raise DedupError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
     if keep not in KEEP_RULES:
