@@ -13,6 +13,7 @@ Select them with `-m clusters`; they start JVMs and take minutes on 2 cores.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -101,6 +102,15 @@ class Processes:
             self.stop(proc)
 
 
+def start_dask_scheduler(procs: Processes, cwd: Path) -> str:
+    """`dask scheduler` on a free loopback port; returns its address once it listens."""
+    port = free_port()
+    sched, log = procs.start("scheduler", [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                           "--no-dashboard"], cwd=cwd)
+    wait_for_port(port, sched, log)
+    return f"tcp://127.0.0.1:{port}"
+
+
 def blinding_prefix(hidden: Path) -> list[str] | None:
     """A command prefix that runs its command with an empty tmpfs over `hidden` (None where not allowed)."""
     for unshare in (["unshare", "-m", "--propagation", "private"], ["unshare", "-U", "-r", "-m", "--propagation", "private"]):
@@ -162,14 +172,10 @@ def dask_cluster(tmp_path_factory):
     """`dask scheduler` and `dask worker` as separate processes, the worker started in another folder."""
     root = tmp_path_factory.mktemp("dask")
     procs = Processes(root / "logs")
-    port = free_port()
     (root / "scheduler").mkdir()
     (root / "worker").mkdir()
     try:
-        sched, log = procs.start("scheduler", [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                               "--no-dashboard"], cwd=root / "scheduler")
-        wait_for_port(port, sched, log)
-        address = f"tcp://127.0.0.1:{port}"
+        address = start_dask_scheduler(procs, root / "scheduler")
         procs.start("worker", [str(VENV_BIN / "dask"), "worker", address, "--nworkers", "2", "--nthreads", "1",
                                "--no-dashboard", "--host", "127.0.0.1"], cwd=root / "worker")
         yield address, root, procs
@@ -216,17 +222,24 @@ def needs_spark():
         pytest.skip("Java 17+ and pyspark are needed for a Spark standalone cluster")
 
 
-@pytest.fixture(scope="module")
-def spark_cluster(tmp_path_factory):
+@contextlib.contextmanager
+def spark_standalone(root: Path, workers: tuple[str, ...]):
+    """A master with the named workers, all stopped on exit."""
     needs_spark()
-    root = tmp_path_factory.mktemp("spark")
     procs = Processes(root / "logs")
     try:
         cluster = SparkStandalone(root, procs)
-        cluster.add_worker("worker")
+        for name in workers:
+            cluster.add_worker(name)
         yield cluster
     finally:
         procs.stop_all()
+
+
+@pytest.fixture(scope="module")
+def spark_cluster(tmp_path_factory):
+    with spark_standalone(tmp_path_factory.mktemp("spark"), ("worker",)) as cluster:
+        yield cluster
 
 
 def fresh_copy(world, name: str) -> Path:
@@ -287,35 +300,36 @@ def test_a_port_that_accepts_but_never_answers_is_one_line(world):
 
 def test_a_dask_scheduler_without_workers_is_one_line(world, tmp_path):
     procs = Processes(tmp_path / "logs")
-    port = free_port()
     try:
-        sched, log = procs.start("scheduler", [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                               "--no-dashboard"], cwd=tmp_path)
-        wait_for_port(port, sched, log)
+        address = start_dask_scheduler(procs, tmp_path)
         out = curate(PIPELINE[0], fresh_copy(world, "dask-empty"),
-                     ["--engine", "dask", "--dask-scheduler", f"tcp://127.0.0.1:{port}", "--cluster-wait", "2"], timeout=60)
+                     ["--engine", "dask", "--dask-scheduler", address, "--cluster-wait", "2"], timeout=60)
     finally:
         procs.stop_all()
     line = one_line_error(out)
-    assert f"Dask scheduler tcp://127.0.0.1:{port} has no worker after 2 s" in line, line
+    assert f"Dask scheduler {address} has no worker after 2 s" in line, line
 
 
-def test_a_dask_worker_that_cannot_see_the_pool_is_named(world, tmp_path):
+@pytest.fixture
+def hidden_pool(world, tmp_path):
+    """A copy of the pool in a folder that workers started with the returned prefix see empty."""
     hidden = tmp_path / "shared"
     prefix = blinding_prefix(hidden)
     if prefix is None:
         pytest.skip("mount namespaces are not allowed here (unshare -m)")
     hidden.mkdir()
     shutil.copytree(world[0] / "base" / "pool", hidden / "pool")
+    return hidden, prefix
+
+
+def test_a_dask_worker_that_cannot_see_the_pool_is_named(hidden_pool, tmp_path):
+    hidden, prefix = hidden_pool
     procs = Processes(tmp_path / "logs")
-    port = free_port()
     try:
-        sched, log = procs.start("scheduler", [str(VENV_BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                               "--no-dashboard"], cwd=tmp_path)
-        wait_for_port(port, sched, log)
-        procs.start("blind-worker", prefix + [str(VENV_BIN / "dask"), "worker", f"tcp://127.0.0.1:{port}", "--nthreads", "1",
+        address = start_dask_scheduler(procs, tmp_path)
+        procs.start("blind-worker", prefix + [str(VENV_BIN / "dask"), "worker", address, "--nthreads", "1",
                                               "--no-dashboard", "--host", "127.0.0.1"], cwd=tmp_path)
-        out = curate(PIPELINE[0], hidden, ["--engine", "dask", "--dask-scheduler", f"tcp://127.0.0.1:{port}"], timeout=120)
+        out = curate(PIPELINE[0], hidden, ["--engine", "dask", "--dask-scheduler", address], timeout=120)
     finally:
         procs.stop_all()
     line = one_line_error(out)
@@ -338,13 +352,8 @@ def test_a_dead_spark_master_address_is_one_line(world):
 @pytest.fixture(scope="module")
 def lone_spark_master(tmp_path_factory):
     """A master that starts with no worker (the blind-worker test then gives it one)."""
-    needs_spark()
-    root = tmp_path_factory.mktemp("spark-lone")
-    procs = Processes(root / "logs")
-    try:
-        yield SparkStandalone(root, procs)
-    finally:
-        procs.stop_all()
+    with spark_standalone(tmp_path_factory.mktemp("spark-lone"), ()) as cluster:
+        yield cluster
 
 
 def test_a_spark_master_without_workers_is_one_line(world, lone_spark_master):
@@ -355,13 +364,8 @@ def test_a_spark_master_without_workers_is_one_line(world, lone_spark_master):
     assert f"Spark master {lone_spark_master.url} gave no executor in 3 s" in line, line
 
 
-def test_a_spark_worker_that_cannot_see_the_pool_is_named(world, lone_spark_master, tmp_path):
-    hidden = tmp_path / "shared"
-    prefix = blinding_prefix(hidden)
-    if prefix is None:
-        pytest.skip("mount namespaces are not allowed here (unshare -m)")
-    hidden.mkdir()
-    shutil.copytree(world[0] / "base" / "pool", hidden / "pool")
+def test_a_spark_worker_that_cannot_see_the_pool_is_named(hidden_pool, lone_spark_master):
+    hidden, prefix = hidden_pool
     lone_spark_master.add_worker("blind-worker", prefix)
     out = curate(PIPELINE[0], hidden, ["--engine", "spark", "--spark-master", lone_spark_master.url], env=spark_env(), timeout=180)
     line = one_line_error(out)
