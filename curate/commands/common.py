@@ -40,11 +40,12 @@ def engine_from_args(args):
 
 
 def shared_paths(args) -> SharedPaths:
-    """What a cluster's workers must see: the inputs that exist here, and the output (or the pool they write to)."""
+    """What a cluster's workers must see: the inputs that exist here, and the output (or the pool they write to).
+    URLs (an s3:// pool) are the object store's to check, not the workers' filesystems."""
     read = {flag: getattr(args, dest) for dest, flag in WORKER_INPUTS.items()
             if getattr(args, dest, None) and os.path.exists(getattr(args, dest))}
-    output = getattr(args, "output", None)
-    write = {"--output": output} if output else {"--pool": args.pool} if getattr(args, "pool", None) else {}
+    output = getattr(args, "output", None) or getattr(args, "pool", None)
+    write = {} if not output or _is_url(output) else {"--output" if getattr(args, "output", None) else "--pool": output}
     return SharedPaths(read=read, write=write)
 
 
@@ -78,6 +79,10 @@ def _absolute_override(item: str) -> str:
 
 
 def _absolute(value):
-    if not isinstance(value, str) or not value or re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+    if not isinstance(value, str) or not value or _is_url(value):
         return value
     return os.path.abspath(os.path.expanduser(value))
+
+
+def _is_url(value: str) -> bool:
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value) is not None

@@ -59,6 +59,8 @@ def test_what_workers_must_see(tmp_path, monkeypatch):
     assert shared_paths(parse(["stage", "--pool", "pool"])).write == {"--pool": str(tmp_path / "pool")}
     assert shared_paths(parse(["download", "--url-list", "u.parquet", "--pool", "new"])) == \
         SharedPaths(read={}, write={"--pool": str(tmp_path / "new")})
+    # an object store is not the workers' filesystem: nothing to stat there
+    assert shared_paths(parse(["run", "--pool", "s3://b/pool", "--filter", "basic", "--output", "s3://b/out"])) == SharedPaths()
 
 
 def test_worker_view_names_what_it_cannot_see(tmp_path):
