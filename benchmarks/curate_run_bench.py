@@ -206,6 +206,66 @@ def naive_child(pool: str, output: str, fraction: float, column: str, columns: s
 
 
 # --------------------------------------------------------------------------------------------------------
+# DataComp's own code: its baselines.py entry, run in an environment with DataComp's pins
+# --------------------------------------------------------------------------------------------------------
+
+DATACOMP_COMMIT = "4a8df19"  # mlfoundations/datacomp, as benchmarks/datacomp_fidelity.py compares against
+#: modules apply_filter.py imports at its top that the clip_score path never calls: with --methods
+#: datacomp-stubbed each is an empty module that fails loudly if anything but the import touches it
+DATACOMP_STUBS = {
+    "torch/__init__.py": "class cuda:  # baselines.py reads these for its --num_gpus default and image_based check\n"
+                         "    device_count = staticmethod(lambda: 0)\n    is_available = staticmethod(lambda: False)\n"
+                         "class Tensor:  # in apply_filter.py's annotations\n    pass\n"
+                         "def no_grad():  # a decorator in apply_filter.py\n    return lambda f: f\n",
+    "fasttext/__init__.py": "class FastText:  # apply_filter.py silences fastText's warnings at import\n    eprint = None\n",
+    "gcld3/__init__.py": "",
+    "nltk/__init__.py": "",
+    "nltk/corpus/__init__.py": "wordnet = None\n",
+}
+_STUB_GUARD = ("\ndef __getattr__(name):\n    raise AttributeError(f\"{__name__}.{name}: stubbed by curate_run_bench (not on "
+               "DataComp's clip_score path)\")\n")
+
+
+def datacomp_checkout(workdir: Path, source: str, commit: str = DATACOMP_COMMIT) -> Path:
+    """A folder holding DataComp's baselines.py and baselines/ at `commit`: `source` is such a folder already,
+    or a clone (a bare mirror will do) from which `git archive` exports them into WORKDIR/datacomp-<commit>/."""
+    src = Path(source)
+    if (src / "baselines.py").exists() and (src / "baselines" / "apply_filter.py").exists():
+        return src
+    dest = workdir / f"datacomp-{commit}"
+    if not (dest / "baselines.py").exists():
+        import io
+        import tarfile
+
+        tar = subprocess.run(["git", f"--git-dir={src}" if (src / "HEAD").exists() else f"--git-dir={src / '.git'}",
+                              "archive", "--format=tar", commit, "baselines.py", "baselines"], check=True, capture_output=True).stdout
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall(tmp, filter="data")
+        os.replace(tmp, dest)
+    return dest
+
+
+def datacomp_stubs(workdir: Path) -> Path:
+    """A folder of the DATACOMP_STUBS modules, to put first on DataComp's PYTHONPATH (spawned workers inherit it)."""
+    root = workdir / "datacomp-stubs"
+    for rel, code in DATACOMP_STUBS.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(code + _STUB_GUARD)
+    return root
+
+
+def datacomp_command(python: str, checkout: Path, pool: Path, out: Path, fraction: float, arch: str, workers: int) -> list[str]:
+    """DataComp's own entry, as its README runs it: baselines.py --name clip_score (apply_filter: a spawn Pool
+    of `workers` processes computes the threshold from the score column, then filters each file)."""
+    out.mkdir(parents=True, exist_ok=True)
+    return [python, str(checkout / "baselines.py"), "--name", "clip_score", "--metadata_dir", str(pool / "metadata"),
+            "--save_path", str(out / "subset.npy"), "--arch", arch, "--fraction", str(fraction), "--num_workers", str(workers)]
+
+
+# --------------------------------------------------------------------------------------------------------
 # Measuring a command: wall time, process-tree memory, largest process
 # --------------------------------------------------------------------------------------------------------
 
@@ -213,13 +273,16 @@ _RUSAGE_WRAPPER = (
     "import json, resource, subprocess, sys\n"
     "rc = subprocess.call(sys.argv[2:])\n"
     "ru = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
-    "json.dump({'max_rss_kb': ru.ru_maxrss, 'rc': rc}, open(sys.argv[1], 'w'))\n"
+    "json.dump({'max_rss_kb': ru.ru_maxrss, 'cpu_s': ru.ru_utime + ru.ru_stime, 'rc': rc}, open(sys.argv[1], 'w'))\n"
     "sys.exit(rc)\n"
 )
 
 
-def measure(cmd: list[str], log_path: Path) -> dict:
-    """Run cmd under /usr/bin/time -v (or a getrusage wrapper), sampling its process tree."""
+def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
+    """Run cmd under /usr/bin/time -v (or a getrusage wrapper), sampling its process tree.
+
+    `cpu_s` is the user + system time of the whole tree (every process the command started and waited for):
+    on a shared machine it moves less than wall time does."""
     report = log_path.with_suffix(".rusage")
     gnu_time = shutil.which("time", path="/usr/bin:/bin")
     if gnu_time:
@@ -228,7 +291,7 @@ def measure(cmd: list[str], log_path: Path) -> dict:
         wrapped = [sys.executable, "-c", _RUSAGE_WRAPPER, str(report), *cmd]
     with open(log_path, "w") as logf:
         start = time.perf_counter()
-        proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO)
+        proc = subprocess.Popen(wrapped, stdout=logf, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         sampler = TreeSampler(proc.pid, interval=0.05, pss_every=4, include_root=False)  # the root is /usr/bin/time
         sampler.start()
         rc = proc.wait()
@@ -236,13 +299,17 @@ def measure(cmd: list[str], log_path: Path) -> dict:
         sampler.stop()
     if gnu_time:
         text = report.read_text()
-        max_rss_kb = next(int(line.rsplit(":", 1)[1]) for line in text.splitlines() if "Maximum resident set size" in line)
+        field = {line.rsplit(":", 1)[0].strip(): line.rsplit(":", 1)[1].strip() for line in text.splitlines() if ":" in line}
+        max_rss_kb = int(field["Maximum resident set size (kbytes)"])
+        cpu_s = float(field["User time (seconds)"]) + float(field["System time (seconds)"])
     else:
-        max_rss_kb = json.loads(report.read_text())["max_rss_kb"]
+        usage = json.loads(report.read_text())
+        max_rss_kb, cpu_s = usage["max_rss_kb"], usage["cpu_s"]
     if rc != 0:
         raise SystemExit(f"command failed (exit {rc}): {' '.join(cmd)}\n--- {log_path} ---\n{log_path.read_text()[-4000:]}")
     return {
         "wall_s": wall,
+        "cpu_s": cpu_s,
         "tree_rss_mb": sampler.peak_rss / 2**20,
         "tree_pss_mb": sampler.peak_pss / 2**20,
         "largest_process_mb": max_rss_kb / 1024,
@@ -298,12 +365,23 @@ def curate_executable() -> str:
     return str(local) if local.exists() else (shutil.which("curate") or "curate")
 
 
+METHODS = ("datacomp", "datacomp-stubbed", "curate", "naive")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=12_800_000, help="pool rows (DataComp small: 12.8M)")
     ap.add_argument("--parts", type=int, default=32, help="parquet files in the pool")
     ap.add_argument("--workdir", default="benchmarks/_work", help="scratch folder (pools, outputs, logs)")
-    ap.add_argument("--processes", type=int, nargs="+", default=[2], help="curate --processes; several values run curate once each")
+    ap.add_argument("--methods", default="datacomp,curate",
+                    help=f"comma-separated, run in this order each round: {', '.join(METHODS)}; the first is the reference")
+    ap.add_argument("--repeat", type=int, default=1, help="rounds (methods alternate); the table shows medians")
+    ap.add_argument("--processes", type=int, nargs="+", default=[2],
+                    help="curate --processes and DataComp --num_workers; several values run each once per value")
+    ap.add_argument("--datacomp-python", default=None, help="python of an environment with DataComp's pins "
+                    "(see benchmarks/datacomp_fidelity.py for its set-up)")
+    ap.add_argument("--datacomp-repo", default=None, help="DataComp's baselines.py and baselines/ folder, or a clone or "
+                    f"bare mirror of mlfoundations/datacomp to export commit {DATACOMP_COMMIT} from")
     ap.add_argument("--fraction", type=float, default=0.3)
     ap.add_argument("--arch", choices=sorted(SCORE_COLUMNS), default="l14")
     ap.add_argument("--naive-columns", choices=["all", "needed"], default="all",
@@ -318,10 +396,20 @@ def main(argv: list[str] | None = None) -> int:
         naive_child(*args.naive_child, args.fraction, column, args.naive_columns)
         return 0
 
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        ap.error(f"--methods: unknown {', '.join(unknown) or '(none)'}; choose from {', '.join(METHODS)}")
     workdir = Path(args.workdir)
     if not workdir.is_absolute():
         workdir = (REPO / workdir) if not workdir.exists() else workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    checkout = stubs = None
+    if any(m.startswith("datacomp") for m in methods):
+        if not (args.datacomp_python and args.datacomp_repo):
+            ap.error("the datacomp methods need --datacomp-python and --datacomp-repo")
+        checkout = datacomp_checkout(workdir, args.datacomp_repo)
+        stubs = datacomp_stubs(workdir) if "datacomp-stubbed" in methods else None
     started = dt.datetime.now().astimezone()
     load_before = os.getloadavg()
 
@@ -331,73 +419,95 @@ def main(argv: list[str] | None = None) -> int:
     pool_bytes = warm_page_cache(pool)
     log(f"pool: {pool_bytes / 2**20:,.0f} MiB on disk, read once to warm the page cache")
 
-    runs_dir = workdir / f"runs-{args.rows}x{args.parts}-naive-{args.naive_columns}"
+    runs_dir = workdir / f"runs-{args.rows}x{args.parts}"
     if runs_dir.exists():
         shutil.rmtree(runs_dir)
     runs_dir.mkdir(parents=True)
 
-    results = []
-    naive_out = runs_dir / "naive"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--naive-child", str(pool), str(naive_out),
-           "--fraction", str(args.fraction), "--arch", args.arch, "--naive-columns", args.naive_columns]
-    log(f"naive: pandas reads {args.naive_columns} columns of the pool ...")
-    m = measure(cmd, runs_dir / "naive.log")
-    naive_stats = json.loads((naive_out / "stats.json").read_text())
-    results.append({"method": f"naive (pandas, {args.naive_columns} columns)", "k": 1, **m,
-                    "subset": naive_out / "subset.npy", "kept": naive_stats["kept"], "threshold": naive_stats["threshold"],
-                    "detail": ", ".join(f"{k} {v:.1f} s" for k, v in naive_stats["phases"].items())})
-    log(f"naive: {m['wall_s']:.1f} s, tree PSS {m['tree_pss_mb']:.0f} MB ({results[-1]['detail']})")
+    def command(method: str, k: int, out: Path) -> tuple[list[str], dict | None, str]:
+        if method.startswith("datacomp"):
+            env = dict(os.environ)
+            if method == "datacomp-stubbed":
+                env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(stubs), env.get("PYTHONPATH")]))
+            cmd = datacomp_command(args.datacomp_python, checkout, pool, out, args.fraction, args.arch, k)
+            label = "DataComp baselines.py" + (" (unused imports stubbed)" if method == "datacomp-stubbed" else "")
+            return cmd, env, label
+        if method == "curate":
+            return ([curate_executable(), "run", "--pool", str(pool), "--filter", "clip_score", "--fraction", str(args.fraction),
+                     "--arch", args.arch, "--output", str(out), "--processes", str(k)], None, "`curate run`")
+        return ([sys.executable, str(Path(__file__).resolve()), "--naive-child", str(pool), str(out), "--fraction",
+                 str(args.fraction), "--arch", args.arch, "--naive-columns", args.naive_columns], None,
+                f"naive (pandas, {args.naive_columns} columns)")
 
-    for k in args.processes:
-        out = runs_dir / f"curate-p{k}"
-        cmd = [curate_executable(), "run", "--pool", str(pool), "--filter", "clip_score", "--fraction", str(args.fraction),
-               "--arch", args.arch, "--output", str(out), "--processes", str(k)]
-        log(f"curate: {' '.join(cmd[1:])}")
-        m = measure(cmd, runs_dir / f"curate-p{k}.log")
-        stats = json.loads((out / "stats.json").read_text())
-        thr = stats["thresholds"][0]["threshold"] if stats["thresholds"] else float("nan")
-        results.append({"method": "curate run", "k": k, **m, "subset": out / "subset.npy", "kept": stats["kept"],
-                        "threshold": thr, "detail": f"in-process {stats['seconds']:.1f} s"})
-        log(f"curate --processes {k}: {m['wall_s']:.1f} s, tree PSS {m['tree_pss_mb']:.0f} MB")
+    variants = [(m, k) for m in methods for k in (args.processes if m != "naive" else [1])]
+    runs: dict[tuple[str, int], list[dict]] = {v: [] for v in variants}
+    labels = {}
+    for r in range(args.repeat):
+        for method, k in variants:
+            out = runs_dir / f"{method}-p{k}-r{r}"
+            cmd, env, labels[(method, k)] = command(method, k, out)
+            log(f"round {r + 1}/{args.repeat}: {labels[(method, k)]}, {k} processes ...")
+            m = measure(cmd, runs_dir / f"{method}-p{k}-r{r}.log", env=env)
+            m["subset"] = out / "subset.npy"
+            m["sha256"] = sha256(m["subset"])
+            m["kept"] = int(np.load(m["subset"], mmap_mode="r").shape[0])
+            runs[(method, k)].append(m)
+            log(f"  {m['wall_s']:.1f} s wall, {m['cpu_s']:.1f} s CPU, tree PSS {m['tree_pss_mb']:,.0f} MB, kept {m['kept']:,}")
+            if not args.keep_outputs and r:
+                m["subset"].unlink()
 
-    ref_hash = sha256(results[0]["subset"])
-    identical = all(sha256(r["subset"]) == ref_hash for r in results)
-    for r in results:
-        r["identical"] = sha256(r["subset"]) == ref_hash
-
-    naive = results[0]
+    ref_hash = runs[variants[0]][0]["sha256"]
+    identical = all(m["sha256"] == ref_hash for ms in runs.values() for m in ms)
+    med = {v: {key: float(np.median([m[key] for m in ms])) for key in ("wall_s", "cpu_s", "tree_pss_mb", "tree_rss_mb", "largest_process_mb")}
+           for v, ms in runs.items()}
+    ref = med[variants[0]]
     lines = [
-        f"### `curate run --filter clip_score --fraction {args.fraction} --arch {args.arch}` vs the naive way, "
+        f"### `curate run --filter clip_score --fraction {args.fraction} --arch {args.arch}` vs {labels[variants[0]]}, "
         f"{args.rows:,} rows",
         "",
-        f"- date: {started:%Y-%m-%d %H:%M %Z}; machine: {machine_line()}; load average before/after: "
+        f"- date: {started:%Y-%m-%d %H:%M %Z}; machine: {machine_line()}; load average (1 min) before/after: "
         f"{load_before[0]:.2f} / {os.getloadavg()[0]:.2f}",
-        f"- {versions()}",
+        f"- {versions()}" + (f"; DataComp {DATACOMP_COMMIT} under {datacomp_versions(args.datacomp_python)}" if checkout else ""),
         f"- pool: {args.rows:,} rows in {args.parts} parquet files ({pool_bytes / 2**20:,.0f} MiB, page cache warm), "
         f"generated in {gen_s:.0f} s (0 when reused)",
-        f"- subset: {naive['kept']:,} uids kept, threshold {naive['threshold']:.9g}; all subset files byte-identical: "
+        f"- subset: {runs[variants[0]][0]['kept']:,} uids kept; every subset file of every round byte-identical: "
         f"**{'yes' if identical else 'NO'}** (sha256 {ref_hash[:16]}...)",
-        "- peak memory: *tree PSS* sums the proportional set size of every process in the tree (shared pages counted "
-        "once), *tree RSS* sums RSS (shared pages counted in each process), both sampled every 200/50 ms; "
-        f"*largest process* is the kernel's peak RSS of the biggest single process ({naive['peak_from']}).",
+        f"- {args.repeat} round(s), methods alternating; each cell is the median over the rounds (wall: min-max in brackets). "
+        "*CPU s* is user + system time of the whole process tree; *tree PSS* sums the proportional set size of every "
+        "process in the tree (shared pages counted once), *tree RSS* sums RSS, both sampled every 200/50 ms; "
+        f"*largest process* is the kernel's peak RSS of the biggest single process ({ms_peak_from(runs)}).",
         "",
-        "| rows | method | processes | wall s | peak MB (tree PSS) | peak MB (tree RSS) | largest process MB "
-        "| naive/this wall | naive/this memory (PSS) | identical | detail |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| rows | method | processes | wall s | CPU s | peak MB (tree PSS) | peak MB (tree RSS) | largest process MB "
+        "| ref/this wall | ref/this memory (PSS) | identical |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
-    for r in results:
+    for v in variants:
+        m, ms = med[v], runs[v]
+        walls = [x["wall_s"] for x in ms]
         lines.append(
-            f"| {args.rows:,} | {r['method']} | {r['k']} (tree: {r['processes']}) | {r['wall_s']:.1f} | {r['tree_pss_mb']:,.0f} "
-            f"| {r['tree_rss_mb']:,.0f} | {r['largest_process_mb']:,.0f} | {naive['wall_s'] / r['wall_s']:.1f}x "
-            f"| {naive['tree_pss_mb'] / max(r['tree_pss_mb'], 1e-9):.1f}x | {'yes' if r['identical'] else 'NO'} | {r['detail']} |"
-        )
+            f"| {args.rows:,} | {labels[v]} | {v[1]} (tree: {max(x['processes'] for x in ms)}) | {m['wall_s']:.1f} "
+            f"[{min(walls):.1f}-{max(walls):.1f}] | {m['cpu_s']:.1f} | {m['tree_pss_mb']:,.0f} | {m['tree_rss_mb']:,.0f} "
+            f"| {m['largest_process_mb']:,.0f} | {ref['wall_s'] / m['wall_s']:.2f}x | {ref['tree_pss_mb'] / max(m['tree_pss_mb'], 1e-9):.2f}x "
+            f"| {'yes' if all(x['sha256'] == ref_hash for x in ms) else 'NO'} |")
     print("\n".join(lines), flush=True)
     (runs_dir / "results.md").write_text("\n".join(lines) + "\n")
-
+    (runs_dir / "results.json").write_text(json.dumps({f"{k[0]}-p{k[1]}": [{a: (str(b) if isinstance(b, Path) else b)
+                                                                           for a, b in x.items()} for x in ms]
+                                                       for k, ms in runs.items()}, indent=2) + "\n")
     if not args.keep_outputs:
-        for r in results:
-            r["subset"].unlink(missing_ok=True)
+        for ms in runs.values():
+            ms[0]["subset"].unlink(missing_ok=True)
     return 0 if identical else 1
+
+
+def ms_peak_from(runs: dict) -> str:
+    return next(iter(runs.values()))[0]["peak_from"]
+
+
+def datacomp_versions(python: str) -> str:
+    code = ("import platform, numpy, pandas, pyarrow; print(f'Python {platform.python_version()}, numpy {numpy.__version__}, "
+            "pandas {pandas.__version__}, pyarrow {pyarrow.__version__}')")
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
 if __name__ == "__main__":

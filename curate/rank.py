@@ -2,9 +2,11 @@
 
 DataComp's fraction thresholds need the score at rank int(N*f) of the whole pool sorted descending.
 Each pass asks every partition for a 65,536-bin histogram of the next 16 bits of an order-preserving
-integer key, restricted to the rows whose higher bits match the prefix found so far; four passes fix all
-64 bits, so the answer is exact (bit for bit the float NumPy's sort would put at that rank) and each
-partition sends back only 512 KB per pass. The same code runs on every engine.
+integer key, restricted to the rows whose higher bits match the prefix found so far. Keys are 64 bits
+(four passes), or 32 bits (two passes) when every score of the pool is a float32 value, as DataComp's
+scores are: the first pass sends both histograms and says whether its scores all fit float32. Either way
+the answer is exact (bit for bit the float NumPy's sort would put at that rank) and each partition sends
+back at most 1 MB per pass. The same code runs on every engine.
 """
 
 from __future__ import annotations
@@ -15,46 +17,64 @@ import numpy as np
 
 from curate.engines import Engine
 from curate.columns import read_columns
-from filters.rules import float_column
+from filters.rules import score_values
 
 BITS_PER_PASS = 16
 BINS = 1 << BITS_PER_PASS
-PASSES = 64 // BITS_PER_PASS
-_SIGN = np.uint64(1 << 63)
+_UINT = {32: np.uint32, 64: np.uint64}
+_FLOAT = {32: np.float32, 64: np.float64}
 
 
-def descending_keys(values: np.ndarray) -> np.ndarray:
-    """uint64 keys whose ascending order is the floats' descending order (NaNs excluded by the caller)."""
-    bits = np.ascontiguousarray(values, dtype=np.float64).view(np.uint64)
-    ascending = np.where(bits & _SIGN, ~bits, bits | _SIGN)
+def descending_keys(values: np.ndarray, bits: int = 64) -> np.ndarray:
+    """Unsigned `bits`-wide keys whose ascending order is the floats' descending order (NaNs excluded by the
+    caller; with bits=32 the values must be float32 values)."""
+    uint = _UINT[bits]
+    sign = uint(1 << (bits - 1))
+    raw = np.ascontiguousarray(values, dtype=_FLOAT[bits]).view(uint)
+    ascending = np.where(raw & sign, ~raw, raw | sign)
     return ~ascending
 
 
-def key_to_float(key: int) -> float:
-    ascending = ~np.uint64(key)
-    bits = np.where(ascending & _SIGN, ascending & ~_SIGN, ~ascending)
-    return float(np.asarray(bits, dtype=np.uint64).view(np.float64))
+def key_to_float(key: int, bits: int = 64) -> float:
+    uint = _UINT[bits]
+    sign = uint(1 << (bits - 1))
+    ascending = ~uint(key)
+    raw = np.where(ascending & sign, ascending & ~sign, ~ascending)
+    return float(np.asarray(raw, dtype=uint).view(_FLOAT[bits]))
 
 
 @dataclass(frozen=True)
 class HistogramTask:
     path: str
     column: str
-    level: int  # 0..PASSES-1: which 16 bits, from the top
+    level: int  # 0..bits/16-1: which 16 bits, from the top
     prefix: int  # the top 16*level bits already fixed
     pool_root: str = ""
+    bits: int = 64  # key width; the first pass (level 0) answers for both widths
 
 
-def partition_histogram(task: HistogramTask) -> tuple[np.ndarray, int]:
-    """Histogram of the next 16 key bits among rows matching the prefix; and the partition's row count."""
-    values = float_column(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
-    keys = descending_keys(values[~np.isnan(values)])
+def _fits_float32(values: np.ndarray) -> bool:
+    return values.dtype == np.float32 or bool((values.astype(np.float32).astype(values.dtype) == values).all())
+
+
+def _digits_histogram(keys: np.ndarray, bits: int, level: int, prefix: int) -> np.ndarray:
+    uint = _UINT[bits]
+    if level:
+        keys = keys[(keys >> uint(bits - BITS_PER_PASS * level)) == uint(prefix)]
+    digits = (keys >> uint(bits - BITS_PER_PASS * (level + 1))) & uint(BINS - 1)
+    return np.bincount(digits.astype(np.intp), minlength=BINS).astype(np.int64)
+
+
+def partition_histogram(task: HistogramTask) -> tuple[np.ndarray, int, np.ndarray | None]:
+    """Histogram of the next 16 key bits among rows matching the prefix; the partition's row count; and, in
+    the first pass, the 32-bit keys' histogram when every score here is a float32 value (else None)."""
+    values = score_values(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
+    n = len(values)
+    values = values[~np.isnan(values)]
     if task.level:
-        shift = np.uint64(64 - BITS_PER_PASS * task.level)
-        keys = keys[(keys >> shift) == np.uint64(task.prefix)]
-    shift = np.uint64(64 - BITS_PER_PASS * (task.level + 1))
-    digits = ((keys >> shift) & np.uint64(BINS - 1)).astype(np.int64)
-    return np.bincount(digits, minlength=BINS).astype(np.int64), len(values)
+        return _digits_histogram(descending_keys(values, task.bits), task.bits, task.level, task.prefix), n, None
+    narrow = _digits_histogram(descending_keys(values, 32), 32, 0, 0) if _fits_float32(values) else None
+    return _digits_histogram(descending_keys(values, 64), 64, 0, 0), n, narrow
 
 
 def value_at_descending_rank(engine: Engine, paths: list[str], column: str, fraction: float, pool_root: str = "") -> tuple[float, int, int]:
@@ -62,22 +82,22 @@ def value_at_descending_rank(engine: Engine, paths: list[str], column: str, frac
 
     Returns (value, rank, N). The value is NaN when the rank falls among the missing scores, as in DataComp.
     """
-    prefix = 0
-    remaining_rank = None
-    total = 0
-    rank = 0
-    for level in range(PASSES):
-        tasks = [HistogramTask(p, column, level, prefix, pool_root) for p in paths]
-        results = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{PASSES}")
-        hist = np.sum([h for h, _ in results], axis=0)
-        if level == 0:
-            total = int(sum(n for _, n in results))
-            rank = int(total * fraction)
-            if rank >= int(hist.sum()):  # the rank lands on a NaN (or past the end)
-                return float("nan"), rank, total
-            remaining_rank = rank
+    tasks = [HistogramTask(p, column, 0, 0, pool_root) for p in paths]
+    first = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass 1")
+    total = int(sum(n for _, n, _ in first))
+    rank = int(total * fraction)
+    bits = 32 if all(narrow is not None for _, _, narrow in first) else 64
+    hist = np.sum([narrow if bits == 32 else wide for wide, _, narrow in first], axis=0)
+    if rank >= int(hist.sum()):  # the rank lands on a NaN (or past the end)
+        return float("nan"), rank, total
+    prefix, remaining_rank = 0, rank
+    for level in range(bits // BITS_PER_PASS):
+        if level:
+            tasks = [HistogramTask(p, column, level, prefix, pool_root, bits) for p in paths]
+            results = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{bits // BITS_PER_PASS}")
+            hist = np.sum([h for h, _, _ in results], axis=0)
         cumulative = np.cumsum(hist)
         digit = int(np.searchsorted(cumulative, remaining_rank, side="right"))
         remaining_rank -= int(cumulative[digit - 1]) if digit else 0
         prefix = (prefix << BITS_PER_PASS) | digit
-    return key_to_float(prefix), rank, total
+    return key_to_float(prefix, bits), rank, total

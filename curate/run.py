@@ -33,10 +33,10 @@ from curate.pool import Partition, Pool, partition_schema
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
-from curate.subset import sort_pairs, write_subset
-from curate.uids import UID_DTYPE, parse_uids, valid_uid_mask
+from curate.subset import sort_pairs, write_subset_runs
+from curate.uids import parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
-from filters.rules import float_column, uid_hash
+from filters.rules import _splitmix64, float_column
 
 #: computed column -> the language signal that gives it (curate.signals.language)
 SIGNAL_COLUMNS = {c: signal for signal, cols in LANGUAGE_SIGNALS.items() for c in cols}
@@ -64,7 +64,6 @@ class GatherJob:
 
 
 EXAMPLE_SEED = 0x5EED
-SAMPLE_SEED = 0x5C0E
 
 
 def load_table(job, columns: list[str]) -> pa.Table:
@@ -109,11 +108,12 @@ def _has_text(path: str) -> bool:
 
 
 def filter_partition(job: PartitionJob) -> dict:
-    """Apply the filter steps in order to one partition; return the kept uids, per-step counts, score
-    summaries and examples."""
+    """Apply the filter steps in order to one partition; return the kept uids (sorted), per-step counts, score
+    summaries and examples.
+
+    Only the columns the steps and scores need are read: a caption that only an example shows is read later,
+    for the few examples the whole pool's report keeps (`fill_example_texts`)."""
     columns = sorted({c for f in job.filters for c in f.columns} | set(job.score_columns))
-    if job.examples and "text" not in columns and _has_text(job.partition.path):
-        columns.append("text")
     table = load_table(job, columns)
     n = table.num_rows
     steps = []
@@ -121,7 +121,7 @@ def filter_partition(job: PartitionJob) -> dict:
     valid_table = table if valid.all() else table.filter(pa.array(valid))
     steps.append(_step_counts("valid_uid", n, valid, {"invalid_uid": ~valid}, {"invalid_uid": int((~valid).sum())}))
     keep = valid
-    hashes = uid_hash(valid_table.column("uid"), EXAMPLE_SEED) if job.examples else None
+    hashes = pair_hash(pairs) if job.examples or job.score_sample else None  # per row (invalid rows: unused)
     examples = []
     for f in job.filters:
         rows_in = int(keep.sum())
@@ -136,13 +136,20 @@ def filter_partition(job: PartitionJob) -> dict:
             step["parts"] = result.parts
         steps.append(step)
         if job.examples:
-            examples.append(_examples(job, f, sub, result, hashes[np.searchsorted(np.flatnonzero(valid), idx)]))
+            examples.append(_examples(job, f, sub, result, hashes if rows_in == n else hashes[idx], idx))
         keep = np.zeros(n, dtype=bool)
         keep[idx[kept_sub]] = True
-    kept_uids = pairs[keep]
-    scores = {c: _score_summary(valid_table, c, job.score_sample) for c in job.score_columns}
+    kept_uids = sort_pairs(pairs[keep])  # sorted runs: the pool-wide sort of their concatenation is quick
+    valid_hashes = None if hashes is None else hashes[valid]
+    scores = {c: _score_summary(valid_table, c, job.score_sample, valid_hashes) for c in job.score_columns}
     return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids, "scores": scores,
-            "examples": examples, "repeated_uid_rows": int(valid.sum()) - len(distinct_pairs(pairs[valid]))}
+            "examples": examples, "repeated_uid_rows": repeated_rows(pairs[valid])}
+
+
+def pair_hash(pairs: np.ndarray) -> np.ndarray:
+    """A uint64 hash of each uid from its two words (so the same on every partitioning of the pool and for
+    either case of hex): it chooses both a step's examples and the score histograms' sample."""
+    return _splitmix64(_splitmix64(pairs["f0"] ^ np.uint64(EXAMPLE_SEED)) ^ pairs["f1"])
 
 
 def distinct_pairs(pairs: np.ndarray) -> np.ndarray:
@@ -152,17 +159,36 @@ def distinct_pairs(pairs: np.ndarray) -> np.ndarray:
         return pairs
     new = np.ones(len(pairs), dtype=bool)
     new[1:] = (pairs["f0"][1:] != pairs["f0"][:-1]) | (pairs["f1"][1:] != pairs["f1"][:-1])
-    return pairs[new]
+    return pairs if new.all() else pairs[new]
 
 
-def _score_summary(table: pa.Table, column: str, sample: int) -> dict:
+def repeated_rows(pairs: np.ndarray) -> int:
+    """How many of `pairs` repeat an earlier one. Only rows whose top 32 bits repeat (all of a repeated uid's,
+    and by chance a few others) are compared whole, so a partition without repeats costs one sort of 32-bit
+    numbers."""
+    top = (pairs["f0"] >> np.uint64(32)).astype(np.uint32)
+    ordered = np.sort(top)
+    same = ordered[1:] == ordered[:-1]
+    if not same.any():
+        return 0
+    candidates = pairs[np.isin(top, ordered[1:][same])]
+    return len(candidates) - len(distinct_pairs(candidates))
+
+
+def smallest(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k smallest of `values`, in ascending order of value (a partial sort: k is small)."""
+    idx = np.argpartition(values, k)[:k] if len(values) > k else np.arange(len(values))
+    return idx[np.argsort(values[idx], kind="stable")]
+
+
+def _score_summary(table: pa.Table, column: str, sample: int, hashes: np.ndarray | None) -> dict:
     values = float_column(table.column(column))
     ok = ~np.isnan(values)
     out = {"rows": int(len(values)), "missing": int((~ok).sum()),
            "min": float(values[ok].min()) if ok.any() else None, "max": float(values[ok].max()) if ok.any() else None}
     if sample:
-        h = uid_hash(table.column("uid"), SAMPLE_SEED)[ok]
-        order = np.argsort(h, kind="stable")[:sample]
+        h = hashes[ok]
+        order = smallest(h, sample)
         out["sample_hash"], out["sample"] = h[order], values[ok][order]
     return out
 
@@ -177,14 +203,16 @@ def _example_columns(f: Filter, table: pa.Table) -> list[str]:
     return cols
 
 
-def _examples(job: PartitionJob, f: Filter, sub: pa.Table, result, hashes: np.ndarray) -> dict:
-    """Up to job.examples kept and rejected rows of this step, those with the smallest uid hashes."""
+def _examples(job: PartitionJob, f: Filter, sub: pa.Table, result, hashes: np.ndarray, rows_in_file: np.ndarray) -> dict:
+    """Up to job.examples kept and rejected rows of this step, those with the smallest uid hashes. Without a
+    caption column in `sub`, an example carries its file and row instead (`fill_example_texts` reads it)."""
     keep = np.asarray(result.keep, dtype=bool)
     cols = _example_columns(f, sub)
+    has_text = "text" in sub.column_names
     out = {}
     for kind, mask in (("kept", keep), ("rejected", ~keep)):
         rows = np.flatnonzero(mask)
-        rows = rows[np.argsort(hashes[rows], kind="stable")[: job.examples]]
+        rows = rows[smallest(hashes[rows], job.examples)]
         items = []
         for r in rows:
             reason = next((rule for rule, m in result.failed.items() if np.asarray(m)[r]), None) if kind == "rejected" else None
@@ -192,11 +220,44 @@ def _examples(job: PartitionJob, f: Filter, sub: pa.Table, result, hashes: np.nd
             for c in cols:
                 v = sub.column(c)[int(r)].as_py()
                 values[c] = None if isinstance(v, float) and math.isnan(v) else v
-            items.append({"hash": int(hashes[r]), "uid": sub.column("uid")[int(r)].as_py(),
-                          "text": sub.column("text")[int(r)].as_py() if "text" in sub.column_names else None,
-                          "values": values, "reason": reason})
+            item = {"hash": int(hashes[r]), "uid": sub.column("uid")[int(r)].as_py(),
+                    "text": sub.column("text")[int(r)].as_py() if has_text else None, "values": values, "reason": reason}
+            if not has_text:
+                item["text_at"] = (job.partition.path, int(rows_in_file[r]))
+            items.append(item)
         out[kind] = items
     return out
+
+
+@dataclass(frozen=True)
+class CaptionJob:
+    path: str
+    rows: tuple[int, ...]
+    pool_root: str = ""
+
+
+def read_captions(job: CaptionJob) -> list[str | None]:
+    """The captions of a few rows of one partition."""
+    text = text_as_utf8(read_columns(job.pool_root, job.path, ["text"]).column("text"))
+    return [text[r].as_py() for r in job.rows]
+
+
+def fill_example_texts(examples: list[dict], engine: Engine, pool_root: str) -> list[dict]:
+    """Give each example that carries `text_at` (file, row) its caption: one caption column is read per file
+    that holds a chosen example (on the engine's workers), instead of every partition's."""
+    wanted: dict[str, list[tuple[dict, int]]] = {}
+    for st in examples:
+        for kind in ("kept", "rejected"):
+            for item in st[kind]:
+                at = item.pop("text_at", None)
+                if at is not None:
+                    wanted.setdefault(at[0], []).append((item, at[1]))
+    paths = [p for p in wanted if _has_text(p)]
+    jobs = [CaptionJob(p, tuple(row for _, row in wanted[p]), pool_root) for p in paths]
+    for path, captions in zip(paths, engine.map(read_captions, jobs, desc="example captions")):
+        for (item, _), caption in zip(wanted[path], captions):
+            item["text"] = caption
+    return examples
 
 
 def _step_counts(name: str, rows_in: int, keep: np.ndarray, failed: dict, first: dict) -> dict:
@@ -409,14 +470,13 @@ def run_filters(
     jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
             for p in partitions]
     results = engine.map(filter_partition, jobs, desc="filter partitions")
-    kept_rows = np.concatenate([r["uids"] for r in results]) if results else np.zeros(0, UID_DTYPE)
     # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
-    uids = distinct_pairs(kept_rows)
-    subset_path = write_subset(output / "subset.npy", uids)
+    kept_rows = sum(len(r["uids"]) for r in results)
+    subset_path, kept = write_subset_runs(output / "subset.npy", [r.pop("uids") for r in results])
+    collapsed = kept_rows - kept
     steps = merge_steps(results)
-    collapsed = len(kept_rows) - len(uids)
     if collapsed:
-        steps.append({"filter": "unique_uid", "rows_in": len(kept_rows), "kept": len(uids), "rejected": collapsed,
+        steps.append({"filter": "unique_uid", "rows_in": kept_rows, "kept": kept, "rejected": collapsed,
                       "rejected_by_first_rule": {"repeated_uid": collapsed}, "failed_rule": {"repeated_uid": collapsed}})
     rows = sum(r["rows"] for r in results)
     scores = merge_scores(results, sample)
@@ -428,8 +488,8 @@ def run_filters(
         "engine": engine.name,
         "partitions": len(partitions),
         "rows_in": rows,
-        "kept": int(len(uids)),
-        "rejected": rows - int(len(uids)),
+        "kept": kept,
+        "rejected": rows - kept,
         "filters": [{"name": f.name or f.label(), **f.params()} for f in bound],
         "language_models": language_models(bound, fasttext_model),
         # rows whose uid an earlier row of the same file has; kept rows dropped as a repeat of a kept uid
@@ -453,7 +513,8 @@ def run_filters(
         from curate.report import write_report
 
         t = time.perf_counter()
-        stats["report"] = write_report(output, stats, bound, scores, merge_examples(results, examples), pool)
+        chosen = fill_example_texts(merge_examples(results, examples), engine, str(pool.root))
+        stats["report"] = write_report(output, stats, bound, scores, chosen, pool)
         timings["report"] = round(time.perf_counter() - t, 3)
     timings["total"] = round(time.perf_counter() - start, 3)
     write_json(output / "timings.json", timings)

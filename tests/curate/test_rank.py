@@ -41,3 +41,49 @@ def test_keys_order_floats_descending():
     keys = descending_keys(v)
     assert np.array_equal(v[np.argsort(keys, kind="stable")], -np.sort(-v))
     assert [key_to_float(int(k)) for k in keys] == v.tolist()
+
+
+class CountingEngine(LocalEngine):
+    """Counts the passes (engine.map calls) a rank takes."""
+
+    def __init__(self):
+        super().__init__(1)
+        self.maps = 0
+
+    def map(self, fn, items, desc=None):
+        self.maps += 1
+        return super().map(fn, items, desc)
+
+
+@pytest.mark.parametrize("kinds, passes", [(("f32", "f32"), 2), (("f64", "f64"), 4), (("f32", "f64"), 4),
+                                           (("f32", "f64-of-f32"), 2)])
+def test_float32_scores_take_two_passes_and_the_same_answer(tmp_path, kinds, passes):
+    """DataComp's scores are float32: 32-bit keys fix them in two passes; one partition with a value float32 cannot
+    hold sends the whole pool through the 64-bit passes. A float64 column holding only float32 values is float32."""
+    rng = np.random.default_rng(9)
+    arrays = []
+    for i, kind in enumerate(kinds):
+        v = rng.normal(0.25, 0.05, 3000)
+        v[:50] = np.nan
+        v[50:80] = 0.25
+        arrays.append(pa.array(v.astype(np.float32) if kind == "f32" else
+                               (v.astype(np.float32).astype(np.float64) if kind == "f64-of-f32" else v), from_pandas=True))
+    paths = []
+    for i, a in enumerate(arrays):
+        pq.write_table(pa.table({"s": a}), tmp_path / f"{i}.parquet")
+        paths.append(str(tmp_path / f"{i}.parquet"))
+    allv = np.concatenate([a.to_numpy(zero_copy_only=False).astype(np.float64) for a in arrays])
+    for f in (0.01, 0.3, 0.9):
+        engine = CountingEngine()
+        got, _, total = value_at_descending_rank(engine, paths, "s", f)
+        assert got == -np.sort(-allv)[int(len(allv) * f)] and total == len(allv)
+        assert engine.maps == passes
+
+
+@pytest.mark.parametrize("bits, dtype", [(32, np.float32), (64, np.float64)])
+def test_keys_round_trip_at_both_widths(bits, dtype):
+    v = np.array([3.5, -2.0, 0.0, 1e-30, -1e-30, np.inf, -np.inf, 7.0, 0.25], dtype=dtype)
+    keys = descending_keys(v, bits)
+    assert keys.dtype == (np.uint32 if bits == 32 else np.uint64)
+    assert np.array_equal(v[np.argsort(keys, kind="stable")], -np.sort(-v))
+    assert [key_to_float(int(k), bits) for k in keys] == v.astype(np.float64).tolist()
