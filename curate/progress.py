@@ -144,7 +144,9 @@ class Progress:
     def __enter__(self) -> "Progress":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, *exc) -> None:
+        if exc_type is not None and self.mode == "lines":
+            self.mode = "off"  # the work failed: its error is the last word, not a count line before it
         self.close()
 
 

@@ -28,8 +28,7 @@ class LocalEngine(Engine):
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
         items = list(items)
         results: list[Any] = [None] * len(items)
-        bar = Progress(desc, len(items))
-        try:
+        with Progress(desc, len(items)) as bar:
             if self.processes <= 1 or len(items) <= 1:
                 for i, item in enumerate(items):
                     try:
@@ -56,8 +55,6 @@ class LocalEngine(Engine):
                     raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
                 bar.task_done(results[i])
             return results
-        finally:
-            bar.close()
 
     def close(self) -> None:
         if self._pool is not None:
