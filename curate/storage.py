@@ -149,6 +149,12 @@ def remove_tree(p) -> None:
         up.fs.rm(up.path, recursive=True)
 
 
+def refuse_url_options(args, command: str) -> None:
+    """For a command that has no object-store support yet: refuse any path option given as a URL."""
+    for dest in ("pool", "output", "url_list", "subset", "eval_dir", "eval_embeddings"):
+        refuse_url(getattr(args, dest, None), f"curate {command}")
+
+
 def upload(local: str | os.PathLike, target) -> None:
     """Put a finished local file at object `target` whole: upload to a temporary key beside it, copy that to
     the final key, delete the temporary. S3 makes an object visible only once its upload completes, so a

@@ -30,7 +30,9 @@ def main(args) -> int:
     from curate.atomic import remove_stale_temporaries
     from curate.decontaminate import run_decontaminate
     from curate.pool import Pool
+    from curate.storage import refuse_url_options
 
+    refuse_url_options(args, "decontaminate")
     Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 

@@ -58,6 +58,9 @@ def _network(text: str) -> str:
 
 def main(args) -> int:
     from curate.download import DownloadOptions, download, retry_reasons
+    from curate.storage import refuse_url_options
+
+    refuse_url_options(args, "download")
 
     opts = DownloadOptions(processes=args.processes, threads=args.threads, image_size=args.image_size,
                            resize_mode=args.resize_mode, shard_size=args.shard_size, timeout=args.timeout,

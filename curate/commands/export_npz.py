@@ -77,6 +77,9 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
 
 
 def main(args) -> int:
+    from curate.storage import refuse_url_options
+
+    refuse_url_options(args, "export-npz")
     stats = export_npz(args.pool, args.tag, args.output)
     print(f"export-npz: {stats['rows']} rows of {', '.join(stats['tags'])} in {stats['shards']} shards -> {stats['output']}")
     if stats["shards_missing_a_tag"]:

@@ -31,6 +31,9 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from curate.fetch_metadata import fetch_metadata
+    from curate.storage import refuse_url_options
+
+    refuse_url_options(args, "fetch-metadata")
 
     s = fetch_metadata(args.scale, args.pool, npz=args.npz, hub_root=args.hub_root, revision=args.revision,
                        workers=args.workers)
