@@ -2,11 +2,12 @@
 
 DataComp's fraction thresholds need the score at rank int(N*f) of the whole pool sorted descending.
 Each pass asks every partition for a 65,536-bin histogram of the next 16 bits of an order-preserving
-integer key, restricted to the rows whose higher bits match the prefix found so far. Keys are 64 bits
-(four passes), or 32 bits (two passes) when every score of the pool is a float32 value, as DataComp's
-scores are: the first pass sends both histograms and says whether its scores all fit float32. Either way
-the answer is exact (bit for bit the float NumPy's sort would put at that rank) and each partition sends
-back at most 1 MB per pass. The same code runs on every engine.
+integer key, restricted to the rows whose higher bits match the prefix found so far. Keys are 32 bits
+(two passes) when every score of the pool is a float32 value, as DataComp's scores are, else 64 bits (four
+passes): the first pass uses 32-bit keys where a partition's scores allow, and a partition that holds a
+value float32 cannot makes the others redo that pass with 64-bit keys. Either way the answer is exact (bit
+for bit the float NumPy's sort would put at that rank) and each partition sends back only its histogram's
+non-empty bins. The same code runs on every engine.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from curate.engines import Engine
 from curate.columns import read_columns
+from curate.engines import Engine
 from filters.rules import score_values
 
 BITS_PER_PASS = 16
@@ -50,31 +51,39 @@ class HistogramTask:
     level: int  # 0..bits/16-1: which 16 bits, from the top
     prefix: int  # the top 16*level bits already fixed
     pool_root: str = ""
-    bits: int = 64  # key width; the first pass (level 0) answers for both widths
+    bits: int = 64  # key width; 0 in the first pass: 32 when every score here is a float32 value, else 64
 
 
 def _fits_float32(values: np.ndarray) -> bool:
     return values.dtype == np.float32 or bool((values.astype(np.float32).astype(values.dtype) == values).all())
 
 
-def _digits_histogram(keys: np.ndarray, bits: int, level: int, prefix: int) -> np.ndarray:
+def _digits_histogram(keys: np.ndarray, bits: int, level: int, prefix: int) -> tuple[np.ndarray, np.ndarray]:
+    """The histogram's non-empty bins and their counts (scores crowd a few bins: a few KB to send, not 512 KB)."""
     uint = _UINT[bits]
     if level:
         keys = keys[(keys >> uint(bits - BITS_PER_PASS * level)) == uint(prefix)]
     digits = (keys >> uint(bits - BITS_PER_PASS * (level + 1))) & uint(BINS - 1)
-    return np.bincount(digits.astype(np.intp), minlength=BINS).astype(np.int64)
+    counts = np.bincount(digits.astype(np.intp), minlength=BINS)
+    bins = np.flatnonzero(counts)
+    return bins.astype(np.uint16), counts[bins].astype(np.int64)
 
 
-def partition_histogram(task: HistogramTask) -> tuple[np.ndarray, int, np.ndarray | None]:
-    """Histogram of the next 16 key bits among rows matching the prefix; the partition's row count; and, in
-    the first pass, the 32-bit keys' histogram when every score here is a float32 value (else None)."""
+def _dense(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    hist = np.zeros(BINS, dtype=np.int64)
+    for bins, counts in parts:
+        hist[bins] += counts  # bins are distinct within a part
+    return hist
+
+
+def partition_histogram(task: HistogramTask) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
+    """Histogram (non-empty bins, counts) of the next 16 key bits among rows matching the prefix, the
+    partition's row count, and the key width used (the first pass picks it: see HistogramTask.bits)."""
     values = score_values(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
     n = len(values)
     values = values[~np.isnan(values)]
-    if task.level:
-        return _digits_histogram(descending_keys(values, task.bits), task.bits, task.level, task.prefix), n, None
-    narrow = _digits_histogram(descending_keys(values, 32), 32, 0, 0) if _fits_float32(values) else None
-    return _digits_histogram(descending_keys(values, 64), 64, 0, 0), n, narrow
+    bits = task.bits or (32 if _fits_float32(values) else 64)
+    return _digits_histogram(descending_keys(values, bits), bits, task.level, task.prefix), n, bits
 
 
 def value_at_descending_rank(engine: Engine, paths: list[str], column: str, fraction: float, pool_root: str = "") -> tuple[float, int, int]:
@@ -82,12 +91,17 @@ def value_at_descending_rank(engine: Engine, paths: list[str], column: str, frac
 
     Returns (value, rank, N). The value is NaN when the rank falls among the missing scores, as in DataComp.
     """
-    tasks = [HistogramTask(p, column, 0, 0, pool_root) for p in paths]
-    first = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass 1")
+    first = engine.map(partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 0) for p in paths],
+                       desc=f"threshold {column} pass 1")
     total = int(sum(n for _, n, _ in first))
     rank = int(total * fraction)
-    bits = 32 if all(narrow is not None for _, _, narrow in first) else 64
-    hist = np.sum([narrow if bits == 32 else wide for wide, _, narrow in first], axis=0)
+    bits = 32 if all(b == 32 for _, _, b in first) else 64
+    redo = [p for p, (_, _, b) in zip(paths, first, strict=True) if b != bits]
+    if redo:  # some partitions hold values float32 cannot: their first pass again, with 64-bit keys
+        again = iter(engine.map(partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 64) for p in redo],
+                                desc=f"threshold {column} pass 1 (64-bit keys)"))
+        first = [r if r[2] == bits else next(again) for r in first]
+    hist = _dense([h for h, _, _ in first])
     if rank >= int(hist.sum()):  # the rank lands on a NaN (or past the end)
         return float("nan"), rank, total
     prefix, remaining_rank = 0, rank
@@ -95,7 +109,7 @@ def value_at_descending_rank(engine: Engine, paths: list[str], column: str, frac
         if level:
             tasks = [HistogramTask(p, column, level, prefix, pool_root, bits) for p in paths]
             results = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{bits // BITS_PER_PASS}")
-            hist = np.sum([h for h, _, _ in results], axis=0)
+            hist = _dense([h for h, _, _ in results])
         cumulative = np.cumsum(hist)
         digit = int(np.searchsorted(cumulative, remaining_rank, side="right"))
         remaining_rank -= int(cumulative[digit - 1]) if digit else 0
