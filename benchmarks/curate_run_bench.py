@@ -1,27 +1,35 @@
-"""`curate run --filter clip_score --fraction 0.3` next to the naive way, in one run, on a generated pool.
+"""`curate run --filter clip_score --fraction 0.3` next to DataComp's own code, in one run, on a generated pool.
 
-    .venv/bin/python benchmarks/curate_run_bench.py [--rows 12800000] [--parts 32] [--workdir benchmarks/_work]
-                                                     [--processes 2 [1 ...]] [--naive-columns all|needed]
+    .venv/bin/python benchmarks/curate_run_bench.py --datacomp-python /tmp/dcenv/bin/python --datacomp-repo DATACOMP \
+        [--rows 12800000] [--parts 32] [--repeat 3] [--methods datacomp,datacomp-stubbed,curate] [--processes 2]
 
 1. Makes (once; reused while its manifest matches) a metadata-only pool of --rows rows in DataComp's schema,
    split into --parts parquet files under WORKDIR/pool-<rows>x<parts>/metadata/. The generator here is
    vectorised (arrow compute, no per-row Python); the columns are those of `curate.demo.metadata.generate_metadata`
    (DataComp's names): uid (32 hex), url, text, original_width, original_height, clip_b32_similarity_score and
    clip_l14_similarity_score (float32, ~1% null), sha256. Captions are word salads drawn per row so that
-   strings are (nearly) all distinct, as real captions are: pyarrow's to_pandas shares equal strings between
-   rows, which would flatter the naive way's memory on a pool of a few repeated captions.
-2. Runs, each as a subprocess, side by side:
-     curate  `curate run --pool POOL --filter clip_score --fraction 0.3 --arch l14 --output OUT --processes K`
-             (once per value of --processes);
-     naive   what DataComp's baseline script does, in one process: pandas reads the whole pool into one
-             DataFrame (all columns by default; --naive-columns needed reads only uid and the score, as
-             DataComp's clip_score path actually does), threshold = -np.sort(-scores)[int(N*f)],
-             uid.apply(lambda x: int(x, 16)) of the kept rows into a `u8,u8` array, sort, np.save.
-   For each: wall time; peak memory of the whole process tree (sum of RSS, and sum of PSS, which counts
-   pages shared between processes once, sampled with psutil every 50 ms and 200 ms); and the largest single
-   process's peak RSS as the kernel reports it (`/usr/bin/time -v`, else getrusage in a wrapper).
-3. Checks that every subset file is byte-identical to the naive one (same rule, so they must be), and
-   prints a markdown table with the machine (CPU model, cores, memory) and the date on stdout.
+   strings are (nearly) all distinct, as real captions are.
+2. Runs, each as a subprocess, the --methods in turn, --repeat rounds (methods alternate, so a busy spell of a
+   shared machine hits them alike):
+     datacomp          DataComp's own entry, unchanged: `baselines.py --name clip_score --arch l14 --fraction 0.3
+                       --num_workers K` (mlfoundations/datacomp 4a8df19; --datacomp-repo is a folder holding
+                       baselines.py and baselines/, or a clone or bare mirror, from which they are exported with
+                       `git archive` into WORKDIR/datacomp-4a8df19/), run by --datacomp-python, an environment with
+                       DataComp's pins (its set-up: benchmarks/datacomp_fidelity.py). apply_filter uses a spawn
+                       Pool of K workers, which import what apply_filter.py imports (torch, fasttext, gcld3, nltk);
+     datacomp-stubbed  the same, with those four replaced by empty modules (WORKDIR/datacomp-stubs/, first on
+                       PYTHONPATH, so spawned workers get them too) that fail loudly if touched: the clip_score path
+                       never calls them, so this is DataComp's code at its leanest;
+     curate            `curate run --pool POOL --filter clip_score --fraction 0.3 --arch l14 --output OUT --processes K`
+                       (with its report, as a user runs it);
+     naive             pandas reads the whole pool in one process (all columns, or --naive-columns needed),
+                       -np.sort(-s)[int(N*f)], int(uid, 16) per kept row, sort, np.save: the old strawman.
+   For each: wall time; user + system CPU time of the process tree; peak memory of the whole process tree (sum of
+   RSS, and sum of PSS, which counts pages shared between processes once, sampled with psutil every 50 ms and
+   200 ms); and the largest single process's peak RSS as the kernel reports it (`/usr/bin/time -v`).
+3. Checks that every subset file of every round is byte-identical to the first method's, and prints a markdown
+   table (medians over the rounds) with the machine, the load average and the date on stdout
+   (also WORKDIR/runs-<rows>x<parts>/results.md, and every measurement in results.json).
 
 The pool's files are read once before the runs, so every run starts with them in the page cache.
 """
