@@ -166,6 +166,24 @@ def check_schemas(files: list) -> None:
                                 "a pool's metadata files must agree on each column's type")
 
 
+def names_partition(path_of):
+    """Decorator for a per-partition task: an arrow error about the data it read (a score column of strings,
+    a value that does not parse) is re-raised as a one-line PoolError naming the partition's file, which
+    arrow's own message does not."""
+    import functools
+
+    def wrap(task):
+        @functools.wraps(task)
+        def run(job):
+            try:
+                return task(job)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                raise PoolError(f"{path_of(job)}: {str(e).strip().splitlines()[0] if str(e).strip() else e}") from e
+        return run
+
+    return wrap
+
+
 def partition_schema(path: str) -> pa.Schema:
     try:
         return pq.read_schema(storage.arrow_source(path))

@@ -18,6 +18,7 @@ import numpy as np
 
 from curate.columns import read_columns
 from curate.engines import Engine
+from curate.pool import names_partition
 from filters.rules import score_values
 
 BITS_PER_PASS = 16
@@ -76,6 +77,7 @@ def _dense(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     return hist
 
 
+@names_partition(lambda task: task.path)
 def partition_histogram(task: HistogramTask) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
     """Histogram (non-empty bins, counts) of the next 16 key bits among rows matching the prefix, the
     partition's row count, and the key width used (the first pass picks it: see HistogramTask.bits)."""

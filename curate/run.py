@@ -29,7 +29,7 @@ from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
 from curate.image_sizes import SIZE_COLUMNS, fill_sizes, shard_parquets
-from curate.pool import Partition, Pool, partition_schema
+from curate.pool import Partition, Pool, names_partition, partition_schema
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
@@ -93,6 +93,7 @@ def load_table(job, columns: list[str]) -> pa.Table:
     return table
 
 
+@names_partition(lambda job: job.partition.path)
 def gather_partition(job: GatherJob):
     """One partition's part of a GatherRequest: its `map` on the rows with a valid uid."""
     table = load_table(job, ["uid", *job.request.columns])
@@ -107,6 +108,7 @@ def _has_text(path: str) -> bool:
     return "text" in names or "caption" in names
 
 
+@names_partition(lambda job: job.partition.path)
 def filter_partition(job: PartitionJob) -> dict:
     """Apply the filter steps in order to one partition; return the kept uids (sorted), per-step counts, score
     summaries and examples.

@@ -36,7 +36,7 @@ class DaskEngine(Engine):
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=None,
-                silence_logs=logging.ERROR,
+                silence_logs=logging.CRITICAL,  # a failed task is our one-line error, not a worker log too
             )
             self.client = Client(self._cluster)
 

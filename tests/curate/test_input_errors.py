@@ -77,3 +77,21 @@ def test_a_binary_caption_column_is_read_as_captions(tmp_path, capsys):
     raw[5] = b"caf\xe9 au lait \xff"
     pq.write_table(t.set_column(t.column_names.index("text"), "text", pa.array(raw, pa.binary())), d / "00000000.parquet")
     assert _run(tmp_path / "pool", tmp_path / "out", "basic") == 0
+
+
+def test_a_score_column_of_strings_names_the_file(tmp_path, capsys):
+    """A score column of text in one metadata file: the threshold pass (--fraction) and the filter pass
+    (--threshold) each say which file, in one line, on one file and on several."""
+    for files in (1, 2):
+        pool = tmp_path / f"pool{files}"
+        (pool / "metadata").mkdir(parents=True)
+        for i in range(files):
+            t = generate_metadata(20, seed=i)
+            t = t.set_column(t.column_names.index("clip_b32_similarity_score"), "clip_b32_similarity_score",
+                             pa.array(["high"] * 20))
+            pq.write_table(t, pool / "metadata" / f"{i:08d}.parquet")
+        for how in (["--fraction", "0.3"], ["--threshold", "0.3"]):
+            assert cli.main(["run", "--pool", str(pool), "--output", str(tmp_path / "out"), "--no-report", "--processes", "1",
+                             "--filter", "clip_score", "--arch", "b32", *how]) == 2
+            err = one_line_error(capsys)
+            assert str(pool / "metadata") in err and ".parquet" in err and "'high'" in err, err
