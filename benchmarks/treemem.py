@@ -24,6 +24,9 @@ class TreeSampler(threading.Thread):
         self.peak_rss = self.peak_pss = 0
         self.max_procs = 0
         self.samples = 0
+        #: each process's own peak RSS and command line, by pid (a cluster's workers one by one)
+        self.peak_by_pid: dict[int, int] = {}
+        self.cmdline: dict[int, str] = {}
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -45,6 +48,10 @@ class TreeSampler(threading.Thread):
                     info = p.memory_full_info() if with_pss else p.memory_info()
                     rss += info.rss
                     pss += info.pss if with_pss else 0
+                    if info.rss > self.peak_by_pid.get(p.pid, 0):
+                        self.peak_by_pid[p.pid] = info.rss
+                    if p.pid not in self.cmdline:
+                        self.cmdline[p.pid] = " ".join(p.cmdline())
                 except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                     pass
             self.peak_rss = max(self.peak_rss, rss)
