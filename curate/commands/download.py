@@ -19,9 +19,9 @@ DESCRIPTION = ("Download a DataComp-schema URL list (uid, url, text[, face_bboxe
 
 def add_arguments(p) -> None:
     p.add_argument("--url-list", default=None,
-                   help=".parquet, .csv or .jsonl file (or a folder of them); default: the pool's own metadata "
+                   help=".parquet, .csv or .jsonl file (or a folder of them; local or s3://...); default: the pool's own metadata "
                         "(POOL/metadata/*.parquet, e.g. from `curate fetch-metadata`), which is then kept as it is")
-    p.add_argument("--pool", required=True, help="pool folder to create or resume")
+    p.add_argument("--pool", required=True, help="pool folder (or s3://bucket/prefix) to create or resume")
     p.add_argument("--threads", type=int, default=64, help="download threads per process")
     p.add_argument("--image-size", type=int, default=512)
     p.add_argument("--resize-mode", default="keep_ratio_largest", choices=["no", "border", "keep_ratio", "keep_ratio_largest", "center_crop"])
@@ -58,9 +58,6 @@ def _network(text: str) -> str:
 
 def main(args) -> int:
     from curate.download import DownloadOptions, download, retry_reasons
-    from curate.storage import refuse_url_options
-
-    refuse_url_options(args, "download")
 
     opts = DownloadOptions(processes=args.processes, threads=args.threads, image_size=args.image_size,
                            resize_mode=args.resize_mode, shard_size=args.shard_size, timeout=args.timeout,

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path, remove_stale_temporaries, write_json
 from curate.download import guard, plans, reasons
 from curate.download.outcomes import FAILED_TO_DOWNLOAD, finished_shards, read_outcomes, summarize
@@ -109,7 +110,7 @@ def _write_metadata(pool_root: Path, table: pa.Table) -> None:
         names.append(f"{i:08d}.parquet")
         with atomic_path(meta_dir / names[-1]) as tmp:
             pq.write_table(table.slice(start, METADATA_ROWS_PER_FILE), tmp)
-    for old in meta_dir.glob("*.parquet"):
+    for old in list(meta_dir.glob("*.parquet")):
         if old.name not in names:
             old.unlink()
 
@@ -130,8 +131,8 @@ def _run_plans(todo: plans.Plans, opts: DownloadOptions, engine: Engine, shards_
                 jobs.append(ShardDownload(str(todo.path(plan)), first, rows, sid, todo.shard_size, str(shards_dir),
                                           has_faces, fetch))
     results = engine.map(run_shard_download, jobs, desc=SHARDS_METER) if jobs else []
-    tmp_dir = shards_dir / "_tmp"
-    if tmp_dir.exists():
+    tmp_dir = shards_dir / "_tmp"  # only a local pool's workers put their inputs here
+    if not storage.is_url(tmp_dir) and tmp_dir.exists():
         shutil.rmtree(tmp_dir)
     return sorted(sid for ok, sid, _ in results if not ok)
 
@@ -171,6 +172,13 @@ def _plan_retry(todo: plans.Plans, accepted: pa.Table, shards_dir: Path, wanted:
     return todo.add(rows, plans.RETRY, list(wanted))
 
 
+def _same_place(a, b) -> bool:
+    """Whether two paths name the same file or folder (links resolved; URLs compared as written)."""
+    if storage.is_url(a) or storage.is_url(b):
+        return storage.same_or_nested(str(a), str(b)) == "is"
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
              options: DownloadOptions | None = None) -> dict:
     """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json).
@@ -180,11 +188,11 @@ def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
     beside them stay as they are.
     """
     opts = options or DownloadOptions()
-    pool_root = Path(pool_root)
-    own_metadata = url_list is None or Path(url_list).resolve() == (pool_root / "metadata").resolve()
+    pool_root = storage.path(pool_root)  # a Path, or a UPath for a pool in an object store
+    own_metadata = url_list is None or _same_place(url_list, pool_root / "metadata")
     if url_list is None:
         url_list = str(pool_root / "metadata")
-        if not Path(url_list).is_dir():
+        if not storage.path(url_list).is_dir():
             raise UrlListError(f"{url_list}: no metadata in this pool; give --url-list, or fetch DataComp's "
                                f"with `curate fetch-metadata --pool {pool_root}`")
     if not own_metadata:

@@ -2,7 +2,9 @@
 
 A shard is finished when img2dataset wrote its `{shard}_stats.json` (after closing the tar and parquet).
 img2dataset writes that file in place, so a kill can leave half of it: an unreadable stats file marks an
-unfinished shard, which the next run downloads again. The outcome of a row is its status in the newest
+unfinished shard, which the next run downloads again. In an object store (s3fs) each of the three files
+appears only when its writer closes it, whole, so a killed shard leaves no stats at all; the tar and parquet
+a kill or an error left are rewritten by the next run. The outcome of a row is its status in the newest
 finished shard that lists it (a retried row is listed again in a later shard).
 
 The counts add up only if the pool is what the plans say: successes and failures come from the shards,
@@ -21,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.download.reasons import REFUSED_AT_FETCH, short_reason
 
 SUCCESS = "success"
@@ -33,9 +36,10 @@ def shard_id(path: Path) -> int:
 
 
 def finished_shards(shards_dir: Path) -> dict[int, dict]:
-    """{shard id: its stats} for every shard whose stats file reads whole; a half-written one is removed."""
+    """{shard id: its stats} for every shard whose stats file reads whole; a half-written one is removed.
+    `shards_dir` is a Path, or a UPath for a pool in an object store."""
     done = {}
-    for stats_file in sorted(shards_dir.glob("*_stats.json")):
+    for stats_file in sorted(shards_dir.glob("*_stats.json"), key=lambda p: p.name):
         try:
             stats = json.loads(stats_file.read_text())
             if not isinstance(stats, dict):
@@ -62,7 +66,7 @@ def read_outcomes(shards_dir: Path, done: dict[int, dict]) -> Outcomes:
     for sid in sorted(done):
         path = shards_dir / f"{sid:08d}.parquet"
         try:
-            t = pq.read_table(path, columns=["uid", "status", "error_message"])
+            t = storage.read_parquet(path, columns=["uid", "status", "error_message"])
         except Exception as e:  # a finished shard whose table is gone or broken: its rows cannot be counted
             inconsistent.append(f"{path.name}: {e}")
             continue

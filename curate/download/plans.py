@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path, write_json
 
 LIST = "list"  # rows of the URL list, fetched for the first time
@@ -69,7 +70,7 @@ class Plans:
         return self.folder / plan.file
 
     def planned_uids(self, kind: str | None = None) -> pa.Array:
-        arrays = [pq.read_table(self.path(p), columns=["uid"]).column("uid").combine_chunks()
+        arrays = [storage.read_parquet(self.path(p), columns=["uid"]).column("uid").combine_chunks()
                   for p in self.plans if kind is None or p.kind == kind]
         return pa.concat_arrays(arrays) if arrays else pa.array([], pa.string())
 
@@ -88,7 +89,8 @@ class Plans:
 
 
 def load(root: Path, shard_size: int) -> Plans:
-    """This pool's plans, or none yet. A pool's shard size is the one it started with."""
+    """This pool's plans, or none yet. A pool's shard size is the one it started with.
+    `root` is a Path, or a UPath for a pool in an object store."""
     manifest = root / "plans.json"
     if manifest.exists():
         try:
@@ -100,7 +102,7 @@ def load(root: Path, shard_size: int) -> Plans:
     plans = Plans(root, shard_size, [])
     legacy = root / "input.parquet"  # pools downloaded before plans existed: one plan, shard ids from 0
     if legacy.exists():
-        rows = pq.read_table(legacy)
+        rows = storage.read_parquet(legacy)
         plans.folder.mkdir(parents=True, exist_ok=True)
         plans.add(rows, LIST)
         legacy.unlink()

@@ -16,6 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.uids import parse_uids
 
 REQUIRED_COLUMNS = ("uid", "url", "text")
@@ -36,7 +37,8 @@ class UrlListError(ValueError):
 
 
 def list_files(path: str | os.PathLike) -> list[Path]:
-    p = Path(path)
+    """The list's files: the file itself, or a folder's .parquet/.csv/.jsonl files (local or an object store)."""
+    p = storage.path(path)
     if not p.exists():
         raise UrlListError(f"{path}: URL list not found")
     files = sorted(x for x in p.iterdir() if x.suffix in SUFFIXES) if p.is_dir() else [p]
@@ -64,13 +66,16 @@ def _read_one(path: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     suffix = Path(path).suffix.lower()
     try:
         if suffix == ".parquet":
-            names = pq.read_schema(path).names
-            table = pq.read_table(path, columns=None if columns is None else [c for c in names if c in columns])
+            with _source(path) as src:
+                names = pq.read_schema(src).names
+                table = pq.read_table(src, columns=None if columns is None else [c for c in names if c in columns])
         elif suffix == ".csv":
             as_text = {c: pa.string() for c in REQUIRED_COLUMNS}
-            table = pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(column_types=as_text))
+            with _source(path) as src:
+                table = pacsv.read_csv(src, convert_options=pacsv.ConvertOptions(column_types=as_text))
         elif suffix in (".jsonl", ".json"):
-            table = pajson.read_json(path)
+            with _source(path) as src:
+                table = pajson.read_json(src)
         else:
             raise UrlListError(f"{path}: unsupported URL list format {suffix!r} (use .parquet, .csv or .jsonl)")
     except UrlListError:
@@ -83,6 +88,13 @@ def _read_one(path: str, columns: tuple[str, ...] | None = None) -> pa.Table:
     for col in REQUIRED_COLUMNS:
         table = table.set_column(table.column_names.index(col), col, _as_text(table.column(col), path, col))
     return table
+
+
+def _source(path: str):
+    """What pyarrow's csv and json readers take: the path when local, else the object opened for reading."""
+    import contextlib
+
+    return contextlib.nullcontext(path) if not storage.is_url(path) else storage.open_file(path, "rb")
 
 
 def _as_text(column: pa.ChunkedArray, path: str, name: str) -> pa.ChunkedArray:

@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.download import guard
 
 
@@ -47,7 +49,7 @@ def _import_downloader():
 def read_rows(path: str, start: int, count: int) -> pa.Table:
     """Rows [start, start + count) of a parquet file, reading only the row groups that hold them
     (plans are written with one row group per shard, so a shard reads its own group)."""
-    f = pq.ParquetFile(path)
+    f = pq.ParquetFile(storage.arrow_source(path))
     groups, offset, first = [], 0, None
     for g in range(f.metadata.num_row_groups):
         n = f.metadata.row_group(g).num_rows
@@ -96,11 +98,12 @@ class ShardDownload:
         """The columns img2dataset's Reader would hand the Downloader: extra columns, caption, url."""
         return ["uid"] + (["face_bboxes"] if self.has_faces else []) + ["caption", "url"]
 
-    def write_input(self) -> str:
-        """This shard's rows as the Arrow IPC file img2dataset's Downloader reads (and deletes when done)."""
+    def write_input(self, folder: str | None = None) -> str:
+        """This shard's rows as the Arrow IPC file img2dataset's Downloader reads (and deletes when done), in
+        SHARDS/_tmp, or in `folder` (a local one, for a pool in an object store)."""
         rows = read_rows(self.plan_file, self.first_row, self.rows)
         rows = rows.rename_columns(["caption" if c == "text" else c for c in rows.column_names]).select(self.column_list)
-        tmp = Path(self.shards_dir) / "_tmp"
+        tmp = Path(folder) if folder else Path(self.shards_dir) / "_tmp"
         tmp.mkdir(exist_ok=True)
         path = tmp / f"{self.shard_id}.feather"
         with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, rows.schema) as writer:
@@ -145,13 +148,17 @@ class ShardDownload:
             disallowed_header_directives=["noai", "noimageai", "noindex", "noimageindex"],
             blurring_bbox_col="face_bboxes" if self.has_faces else None,
         )
-        ok, _ = downloader((self.shard_id, self.write_input()))
+        if not storage.is_url(self.shards_dir):
+            ok, _ = downloader((self.shard_id, self.write_input()))
+        else:  # img2dataset writes the shard's files through fsspec; its input stays on this machine
+            with tempfile.TemporaryDirectory(prefix="curate-download-") as local:
+                ok, _ = downloader((self.shard_id, self.write_input(local)))
         return bool(ok), self.shard_id, self.counts() if ok else {}
 
     def counts(self) -> dict:
         """What the shard's stats file says, for the driver's progress: rows tried and images fetched."""
         try:
-            stats = json.loads((Path(self.shards_dir) / f"{self.shard_id:08d}_stats.json").read_text())
+            stats = json.loads((storage.path(self.shards_dir) / f"{self.shard_id:08d}_stats.json").read_text())
             return {"rows": int(stats.get("count", 0)), "images": int(stats.get("successes", 0))}
         except (OSError, ValueError, TypeError, AttributeError):
             return {}  # progress only: the counts that matter are read from the shards afterwards

@@ -71,7 +71,11 @@ def s3(s3_env, request):
     import s3fs
 
     fs = s3fs.S3FileSystem(use_listings_cache=False)
-    bucket = "t-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:50]
+    import zlib
+
+    name = request.node.name
+    # unique per test and parameter, within S3's 63 characters
+    bucket = f"t-{zlib.crc32(name.encode()):08x}-" + name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40].rstrip("-")
     fs.mkdir(bucket)
     return fs, bucket
 
@@ -190,6 +194,149 @@ def remove_stale_temporaries_now(folders) -> list[str]:
 
 def test_commands_without_object_store_support_say_so(tmp_path, s3):
     fs, bucket = s3
-    r = curate("download", "--url-list", f"s3://{bucket}/urls.parquet", "--pool", f"s3://{bucket}/pool")
+    r = curate("export-npz", "--pool", f"s3://{bucket}/pool", "--output", str(tmp_path / "out"))
     assert r.returncode != 0
     assert "does not take object-store paths yet" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---- curate download into an s3:// pool, from an s3:// URL list ----
+
+def _url_rows(server, n, seed=0, first=0):
+    """n rows of a DataComp list: images, a 404, a refused ftp:// row; the images are written to server.root."""
+    import numpy as np
+    import pyarrow as pa
+
+    from curate.demo.metadata import random_uids
+    from tests.curate.helpers import jpeg_bytes
+
+    uids = random_uids(np.random.default_rng(seed), first + n)[first:]
+    urls = []
+    for i, uid in enumerate(uids, start=first):
+        (server.root / f"{i}.jpg").write_bytes(jpeg_bytes(i))
+        urls.append({5: f"{server.base}/img/missing-{i}.jpg", 6: f"ftp://127.0.0.1/{i}.jpg"}.get(i % 7, f"{server.base}/slow/{i}.jpg"))
+    return pa.table({"uid": uids, "url": urls, "text": [f"caption {i}" for i in range(first, first + n)]})
+
+
+def _download_cmd(url_list, pool, *extra):
+    return [sys.executable, "-m", "curate.cli", "download", "--url-list", str(url_list), "--pool", str(pool),
+            "--allow-private", "--shard-size", "10", "--threads", "4", "--image-size", "32", "--no-progress", *extra]
+
+
+def _pool_snapshot(fs, bucket, prefix, tmp_path):
+    """The canonical content of an s3 pool (tars by members, parquet by rows, JSON without timings), read back."""
+    from tests.faults.killing import snapshot
+
+    copy = tmp_path / f"copy-{prefix.replace('/', '-')}"
+    fs.get(f"{bucket}/{prefix}/", str(copy), recursive=True)
+    return snapshot(copy)
+
+
+def _etags(fs, prefix):
+    return {k: fs.info(k)["ETag"] for k in fs.find(prefix)}
+
+
+def _no_temporaries(fs, bucket):
+    keys = fs.find(bucket)
+    return [k for k in keys if "/." in k or "/_tmp/" in k]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "csv"])
+def test_download_into_s3_pool_equals_local_and_resumes(tmp_path, s3, fmt):
+    """`curate download --url-list s3://B/urls.* --pool s3://B/pool`: the same shards (tar members, parquet
+    rows), metadata and counts as the same download into a local folder; a rerun fetches nothing; a list that
+    gained rows fetches only those, into new shards, leaving every earlier object as it was."""
+    import pyarrow.csv as pacsv
+
+    from tests.faults.hostile_server import HostileServer
+    from tests.faults.killing import snapshot
+
+    fs, bucket = s3
+    web = tmp_path / "web"
+    web.mkdir()
+    with HostileServer(web, tmp_path / "requests.log") as server:
+        table = _url_rows(server, 25)
+        grown = pa_concat(table, _url_rows(server, 12, first=25))
+        write = (lambda t, p: pq.write_table(t, p)) if fmt == "parquet" else (lambda t, p: pacsv.write_csv(t, p))
+        write(table, tmp_path / f"urls.{fmt}")
+        fs.put_file(str(tmp_path / f"urls.{fmt}"), f"{bucket}/urls.{fmt}")
+        remote_list, remote_pool = f"s3://{bucket}/urls.{fmt}", f"s3://{bucket}/pool"
+
+        ok_out = lambda cmd: subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        r = ok_out(_download_cmd(remote_list, remote_pool, "--processes", "2"))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "download: 25 rows -> 19 images in 3 shards" in r.stdout and "counts reconcile: True" in r.stdout
+        asked = len(server.requested())
+        assert asked == 25 - 3  # every http row once; the ftp:// rows are refused before any request
+        l = ok_out(_download_cmd(tmp_path / f"urls.{fmt}", tmp_path / "pool", "--processes", "2"))
+        assert l.returncode == 0 and l.stdout == r.stdout, l.stdout + l.stderr
+        assert _pool_snapshot(fs, bucket, "pool", tmp_path) == snapshot(tmp_path / "pool")
+        assert fs.exists(f"{bucket}/pool/shards/00000002.tar") and fs.exists(f"{bucket}/pool/metadata/00000000.parquet")
+
+        before = _etags(fs, f"{bucket}/pool")
+        asked = len(server.requested())
+        again = ok_out(_download_cmd(remote_list, remote_pool))
+        assert again.returncode == 0 and again.stdout == r.stdout, again.stdout + again.stderr
+        assert len(server.requested()) == asked  # nothing fetched again
+        after = _etags(fs, f"{bucket}/pool")
+        assert {k: v for k, v in after.items() if not k.endswith("download_stats.json")} == \
+               {k: v for k, v in before.items() if not k.endswith("download_stats.json")}
+
+        write(grown, tmp_path / f"urls.{fmt}")
+        fs.put_file(str(tmp_path / f"urls.{fmt}"), f"{bucket}/urls.{fmt}")
+        more = ok_out(_download_cmd(remote_list, remote_pool))
+        assert more.returncode == 0 and "download: 37 rows -> 27 images in 4 shards" in more.stdout, more.stdout + more.stderr
+        new_requests = server.requested()[asked:]
+        assert sorted(new_requests) == sorted(
+            p for i in range(25, 37) if i % 7 != 6
+            for p in [f"/img/missing-{i}.jpg" if i % 7 == 5 else f"/slow/{i}.jpg"])
+        grown_etags = _etags(fs, f"{bucket}/pool/shards")
+        assert {k: grown_etags[k] for k in before if "/shards/" in k} == {k: v for k, v in before.items() if "/shards/" in k}
+        assert ok_out(_download_cmd(tmp_path / f"urls.{fmt}", tmp_path / "pool")).returncode == 0
+        assert _pool_snapshot(fs, bucket, "pool", tmp_path / "grown") == snapshot(tmp_path / "pool")
+    assert _no_temporaries(fs, bucket) == []
+
+
+def pa_concat(a, b):
+    import pyarrow as pa
+
+    return pa.concat_tables([a, b])
+
+
+def test_killed_download_into_s3_pool_resumes_to_the_unbroken_result(tmp_path, s3):
+    """SIGKILL `curate download` into an s3 pool once two shards are finished: every shard with a stats object
+    has a whole tar and parquet, no object is half written, and the rerun gives what an unbroken run gives."""
+    from curate.atomic import is_temporary
+    from tests.faults.hostile_server import HostileServer
+    from tests.faults.killing import kill_after, snapshot
+
+    fs, bucket = s3
+    web = tmp_path / "web"
+    web.mkdir()
+    with HostileServer(web, tmp_path / "requests.log") as server:
+        table = _url_rows(server, 120)
+        pq.write_table(table, tmp_path / "urls.parquet")
+        fs.put_file(str(tmp_path / "urls.parquet"), f"{bucket}/urls.parquet")
+        cmd = _download_cmd(f"s3://{bucket}/urls.parquet", f"s3://{bucket}/pool", "--processes", "2", "--threads", "2")
+        stats = lambda: [k for k in fs.find(f"{bucket}/pool/shards") if k.endswith("_stats.json")]
+        killed = kill_after(cmd, 0.0, ready=lambda: len(stats()) >= 2)
+        done_before = stats()
+        assert killed and 2 <= len(done_before) < 12, "the kill should land mid-download"
+        for k in fs.find(f"{bucket}/pool"):
+            if k.endswith(".parquet"):
+                with fs.open(k, "rb") as f:
+                    pq.ParquetFile(f).read()  # a half object would not parse
+        for k in done_before:
+            with fs.open(k.replace("_stats.json", ".tar"), "rb") as f:
+                import tarfile
+
+                with tarfile.open(fileobj=f) as tar:
+                    assert all(tar.extractfile(m).read() is not None for m in tar.getmembers() if m.isfile())
+        etags = {k: fs.info(k)["ETag"] for k in done_before}
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0 and "counts reconcile: True" in r.stdout, r.stdout + r.stderr
+        assert {k: fs.info(k)["ETag"] for k in done_before} == etags  # finished shards were not fetched again
+        unbroken = subprocess.run(_download_cmd(tmp_path / "urls.parquet", tmp_path / "pool", "--processes", "2"),
+                                  capture_output=True, text=True, timeout=600)
+        assert unbroken.returncode == 0 and unbroken.stdout == r.stdout, unbroken.stdout + unbroken.stderr
+    assert _pool_snapshot(fs, bucket, "pool", tmp_path) == snapshot(tmp_path / "pool")
+    assert not [k for k in fs.find(bucket) if is_temporary(k) or "/_tmp/" in k]
