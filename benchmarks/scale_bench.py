@@ -305,7 +305,7 @@ def report(work: Path, png: Path) -> str:
 
 
 def draw(rows: list[dict], png: Path) -> None:
-    """Two log-log panels: wall time and the largest worker's peak memory against size, one line per series."""
+    """Two log-log panels against size, one colour per series: wall time; peak memory of the largest worker and of the driver."""
     from PIL import Image, ImageDraw
 
     sys.path.insert(0, str(REPO))
@@ -318,9 +318,12 @@ def draw(rows: list[dict], png: Path) -> None:
     d = ImageDraw.Draw(img)
     font, small = _font(14), _font(11)
     ns = [r["n"] for r in rows]
+    def driver(r):
+        return r["roles"]["driver"][0]
+
     for panel, (title, value) in enumerate((("wall time (s)", lambda r: r["wall_s"]),
-                                           ("largest worker peak RSS (MiB)", worker_peak))):
-        ys = [value(r) for r in rows]
+                                           ("peak RSS (MiB): worker filled, driver hollow", worker_peak))):
+        ys = [value(r) for r in rows] + ([driver(r) for r in rows] if panel else [])
         x0, x1 = math.floor(math.log10(min(ns))), math.ceil(math.log10(max(ns)))
         y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
         left, top, right, bottom = panel * W + m[0], m[1], panel * W + W - m[2], H - m[3]
@@ -338,7 +341,7 @@ def draw(rows: list[dict], png: Path) -> None:
             _, y = px(10 ** x0, 10 ** e)
             d.line([left, y, right, y], fill=(225, 225, 225))
             d.text((left - 48, y - 6), f"{10 ** e:g}", fill=(0, 0, 0), font=small)
-        d.text((left, 8), title + " vs rows (log-log)", fill=(0, 0, 0), font=font)
+        d.text((left, 8), title + ", log-log", fill=(0, 0, 0), font=font)
         d.text(((left + right) / 2 - 40, bottom + 24), "rows / hashes", fill=(0, 0, 0), font=small)
         for k, rs in enumerate(groups.values()):
             pts = [px(r["n"], value(r)) for r in rs]
@@ -347,6 +350,12 @@ def draw(rows: list[dict], png: Path) -> None:
                 d.line(pts, fill=c, width=2)
             for x, y in pts:
                 d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=c)
+            if panel:  # the driver of the same series
+                pts = [px(r["n"], driver(r)) for r in rs]
+                if len(pts) > 1:
+                    d.line(pts, fill=c, width=1)
+                for x, y in pts:
+                    d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=c, width=2)
     for k, (job, engine) in enumerate(groups):
         x, y = 20 + (k % 2) * W, H + 10 + 22 * (k // 2)
         d.rectangle([x, y + 3, x + 14, y + 13], fill=colours[k % len(colours)])
