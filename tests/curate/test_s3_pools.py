@@ -340,3 +340,22 @@ def test_killed_download_into_s3_pool_resumes_to_the_unbroken_result(tmp_path, s
         assert unbroken.returncode == 0 and unbroken.stdout == r.stdout, unbroken.stdout + unbroken.stderr
     assert _pool_snapshot(fs, bucket, "pool", tmp_path) == snapshot(tmp_path / "pool")
     assert not [k for k in fs.find(bucket) if is_temporary(k) or "/_tmp/" in k]
+
+
+def test_download_into_s3_pool_on_dask_equals_local(tmp_path, s3):
+    """The Dask engine's workers (threads of a LocalCluster) write the same s3 pool as the local engine."""
+    from tests.faults.hostile_server import HostileServer
+    from tests.faults.killing import snapshot
+
+    fs, bucket = s3
+    (tmp_path / "web").mkdir()
+    with HostileServer(tmp_path / "web", tmp_path / "requests.log") as server:
+        pq.write_table(_url_rows(server, 25), tmp_path / "urls.parquet")
+        fs.put_file(str(tmp_path / "urls.parquet"), f"{bucket}/urls.parquet")
+        runs = [subprocess.run(cmd, capture_output=True, text=True, timeout=600) for cmd in (
+            _download_cmd(f"s3://{bucket}/urls.parquet", f"s3://{bucket}/pool", "--engine", "dask", "--processes", "2"),
+            _download_cmd(tmp_path / "urls.parquet", tmp_path / "pool", "--processes", "2"))]
+    assert all(r.returncode == 0 for r in runs), [r.stdout + r.stderr for r in runs]
+    assert runs[0].stdout == runs[1].stdout and "19 images in 3 shards" in runs[0].stdout
+    assert _pool_snapshot(fs, bucket, "pool", tmp_path) == snapshot(tmp_path / "pool")
+    assert _no_temporaries(fs, bucket) == []
