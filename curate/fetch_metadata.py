@@ -9,18 +9,28 @@ Each file is fetched into `POOL/_fetch/partial/<name>` (appended to from where a
 against the size and sha256 (or git blob id) the hub or mirror states, and only then renamed to its final
 name: a final name only ever holds a whole, verified file. `POOL/fetch_metadata.json` records the repo, the
 commit, and each file's size, sha256 and mtime, so a rerun skips files already verified without reading them.
+
+A pool in an object store (`--pool s3://bucket/prefix`) cannot be appended to: the partial files and the lock
+live on this machine, in `$TMPDIR/curate-fetch/<hash of the pool URL>/`, so a killed fetch resumes when rerun
+on the same machine (elsewhere it starts its partial files from zero), and a verified file is uploaded whole
+(a temporary key, then a copy to its final name). The record vouches for an object by its size and
+LastModified; an object it does not vouch for is fetched again rather than read back. The lock keeps out a
+second fetch on this machine only: an object store has no locks.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+from curate import storage
 from curate.atomic import remove_stale_temporaries, write_json
 from curate.hub import HubError, RemoteFile, check_file, matches, open_repo
 from curate.paths import refuse_overlap
@@ -85,17 +95,33 @@ def _read_record(path: Path) -> dict:
         return {}  # no record, or an unreadable one: every present file is checked by reading it
 
 
+def _stat(final) -> tuple[int, int] | None:
+    """(size, mtime in ns) of a file, or of an object (its LastModified); None when there is none."""
+    if not storage.is_url(final):
+        try:
+            st = final.stat()
+        except FileNotFoundError:
+            return None
+        return st.st_size, st.st_mtime_ns
+    fs, key = final.fs, final.path
+    if not fs.isfile(key):
+        return None
+    info = fs.info(key)
+    modified = info.get("LastModified")
+    return int(info["size"]), int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else -1
+
+
 def _verified(final: Path, remote: RemoteFile, known: dict | None, stated_by: str) -> tuple[bool, str]:
-    """Whether the file at its final name is `remote`: by the record when size and mtime are unchanged, else read."""
-    try:
-        st = final.stat()
-    except FileNotFoundError:
+    """Whether the file at its final name is `remote`: by the record when size and mtime are unchanged, else read
+    (an object the record does not vouch for counts as not there: it is fetched again)."""
+    st = _stat(final)
+    if st is None or st[0] != remote.size:
         return False, ""
-    if st.st_size != remote.size:
-        return False, ""
-    if known and known.get("size") == st.st_size and known.get("mtime_ns") == st.st_mtime_ns and (
+    if known and known.get("size") == st[0] and known.get("mtime_ns") == st[1] and (
             remote.sha256 is None or known.get("sha256") == remote.sha256.lower()):
         return True, known["sha256"]
+    if storage.is_url(final):
+        return False, ""
     problem, sha256 = check_file(final, remote, stated_by)
     return problem is None, sha256
 
@@ -123,7 +149,11 @@ def _fetch_one(source, remote: RemoteFile, final: Path, partial: Path, progress,
     if problem:
         partial.unlink()  # a resumed run must not keep bytes that are known wrong
         raise HubError(f"{remote.path}: {problem}; refused, nothing written under metadata/{final.name}")
-    os.replace(partial, final)
+    if storage.is_url(final):
+        storage.upload(partial, final)
+        partial.unlink()
+    else:
+        os.replace(partial, final)
     return sha256
 
 
@@ -182,10 +212,10 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
     if workers < 1:
         raise FetchError(f"--workers must be at least 1 (got {workers})")
     repo = repo_for(scale)
-    pool = Path(pool)
+    pool = storage.path(pool)  # a Path, or a UPath for a pool in an object store
     if hub_root is not None:
         refuse_overlap({"--hub-root": hub_root}, pool, "--pool")
-    meta, work = pool / "metadata", pool / WORK
+    meta, work = pool / "metadata", _work_folder(pool)
     partial_dir = work / "partial"
     with _PoolLock(work):
         remove_stale_temporaries(pool)  # the record's killed writes
@@ -237,6 +267,13 @@ def fetch_metadata(scale: str, pool: str | os.PathLike, npz: bool = False, hub_r
             "bytes_fetched": sum(r.size for name, r in todo if name in files), "failed": failed}
 
 
+def _work_folder(pool) -> Path:
+    """Where the lock and the partial files live: POOL/_fetch, or for an object store a folder on this machine."""
+    if not storage.is_url(pool):
+        return pool / WORK
+    return Path(tempfile.gettempdir()) / "curate-fetch" / hashlib.sha256(str(pool).encode()).hexdigest()[:16]
+
+
 def _entry(final: Path, remote: RemoteFile, sha256: str) -> dict:
-    st = final.stat()
-    return {"path": remote.path, "size": st.st_size, "sha256": sha256, "mtime_ns": st.st_mtime_ns}
+    size, mtime_ns = _stat(final)
+    return {"path": remote.path, "size": size, "sha256": sha256, "mtime_ns": mtime_ns}

@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
     from curate.fetch_metadata import SCALES
 
     p.add_argument("--scale", required=True, choices=SCALES, help="DataComp scale (datacomp_1b: the 1B subset)")
-    p.add_argument("--pool", required=True, type=Path, help="pool folder; files go to POOL/metadata")
+    p.add_argument("--pool", required=True, help="pool folder (or s3://bucket/prefix); files go to POOL/metadata")
     p.add_argument("--npz", action="store_true",
                    help="also fetch the .npz files (CLIP B/32 and L/14 embeddings, beside each parquet)")
     p.add_argument("--hub-root", type=Path, default=None, metavar="DIR",
@@ -31,9 +31,6 @@ def add_arguments(p) -> None:
 
 def main(args) -> int:
     from curate.fetch_metadata import fetch_metadata
-    from curate.storage import refuse_url_options
-
-    refuse_url_options(args, "fetch-metadata")
 
     s = fetch_metadata(args.scale, args.pool, npz=args.npz, hub_root=args.hub_root, revision=args.revision,
                        workers=args.workers)

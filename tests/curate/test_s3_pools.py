@@ -4,6 +4,7 @@ byte with the same commands on a local copy."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -359,3 +360,55 @@ def test_download_into_s3_pool_on_dask_equals_local(tmp_path, s3):
     assert runs[0].stdout == runs[1].stdout and "19 images in 3 shards" in runs[0].stdout
     assert _pool_snapshot(fs, bucket, "pool", tmp_path) == snapshot(tmp_path / "pool")
     assert _no_temporaries(fs, bucket) == []
+
+
+def _fetch(pool, hub_root) -> str:
+    cmd = [sys.executable, "-m", "curate.cli", "fetch-metadata", "--scale", "small", "--pool", pool, "--hub-root",
+           str(hub_root), "--npz"]  # (fetch-metadata has no --no-progress)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+def test_fetch_metadata_into_s3_pool_keeps_partials_locally_and_feeds_download(tmp_path, s3):
+    """`curate fetch-metadata --pool s3://...`: the mirror's files land whole under metadata/ and in the record.
+    Partial files live on this machine and are appended to (as after a kill): one seeded with wrong bytes makes
+    that file fail its check, nothing lands under its name, and a rerun fetches it from zero. A further rerun
+    fetches nothing; `curate download --pool s3://...` then takes the pool's own metadata as its list."""
+    import shutil
+
+    from curate.fetch_metadata import _work_folder
+    from curate.storage import path as storage_path
+    from tests.curate.test_fetch_metadata import make_mirror, repo_files
+
+    fs, bucket = s3
+    folder = make_mirror(tmp_path / "hub", parts=3, rows=20)
+    want = repo_files(folder)
+    pool = f"s3://{bucket}/pool"
+    first = sorted(want)[0]
+    work = _work_folder(storage_path(pool))
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "partial").mkdir(parents=True)
+    (work / "partial" / first).write_bytes(b"\0" * (len(want[first]) // 2))
+    try:
+        cmd = [sys.executable, "-m", "curate.cli", "fetch-metadata", "--scale", "small", "--pool", pool,
+               "--hub-root", str(tmp_path / "hub"), "--npz"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 1 and "6 files, 5 fetched" in r.stdout, r.stdout + r.stderr
+        assert f"refused, nothing written under metadata/{first}" in r.stderr and "Traceback" not in r.stderr
+        assert not fs.exists(f"{bucket}/pool/metadata/{first}")
+        assert "6 files, 1 fetched" in _fetch(pool, tmp_path / "hub")
+        assert {k.rsplit("/", 1)[-1]: fs.cat_file(k) for k in fs.find(f"{bucket}/pool/metadata")} == want
+        record = json.loads(fs.cat_file(f"{bucket}/pool/fetch_metadata.json"))
+        assert record["complete"] and sorted(record["files"]) == sorted(want)
+        again = _fetch(pool, tmp_path / "hub")
+        assert "6 files, 0 fetched (0 bytes), 6 already present and verified" in again
+        assert not (work / "partial").exists()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    assert _no_temporaries(fs, bucket) == []
+
+    # the pool's own metadata as the list: its URLs (127.0.0.1:1) refuse connections, every row is counted
+    r = curate("download", "--pool", pool, "--allow-private", "--shard-size", "50", "--threads", "4", "--timeout", "2")
+    assert "download: 60 rows -> 0 images in 2 shards" in r.stdout and "counts reconcile: True" in r.stdout, r.stdout + r.stderr
+    assert {k.rsplit("/", 1)[-1]: fs.cat_file(k) for k in fs.find(f"{bucket}/pool/metadata")} == want  # kept as it is
