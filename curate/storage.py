@@ -116,6 +116,13 @@ def replace_prefix(staging, target) -> None:
     remove_tree(staging)
 
 
+def same_place(a, b) -> bool:
+    """Whether two paths name the same file or folder: local ones with links resolved, URLs as written."""
+    if is_url(a) or is_url(b):
+        return same_or_nested(str(a), str(b)) == "is"
+    return Path(a).resolve() == Path(b).resolve()
+
+
 def same_or_nested(a, b) -> str | None:
     """For two object-store URLs: "is" when equal, "is inside" when `a` lies under `b`, "contains" when `b`
     lies under `a`, else None (a local path and a URL never overlap)."""

@@ -19,7 +19,7 @@ def add_arguments(p) -> None:
     p.add_argument("--pool", required=True)
     p.add_argument("--tag", action="append", default=None,
                    help="clip column tag to export (b32, l14, or another model's tag); repeat for several; default: all")
-    p.add_argument("--output", default=None, help="output folder (default POOL/npz)")
+    p.add_argument("--output", default=None, help="output folder (default POOL/npz); POOL and OUTPUT may be s3:// URLs")
 
 
 def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
@@ -29,13 +29,15 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from curate import storage
     from curate.atomic import atomic_path, is_temporary, remove_stale_temporaries
     from curate.paths import refuse_overlap
 
-    out = Path(output) if output else Path(pool_root) / "npz"
-    if out.resolve() != (Path(pool_root) / "npz").resolve():  # the pool's own npz folder, or one outside the pool
+    # a Path, or a UPath for an object store
+    out = storage.path(output) if output else storage.path(pool_root) / "npz"
+    if not storage.same_place(out, storage.path(pool_root) / "npz"):  # the pool's own npz folder, or one outside it
         refuse_overlap({"the pool": pool_root}, out)
-    root = Path(pool_root) / "columns"
+    root = storage.path(pool_root) / "columns"
     available = sorted(p.name[len("clip_"):] for p in root.glob("clip_*") if p.is_dir()) if root.is_dir() else []
     tags = list(dict.fromkeys(tags or available))
     if not tags:
@@ -51,7 +53,7 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
     for name in names:
         arrays, cols, uids = {}, {}, None
         for t in tags:
-            table = pq.read_table(shard_files[t][name])
+            table = pq.read_table(shard_files[t][name]) if not storage.is_url(root) else storage.read_parquet(shard_files[t][name])
             if uids is None:
                 uids = table.column("uid")
             elif not table.column("uid").equals(uids):
@@ -77,9 +79,6 @@ def export_npz(pool_root, tags: list[str] | None = None, output=None) -> dict:
 
 
 def main(args) -> int:
-    from curate.storage import refuse_url_options
-
-    refuse_url_options(args, "export-npz")
     stats = export_npz(args.pool, args.tag, args.output)
     print(f"export-npz: {stats['rows']} rows of {', '.join(stats['tags'])} in {stats['shards']} shards -> {stats['output']}")
     if stats["shards_missing_a_tag"]:

@@ -172,13 +172,6 @@ def _plan_retry(todo: plans.Plans, accepted: pa.Table, shards_dir: Path, wanted:
     return todo.add(rows, plans.RETRY, list(wanted))
 
 
-def _same_place(a, b) -> bool:
-    """Whether two paths name the same file or folder (links resolved; URLs compared as written)."""
-    if storage.is_url(a) or storage.is_url(b):
-        return storage.same_or_nested(str(a), str(b)) == "is"
-    return Path(a).resolve() == Path(b).resolve()
-
-
 def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
              options: DownloadOptions | None = None) -> dict:
     """Download the list into POOL/shards; return the summary (also written to POOL/download_stats.json).
@@ -189,7 +182,7 @@ def download(url_list: str | None, pool_root: str | os.PathLike, engine: Engine,
     """
     opts = options or DownloadOptions()
     pool_root = storage.path(pool_root)  # a Path, or a UPath for a pool in an object store
-    own_metadata = url_list is None or _same_place(url_list, pool_root / "metadata")
+    own_metadata = url_list is None or storage.same_place(url_list, pool_root / "metadata")
     if url_list is None:
         url_list = str(pool_root / "metadata")
         if not storage.path(url_list).is_dir():

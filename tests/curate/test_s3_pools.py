@@ -82,7 +82,8 @@ def s3(s3_env, request):
 
 
 def curate(*args, env=None, timeout=600):
-    r = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args), "--no-progress"],
+    progress = ["--no-progress"] if args[0] not in ("export-npz", "fetch-metadata") else []  # those show none
+    r = subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args), *progress],
                        capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
     return r
 
@@ -195,7 +196,8 @@ def remove_stale_temporaries_now(folders) -> list[str]:
 
 def test_commands_without_object_store_support_say_so(tmp_path, s3):
     fs, bucket = s3
-    r = curate("export-npz", "--pool", f"s3://{bucket}/pool", "--output", str(tmp_path / "out"))
+    make_pools(tmp_path, fs, bucket, per_shard=(3,))
+    r = curate("dedup", "--pool", f"s3://{bucket}/pool", "--method", "semantic")
     assert r.returncode != 0
     assert "does not take object-store paths yet" in r.stderr and "Traceback" not in r.stderr
 
@@ -412,3 +414,37 @@ def test_fetch_metadata_into_s3_pool_keeps_partials_locally_and_feeds_download(t
     r = curate("download", "--pool", pool, "--allow-private", "--shard-size", "50", "--threads", "4", "--timeout", "2")
     assert "download: 60 rows -> 0 images in 2 shards" in r.stdout and "counts reconcile: True" in r.stdout, r.stdout + r.stderr
     assert {k.rsplit("/", 1)[-1]: fs.cat_file(k) for k in fs.find(f"{bucket}/pool/metadata")} == want  # kept as it is
+
+
+def test_export_npz_on_s3_pool_equals_local(tmp_path, s3):
+    """`curate export-npz --pool s3://...` (to the pool's own npz/, and to an --output elsewhere in the store):
+    the same arrays and parquet bytes as on a local pool; an --output inside the pool is refused."""
+    import numpy as np
+
+    from tests.curate.test_integrity import add_clip_columns
+
+    fs, bucket = s3
+    local = tmp_path / "pool"
+    write_shard_pool(local, [6, 5], seed=7, failed_per_shard=1)
+    add_clip_columns(local)
+    fs.put(str(local), f"{bucket}/pool", recursive=True)
+    remote = f"s3://{bucket}/pool"
+    for pool in (str(local), remote):
+        assert "export-npz: 13 rows of t in 2 shards" in ok("export-npz", "--pool", pool)
+    assert "13 rows of t in 2 shards" in ok("export-npz", "--pool", remote, "--output", f"s3://{bucket}/elsewhere")
+    for prefix in ("pool/npz", "elsewhere"):
+        got = s3_files(fs, f"{bucket}/{prefix}")
+        want = local_files(local / "npz")
+        assert sorted(got) == sorted(want) == ["00000000.npz", "00000000.parquet", "00000001.npz", "00000001.parquet"]
+        for name in want:
+            if name.endswith(".parquet"):
+                assert got[name] == want[name]
+            else:  # an npz (a zip) records the time it was written: compare the arrays
+                import io
+
+                with np.load(io.BytesIO(got[name])) as a, np.load(io.BytesIO(want[name])) as b:
+                    assert sorted(a.files) == sorted(b.files) == ["t_img", "t_txt"]
+                    assert all(np.array_equal(a[k], b[k]) for k in a.files)
+    r = curate("export-npz", "--pool", remote, "--output", f"{remote}/columns/x")
+    assert r.returncode != 0 and "is inside the pool" in r.stderr and "Traceback" not in r.stderr
+    assert _no_temporaries(fs, bucket) == []
