@@ -95,7 +95,7 @@ def _hex_bytes(uids) -> tuple[np.ndarray, np.ndarray]:
         raw = np.frombuffer(fixed.buffers()[1], dtype=np.uint8, count=n * UID_HEX_CHARS, offset=fixed.offset * UID_HEX_CHARS)
     else:
         length_ok = np.ones(n, dtype=bool)
-    values = _PAIR_VALUE[raw.view(np.uint16)].reshape(n, UID_BYTES)  # native order, as the table was built
+    values = np.take(_PAIR_VALUE, raw.view(np.uint16)).reshape(n, UID_BYTES)  # native order, as the table was built
     bad = (values.view(np.uint64) & np.uint64(0xFF00FF00FF00FF00)).any(axis=1)  # a value >= 256 marks a non-hex pair
     return length_ok & ~bad, values.astype(np.uint8)
 
