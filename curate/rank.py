@@ -18,7 +18,6 @@ import numpy as np
 
 from curate.columns import read_columns
 from curate.engines import Engine
-from curate.heap import keep_freed_memory
 from curate.pool import names_partition
 from filters.rules import score_values
 
@@ -82,7 +81,6 @@ def _dense(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
 def partition_histogram(task: HistogramTask) -> tuple[tuple[np.ndarray, np.ndarray], int, int]:
     """Histogram (non-empty bins, counts) of the next 16 key bits among rows matching the prefix, the
     partition's row count, and the key width used (the first pass picks it: see HistogramTask.bits)."""
-    keep_freed_memory()
     values = score_values(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
     n = len(values)
     values = values[~np.isnan(values)]

@@ -28,7 +28,6 @@ from curate import storage
 from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
-from curate.heap import keep_freed_memory
 from curate.image_sizes import SIZE_COLUMNS, fill_sizes, shard_parquets
 from curate.pool import Partition, Pool, names_partition, partition_schema
 from curate.rank import value_at_descending_rank
@@ -116,7 +115,6 @@ def filter_partition(job: PartitionJob) -> dict:
 
     Only the columns the steps and scores need are read: a caption that only an example shows is read later,
     for the few examples the whole pool's report keeps (`fill_example_texts`)."""
-    keep_freed_memory()
     columns = sorted({c for f in job.filters for c in f.columns} | set(job.score_columns))
     table = load_table(job, columns)
     n = table.num_rows

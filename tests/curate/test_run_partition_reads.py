@@ -104,24 +104,3 @@ def test_numbers_from_arrow_buffers_match_pyarrow(column):
     scores = score_values(column)
     assert np.array_equal(scores.astype(np.float64), want, equal_nan=True)
     assert scores.dtype == (np.float32 if column.type == pa.float32() else np.float64)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
-@pytest.mark.parametrize("keep", [True, False])
-def test_freed_memory_stays_with_the_worker(keep):
-    """Partition tasks call keep_freed_memory: a freed 40 MB array stays in the process for the next task to
-    reuse (without, glibc unmaps it and the next task faults fresh pages in: a third of a worker's CPU time)."""
-    code = f"""
-import numpy as np, psutil
-from curate.heap import keep_freed_memory
-if {keep}:
-    keep_freed_memory()
-before = psutil.Process().memory_info().rss
-a = np.ones(40 << 20, np.uint8)
-del a
-print((psutil.Process().memory_info().rss - before) >> 20)
-"""
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    kept_mb = int(done.stdout)
-    assert (kept_mb >= 35) if keep else (kept_mb < 10), kept_mb
