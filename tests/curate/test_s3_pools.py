@@ -119,10 +119,35 @@ def make_pools(tmp_path, fs, bucket, per_shard=(6, 5, 4, 3)):
 
 @pytest.mark.parametrize("engine", ["local", "dask"])
 def test_stage_dedup_run_reshard_on_s3_equal_local(tmp_path, s3, engine):
+    stage_dedup_run_reshard(tmp_path, s3, ok, ["--engine", engine, "--processes", "2"])
+
+
+def test_stage_dedup_run_reshard_on_s3_equal_local_on_spark(tmp_path, s3, capsys):
+    """The same on Spark (local[2]): executors are Python processes the JVM starts, with the driver's
+    environment (the AWS_* variables). One SparkSession serves every command (run in this process: the
+    engine takes the active session), since starting one is slow."""
+    from curate.cli import main as curate_main
+    from curate.engines import make_engine
+    from tests.curate.helpers import java_available
+
+    if not java_available():
+        pytest.skip("Spark needs Java 17+")
+
+    def in_process(*args):
+        capsys.readouterr()
+        assert curate_main([*map(str, args), "--no-progress"]) == 0, " ".join(map(str, args))
+        return capsys.readouterr().out
+
+    with make_engine("spark", processes=2):
+        stage_dedup_run_reshard(tmp_path, s3, in_process, ["--engine", "spark", "--processes", "2"])
+
+
+def stage_dedup_run_reshard(tmp_path, s3, ok, eng):
+    """stage, dedup (phash, sha256), run and reshard on an s3 pool and a local copy, by `ok` (a command's
+    stdout): the same bytes."""
     fs, bucket = s3
     local = make_pools(tmp_path, fs, bucket)
     remote = f"s3://{bucket}/pool"
-    eng = ["--engine", engine, "--processes", "2"]
     for pool in (str(local), remote):
         out = ok("stage", "--pool", pool, "--signals", "phash,sha256", *eng)
         assert "stage: 18 samples in 4 shards (0 already done)" in out
@@ -130,6 +155,7 @@ def test_stage_dedup_run_reshard_on_s3_equal_local(tmp_path, s3, engine):
         ok("dedup", "--pool", pool, "--method", "sha256", *eng)
     assert_same(local_files(local), s3_files(fs, f"{bucket}/pool"))
     assert pq.read_table(local / "columns" / "dedup_phash" / "00000000.parquet").num_rows == 6
+    assert json.loads(fs.cat_file(f"{bucket}/pool/columns/dedup_phash_stats.json"))["engine"] == eng[1]
 
     outs = {}
     for pool, base in ((str(local), str(tmp_path)), (remote, f"s3://{bucket}")):
