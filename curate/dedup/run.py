@@ -235,8 +235,6 @@ def run_dedup(
     seed: int = 0,
 ) -> dict:
     """Group the pool's duplicates by `method`, write the dedup columns, and return the statistics."""
-    if method == "semantic":
-        storage.refuse_url(pool_root, "curate dedup --method semantic")
     pool_root = storage.path(pool_root)  # a folder, or an object-store URL
     if method not in METHODS:
         raise DedupError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
