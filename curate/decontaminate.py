@@ -21,7 +21,6 @@ pool uid, eval set, eval shard, eval key, method (phash | cosine), distance (bit
 from __future__ import annotations
 
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from curate import storage
 from curate.atomic import atomic_path, replace_folder, write_json
 from curate.dedup.frames import list_files
 from curate.dedup.hamming import cross_pairs, parse_hex64
@@ -179,7 +179,7 @@ def check_phash_file(task: tuple, shared: tuple[np.ndarray, int, list[str]]) -> 
     match) and returns its counts and pHash matches (eval row, pool row, uid, distance)."""
     f, staging = task
     eval_values, max_distance, cosine_uids = shared
-    t = pq.read_table(f.path, columns=["uid", "phash"])
+    t = storage.read_parquet(f.path, columns=["uid", "phash"])
     uid = t.column("uid").cast(pa.string())
     text = t.column("phash").cast(pa.string())
     values, valid = parse_hex64(text)
@@ -192,8 +192,8 @@ def check_phash_file(task: tuple, shared: tuple[np.ndarray, int, list[str]]) -> 
     if cosine_uids:
         contaminated |= np.asarray(pc.is_in(uid, value_set=pa.array(cosine_uids, pa.string())).to_numpy(zero_copy_only=False), bool)
     checked = valid | contaminated
-    pq.write_table(pa.table({"uid": uid, "contaminated": pa.array(contaminated, pa.bool_(), mask=~checked)}),
-                   Path(staging) / f"{f.stem}.parquet")
+    storage.write_parquet(pa.table({"uid": uid, "contaminated": pa.array(contaminated, pa.bool_(), mask=~checked)}),
+                          storage.path(staging) / f"{f.stem}.parquet")
     return {"rows": len(valid), "checked": int(valid.sum()), "without": int((~present).sum()),
             "malformed": int((present & ~valid).sum()), "contaminated": int(contaminated.sum()),
             "eval": qi.astype(np.int64), "row": (f.offset + local).astype(np.int64), "uid": uid.take(pa.array(local)).to_pylist(),
@@ -221,7 +221,9 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     partition) is one task, here or on `engine`'s workers; only counts and the (few) matches come back."""
     from curate.pool import Pool
 
-    pool_root = Path(pool_root)
+    storage.refuse_url(eval_dir, "curate decontaminate --eval-dir")
+    storage.refuse_url(eval_embeddings, "curate decontaminate --eval-embeddings")
+    pool_root = storage.path(pool_root)  # a folder, or an object-store URL
     start = time.perf_counter()
     if eval_embeddings and min_cosine is None:
         raise DedupError("--eval-embeddings needs --min-cosine")
@@ -240,14 +242,13 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     # the column files, each task writing its own: null where there was no usable pHash to check
     target = pool_root / "columns" / "decontam"
     staging = pool_root / ".decontam.staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    storage.remove_tree(staging)
     staging.mkdir(parents=True)
     try:
         cosine_uids = sorted(set(cos["uid"].tolist()))
         done = _map(engine, check_phash_file, [(f, str(staging)) for f in files], (eval_values, max_distance, cosine_uids))
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.remove_tree(staging)
         raise
     ph = _concat(done, ("eval", "row", "distance"))
     order = np.lexsort((ph["row"], ph["eval"]))

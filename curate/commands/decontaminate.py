@@ -30,9 +30,10 @@ def main(args) -> int:
     from curate.atomic import remove_stale_temporaries
     from curate.decontaminate import run_decontaminate
     from curate.pool import Pool
-    from curate.storage import refuse_url_options
+    from curate.storage import refuse_url
 
-    refuse_url_options(args, "decontaminate")
+    refuse_url(args.eval_dir, "curate decontaminate --eval-dir")  # the pool may be an object-store URL
+    refuse_url(args.eval_embeddings, "curate decontaminate --eval-embeddings")
     Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 

@@ -125,11 +125,14 @@ def within_cluster_pairs(emb: np.ndarray, assign: np.ndarray, min_cosine: float)
 # --- inputs ----------------------------------------------------------------------------------------------
 
 
-def _npz_rows(npz: Path, col: str) -> int | None:
-    """Rows of `col` in an .npz, from the array header only (None when the npz lacks it)."""
+def _npz_rows(npz, col: str) -> int | None:
+    """Rows of `col` in an .npz (a local file or an object), from the array header only (None when the npz
+    lacks it)."""
     import zipfile
 
-    with zipfile.ZipFile(npz) as z:
+    from curate import storage
+
+    with storage.open_file(npz, "rb") as f, zipfile.ZipFile(f) as z:
         if f"{col}.npy" not in z.namelist():
             return None
         with z.open(f"{col}.npy") as f:
@@ -143,6 +146,7 @@ def list_partitions(pool_root: Path, col: str) -> list:
     """The pool's partitions as curate.dedup.frames.ColumnFile (row offsets from parquet footers), after
     checking that each has `col` (in its parquet, its .npz with as many rows, or the column store), so
     that workers do not find out one by one."""
+    from curate import storage
     from curate.columns import find_store_signal
     from curate.pool import Pool, PoolError, partition_num_rows, partition_schema
 
@@ -163,7 +167,7 @@ def list_partitions(pool_root: Path, col: str) -> list:
         if "uid" not in names:
             raise DedupError(f"{p.path}: column 'uid' is missing")
         if col not in names:
-            npz = Path(p.path).with_suffix(".npz")
+            npz = storage.path(p.path).with_suffix(".npz")
             rows = _npz_rows(npz, col) if npz.exists() else None
             if rows is None:
                 stored = stored or find_store_signal(str(pool_root), col)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -23,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 # Files whose bytes hold times or the paths a run was given (compared by name only).
 VARYING = ("stage_stats.json", "stats.json", "timings.json", "reshard_stats.json", "report.html",
-           "dedup_phash_stats.json", "dedup_sha256_stats.json")
+           "dedup_phash_stats.json", "dedup_sha256_stats.json", "dedup_semantic_stats.json", "decontam_stats.json")
 
 
 def _free_port() -> int:
@@ -139,7 +140,8 @@ def test_stage_dedup_run_reshard_on_s3_equal_local_on_spark(tmp_path, s3, capsys
         return capsys.readouterr().out
 
     with make_engine("spark", processes=2):
-        stage_dedup_run_reshard(tmp_path, s3, in_process, ["--engine", "spark", "--processes", "2"])
+        stage_dedup_run_reshard(tmp_path / "a", s3, in_process, ["--engine", "spark", "--processes", "2"])
+        semantic_and_decontaminate(tmp_path / "b", s3, in_process, ["--engine", "spark", "--processes", "2"])
 
 
 def stage_dedup_run_reshard(tmp_path, s3, ok, eng):
@@ -223,9 +225,73 @@ def remove_stale_temporaries_now(folders) -> list[str]:
 def test_commands_without_object_store_support_say_so(tmp_path, s3):
     fs, bucket = s3
     make_pools(tmp_path, fs, bucket, per_shard=(3,))
-    r = curate("dedup", "--pool", f"s3://{bucket}/pool", "--method", "semantic")
-    assert r.returncode != 0
-    assert "does not take object-store paths yet" in r.stderr and "Traceback" not in r.stderr
+    for option in ("--eval-dir", "--eval-embeddings"):
+        r = curate("decontaminate", "--pool", f"s3://{bucket}/pool", "--eval-dir", tmp_path, option, f"s3://{bucket}/evals")
+        assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
+        assert f"curate decontaminate {option} does not take object-store paths yet" in r.stderr
+
+
+# ---- curate dedup --method semantic and curate decontaminate on an s3:// pool ----
+
+def embedding_pool(root: Path, evals: Path):
+    """A pool with CLIP embeddings (an .npz beside two partitions, the column store for the third), planted
+    semantic duplicates, a pHash column with copies of eval images (and a row without a pHash), an eval set,
+    and eval embeddings (a local npz) that copy one pool row. Returns the eval embeddings' path."""
+    import numpy as np
+    import pyarrow as pa
+
+    from curate.decontaminate import hash_eval_sets
+    from tests.curate.dedup.synth import planted_embeddings, write_embedding_pool
+    from tests.curate.dedup.test_decontaminate_and_filters import _smooth_png, _write_eval_set
+
+    emb, _ = planted_embeddings(40, 6, seed=3)
+    n = len(emb)
+    meta = write_embedding_pool(root, emb, [20, n - 30, 10], seed=3, store=(2,))
+    uids = meta.column("uid").to_pylist()
+    _write_eval_set(evals, "cifar10", [_smooth_png(s) for s in range(4)])
+    eval_hashes = hash_eval_sets(evals)[0].column("phash").to_numpy().view(np.uint64)
+    rng = np.random.default_rng(33)
+    hashes = rng.integers(0, 2**64, n, dtype=np.uint64)
+    hashes[5], hashes[27] = eval_hashes[0], eval_hashes[2] ^ np.uint64(3)  # distance 0 and 2
+    hexes = [f"{int(h):016x}" for h in hashes]
+    hexes[9] = None
+    (root / "columns" / "phash").mkdir(parents=True)
+    for name, rows in (("00000000", range(25)), ("00000001", range(25, n))):
+        pq.write_table(pa.table({"uid": pa.array([uids[r] for r in rows], pa.string()),
+                                 "phash": pa.array([hexes[r] for r in rows], pa.string())}),
+                       root / "columns" / "phash" / f"{name}.parquet")
+    q = np.concatenate([emb[[3]] * 2 + rng.normal(scale=0.001, size=(1, emb.shape[1])),
+                        rng.normal(size=(2, emb.shape[1]))]).astype(np.float32)
+    np.savez(root.parent / "eval_emb.npz", embeddings=q, eval_set=np.array(["cars"] * 3), eval_key=np.array(["e0", "e1", "e2"]))
+    return root.parent / "eval_emb.npz"
+
+
+def semantic_and_decontaminate(tmp_path, s3, ok, eng):
+    """`curate dedup --method semantic` and `curate decontaminate` (a local --eval-dir and --eval-embeddings)
+    on an s3 pool and a local copy, by `ok`: the same bytes; no staging folder or temporary key is left."""
+    fs, bucket = s3
+    local, evals = tmp_path / "pool", tmp_path / "evals"
+    q = embedding_pool(local, evals)
+    remote = f"s3://{bucket}/sem"
+    fs.put(str(local), f"{bucket}/sem", recursive=True)
+    outs = {}
+    for pool in (str(local), remote):
+        ok("dedup", "--pool", pool, "--method", "semantic", "--eps", "0.01", "--clusters", "2", *eng)
+        outs[pool] = ok("decontaminate", "--pool", pool, "--eval-dir", evals, "--max-distance", "4",
+                        "--min-cosine", "0.95", "--eval-embeddings", q, *eng)
+    assert "2 pHash matches, 1 cosine matches" in outs[remote]
+    same = lambda out, pool: re.sub(r"\(\S+ s on", "(s on", out.replace(pool, "POOL"))  # timings differ
+    assert same(outs[remote], remote) == same(outs[str(local)], str(local))
+    assert_same(local_files(local), s3_files(fs, f"{bucket}/sem"))
+    stats = json.loads(fs.cat_file(f"{bucket}/sem/columns/dedup_semantic_stats.json"))
+    assert stats["groups_with_duplicates"] == 6 and stats["engine"] == eng[1]
+    assert pq.read_table(local / "decontamination_report.parquet").num_rows == 3
+    assert not [k for k in fs.find(f"{bucket}/sem") if "/." in k], fs.find(f"{bucket}/sem")
+
+
+@pytest.mark.parametrize("engine", ["local", "dask"])
+def test_semantic_dedup_and_decontaminate_on_s3_equal_local(tmp_path, s3, engine):
+    semantic_and_decontaminate(tmp_path, s3, ok, ["--engine", engine, "--processes", "2"])
 
 
 # ---- curate download into an s3:// pool, from an s3:// URL list ----
