@@ -17,6 +17,23 @@ from curate.engines.cluster import (DEFAULT_WAIT_S, ClusterError, SharedPaths, r
 from curate.progress import Progress
 
 
+#: What the object-store layer reads from the environment (credentials, endpoint, region, fsspec's settings).
+STORAGE_ENV_PREFIXES = ("AWS_", "FSSPEC_")
+
+
+def _pass_storage_environment(sc) -> None:
+    """On `local[N]`, give the Python workers this process's object-store variables as they are now.
+
+    The workers' environment is the JVM's, fixed when the first session of this process started it (a later
+    `export AWS_...`, or a test's, would not reach them); PySpark adds `sc.environment` to every worker it
+    starts. Only for a local master: on a cluster the workers' own environment holds their credentials, and
+    we do not ship ours over the network.
+    """
+    for key, value in os.environ.items():
+        if key.startswith(STORAGE_ENV_PREFIXES):
+            sc.environment[key] = value
+
+
 class _TaskWatcher(threading.Thread):
     """Counts the finished tasks of this thread's next Spark job into a bar while collect() waits for all of
     them (Spark hands results back only at the end); their results' counts are added when they come back."""
@@ -85,6 +102,8 @@ class SparkEngine(Engine):
             builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={LOG_CONFIG.as_uri()}")
         self.spark = builder.getOrCreate()
         self.spark.sparkContext.setLogLevel("ERROR")
+        if not cluster:
+            _pass_storage_environment(self.spark.sparkContext)
         if cluster:
             try:
                 _wait_for_executors(self.spark.sparkContext, master, wait)
