@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -195,6 +196,15 @@ class SparkStandalone:
                                   cwd=root, env=spark_env())
         wait_for_port(self.port, master, log)
         wait_for_port(self.ui, master, log)  # its JSON status says which workers registered
+        deadline = time.monotonic() + 120
+        while True:  # Jetty opens the port before it mounts the status page: a 404 at first, under load
+            try:
+                self.alive_workers()
+                break
+            except (urllib.error.URLError, OSError, ValueError):
+                if master.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"spark master's status page did not answer: {log.read_text()[-2000:]}") from None
+                time.sleep(0.5)
 
     def add_worker(self, name: str, prefix: list[str] | None = None) -> subprocess.Popen:
         work = self.root / f"{name}-work"
