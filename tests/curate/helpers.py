@@ -96,3 +96,16 @@ def java_available() -> bool:
         return False
     out = subprocess.run(["java", "-version"], capture_output=True, text=True)
     return out.returncode == 0
+
+
+def tiny_clip_checkpoint(path: Path, seed: int = 0) -> Path:
+    """A datacomp-tiny open_clip checkpoint with random weights in open_clip's layout, made here (no download)."""
+    import open_clip
+    import torch
+
+    from curate.signals.clip import register_configs
+
+    register_configs()
+    torch.manual_seed(seed)
+    torch.save({"state_dict": open_clip.create_model("datacomp-tiny").state_dict()}, path)
+    return path

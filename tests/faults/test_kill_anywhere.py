@@ -227,16 +227,9 @@ TINY = "datacomp-tiny"
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
     """A datacomp-tiny open_clip checkpoint with random weights, made here (nothing is downloaded)."""
-    import open_clip
-    import torch
+    from tests.curate.helpers import tiny_clip_checkpoint
 
-    from curate.signals.clip import register_configs
-
-    register_configs()
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("kill_clip") / "tiny.pt"
-    torch.save({"state_dict": open_clip.create_model(TINY).state_dict()}, path)
-    return path
+    return tiny_clip_checkpoint(tmp_path_factory.mktemp("kill_clip") / "tiny.pt")
 
 
 def test_stage_clip_killed_anywhere(tiny_clip, tmp_path_factory, tmp_path):

@@ -5,31 +5,25 @@ and the eval sets through `curate embed-evals`; eval images that are byte copies
 pool's own embeddings, and cosine decontamination must then find exactly those copies.
 """
 
-import io
 import json
 
 import numpy as np
-import open_clip
 import pyarrow.parquet as pq
 import pytest
-import torch
-from PIL import Image
 
 from curate.cli import main as curate_main
-from curate.signals.clip import register_configs
-from tests.curate.dedup.test_decontaminate_and_filters import _smooth_png, _write_eval_set
-from tests.curate.helpers import tar_samples, write_shard_pool
+from tests.curate.dedup.test_decontaminate_and_filters import (
+    _smooth_png,
+    _write_eval_set,
+)
+from tests.curate.helpers import tar_samples, tiny_clip_checkpoint, write_shard_pool
 
 TINY = "datacomp-tiny"
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    register_configs()
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    torch.save({"state_dict": open_clip.create_model(TINY).state_dict()}, path)
-    return str(path)
+    return str(tiny_clip_checkpoint(tmp_path_factory.mktemp("model") / "tiny.pt"))
 
 
 def _pool_images(root):
