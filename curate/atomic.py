@@ -36,17 +36,20 @@ def _create_temporary(path: Path) -> tuple[int, Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, parents: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block finishes.
 
-    For an object-store URL the temporary is a local file, uploaded whole when the block finishes
-    (`curate.storage.upload`: a temporary key, then a copy to the final one)."""
+    parents=False: a missing folder is an error (FileNotFoundError), not made anew, so a late writer into a
+    folder its owner has removed does not bring it back. For an object-store URL the temporary is a local
+    file, uploaded whole when the block finishes (`curate.storage.upload`: a temporary key, then a copy to
+    the final one)."""
     if storage.is_url(path):
         with _uploaded(path) as tmp:
             yield tmp
         return
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_path = _create_temporary(path)
     try:
         yield tmp_path
@@ -72,9 +75,9 @@ def _uploaded(target) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+def atomic_open(path: str | os.PathLike, mode: str = "wb", parents: bool = True) -> Iterator[IO]:
     """Open a temporary file for writing that becomes `path` when the block ends without error."""
-    with atomic_path(path) as tmp:
+    with atomic_path(path, parents) as tmp:
         with open(tmp, mode) as f:
             yield f
             f.flush()
