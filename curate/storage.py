@@ -138,10 +138,10 @@ def same_or_nested(a, b) -> str | None:
     return None
 
 
-def refuse_url(value, what: str) -> None:
+def refuse_url(value, what: str, use: str = "a local or mounted folder") -> None:
     """One clear line for a command (or an option of one) that reads and writes local files only."""
     if value is not None and is_url(value):
-        raise StorageError(f"{what} does not take object-store paths yet ({value}); use a local or mounted folder")
+        raise StorageError(f"{what} does not take object-store paths yet ({value}); use {use}")
 
 
 def remove_tree(p) -> None:
