@@ -79,6 +79,7 @@ class Block:
 class Plan:
     max_distance: int
     blocks: tuple[Block, ...]
+    bits: int = BITS  # the values' width: the blocks cover bits 0 .. bits-1 (a group search drops shared bits)
 
     def describe(self) -> str:
         return f"D={self.max_distance}: " + ", ".join(f"{b.nbits} bits r{b.radius}" for b in self.blocks)
@@ -97,8 +98,8 @@ def flip_masks(nbits: int, radius: int) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def _split(m: int) -> list[int]:
-    base, extra = divmod(BITS, m)
+def _split(m: int, bits: int = BITS) -> list[int]:
+    base, extra = divmod(bits, m)
     return [base + 1 if i < extra else base for i in range(m)]
 
 
@@ -122,36 +123,41 @@ def plan_cost(n: int, widths, radii) -> float:
     return cost
 
 
-def make_plan(n: int, max_distance: int, cost=plan_cost, max_block_bits: int = MAX_BLOCK_BITS) -> Plan:
+def make_plan(n: int, max_distance: int, cost=plan_cost, max_block_bits: int = MAX_BLOCK_BITS, bits: int = BITS) -> Plan:
     """The block plan with the least estimated work for n distinct hashes (`cost(n, widths, radii)`;
-    default plan_cost) among plans of blocks at most `max_block_bits` wide."""
+    default plan_cost) among plans of blocks at most `max_block_bits` wide, over values of `bits` bits (all
+    higher bits zero)."""
     if not 0 <= max_distance < BITS:
         raise ValueError(f"max distance must be in 0..{BITS - 1}, got {max_distance}")
-    fewest = math.ceil(BITS / max_block_bits)
+    if not 1 <= bits <= BITS:
+        raise ValueError(f"bits must be in 1..{BITS}, got {bits}")
+    fewest = math.ceil(bits / max_block_bits)
     best = None
     # With fewer than D + 1 blocks some radius is positive; with `fewest` > D + 1 blocks all radii are 0.
-    for m in range(fewest, max(fewest, min(BITS, max_distance + 1)) + 1):
-        widths = _split(m)
+    for m in range(fewest, max(fewest, min(bits, max_distance + 1)) + 1):
+        widths = _split(m, bits)
         radii = _radii(widths, max_distance)
         c = cost(n, widths, radii)
         if best is None or c < best[0]:
             best = (c, widths, radii)
     _, widths, radii = best
-    blocks, shift = [], BITS
+    blocks, shift = [], bits
     for w, t in zip(widths, radii):
         shift -= w
         blocks.append(Block(shift, w, t))
-    return Plan(max_distance, tuple(blocks))
+    return Plan(max_distance, tuple(blocks), bits)
 
 
 # --- one block's table ----------------------------------------------------------------------------------
 
 
-def _outside32(values: np.ndarray, blk: Block) -> np.ndarray:
-    """32 bits of each hash outside the block (the bits above it, wrapping round to the lowest)."""
+def _outside32(values: np.ndarray, blk: Block, bits: int = BITS) -> np.ndarray:
+    """32 bits of each `bits`-bit hash outside the block (the bits above it, wrapping round to the lowest)."""
     rot = values
     if blk.shift:
         rot = (values >> np.uint64(blk.shift)) | (values << np.uint64(BITS - blk.shift))
+        if bits < BITS:  # wrap within the value's width, not the word's
+            rot = (values >> np.uint64(blk.shift)) | ((values << np.uint64(bits - blk.shift)) & np.uint64((1 << bits) - 1))
     return ((rot >> np.uint64(blk.nbits)) & _M32).astype(np.uint32)
 
 
@@ -195,7 +201,7 @@ def slots_for(n: int, nbits: int) -> int:
 class _Table:
     """Distinct hashes sorted by one block's value: bucket k is sorted[start[k]:start[k] + count[k]]."""
 
-    def __init__(self, values: np.ndarray, blk: Block, slots: int | None = None):
+    def __init__(self, values: np.ndarray, blk: Block, slots: int | None = None, bits: int = BITS):
         n = len(values)
         keys = ((values >> np.uint64(blk.shift)) & np.uint64(blk.mask)).astype(np.int64)
         self.order = _sort_order(keys, blk.nbits)
@@ -208,7 +214,7 @@ class _Table:
         np.cumsum(counts, out=self.start[1:])
         self.most = int(counts.max()) if n else 0
         self.count = counts.astype(np.uint8 if self.most < 256 else np.int64)
-        self.outside = _outside32(self.values, blk)
+        self.outside = _outside32(self.values, blk, bits)
         # the outside bits of each bucket's first `slots` members, one row per bucket (unused slots: 0,
         # never reported because a hit's slot must be below the bucket's count)
         self.slots = slots or slots_for(n, blk.nbits)
@@ -355,12 +361,12 @@ def _pairs(query: np.ndarray, base: np.ndarray | None, plan: Plan, stats: dict |
     probes = verified = 0
     buf = (np.empty(_CHUNK, np.int64), np.empty(_CHUNK, np.uint32), np.empty(_CHUNK, np.uint8))
     for bi, blk in enumerate(plan.blocks):
-        tb = _Table(query if self_join else base, blk, slots)
+        tb = _Table(query if self_join else base, blk, slots, plan.bits)
         if self_join:
             tq = tb
             p, q, n = _self_block(tb, blk, plan.max_distance, buf)
         else:
-            tq = _Table(query, blk, 1)
+            tq = _Table(query, blk, 1, plan.bits)
             p, q, n = _cross_block(tq, tb, blk, plan.max_distance, buf)
         probes += n
         verified += len(p)
@@ -419,6 +425,8 @@ def distinct_pairs(values: np.ndarray, max_distance: int, plan: Plan | None = No
     if len(s) > 1 and bool(np.any(s[1:] == s[:-1])):
         raise ValueError("distinct_pairs needs distinct values; use near_pairs for arrays with repeats")
     plan = plan or make_plan(len(values), max_distance)
+    if plan.bits < BITS and len(values) and int(values.max()) >> plan.bits:
+        raise ValueError(f"the plan covers {plan.bits} bits, but some value has higher bits set")
     return _pairs(values, None, plan, stats, slots)
 
 

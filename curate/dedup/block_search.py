@@ -1,0 +1,190 @@
+"""pHash pairs within D as "partition by an exact block, search each partition locally": the edge step of the
+Dask and Spark jobs (curate.dedup.frames step 3), with a cost that grows about linearly in the hashes.
+
+Pigeonhole with radius 0: cut the 64 bits into m = D + 1 contiguous blocks. Two hashes within D bits of each
+other differ in at most D blocks, so they agree exactly on at least one. Every distinct hash is emitted once
+per block i as a row (g = (i, block_i(h)), node, h): m * n rows and ONE shuffle on g. Inside a group every
+member shares block i, so the group is searched on the other 64 - w_i bits alone (dropping bits all members
+share leaves every distance unchanged) by the local engine's search (curate.dedup.hamming) or, for small
+groups, by comparing all pairs of all small groups of a partition at once (vectorised, not one call per group).
+
+Each pair comes out exactly once over all groups: a pair found in block i's group is kept only when i is the
+FIRST block on which the two hashes agree (every block j < i differs); it is oriented node_a < node_b.
+
+Cost: the shuffle moves m * n rows; a group holds ~n / 2^w hashes (w ~ 64 / (D + 1)), and the local search's
+cost per hash grows slowly with the group (hamming's block plan). A group above MAX_GROUP hashes (many real
+pHashes share blocks: skew) is searched in pieces, by the same rule one level down: the D + 1 exact sub-blocks
+of its remaining bits, each pair kept in its first agreeing sub-block, so a worker's search memory stays
+bounded by MAX_GROUP (the group's rows, 24 bytes each, still arrive in one partition).
+
+D = 0 needs no search: the nodes are distinct hashes, so no two are within 0 bits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curate.dedup.hamming import BITS, Block, _split, distinct_pairs, make_plan
+
+SMALL_GROUP = 512  # groups up to this size are compared all-pairs, batched over the partition (measured: hamming's
+#                   per-call set-up costs ~1 ms, ~10 us a hash at 100 hashes, 2.7 us at 1,000)
+MAX_GROUP = 4_000_000  # larger groups are searched in sub-blocks (hamming holds ~200 bytes a hash)
+GROUP_KEY_SHIFT = 32  # g = block index << 32 | block value (blocks of D >= 1 are at most 32 bits wide)
+# a partition's summary rides along with its edges as rows of negative u (nodes are rows, never negative)
+SUMMARY = {-1: "largest_group", -2: "groups", -3: "group_rows", -4: "oversize_groups", -5: "compared_pairs"}
+
+
+def exact_blocks(max_distance: int, bits: int = BITS) -> tuple[Block, ...]:
+    """min(D + 1, bits) contiguous blocks (radius 0) covering bits 0 .. bits-1, widest first, highest bits first."""
+    m = min(max_distance + 1, bits)
+    out, shift = [], bits
+    for w in _split(m, bits):
+        shift -= w
+        out.append(Block(shift, w, 0))
+    return tuple(out)
+
+
+def block_values(values: np.ndarray, blk: Block) -> np.ndarray:
+    return ((values >> np.uint64(blk.shift)) & np.uint64(blk.mask)).astype(np.int64)
+
+
+def drop_block(values: np.ndarray, blk: Block) -> np.ndarray:
+    """The values without the block's bits (higher bits moved down): nbits fewer bits, same distances within
+    a set of values that all share the block."""
+    low = values & np.uint64((1 << blk.shift) - 1)
+    return ((values >> np.uint64(blk.shift + blk.nbits)) << np.uint64(blk.shift)) | low
+
+
+def first_equal_block(x: np.ndarray, blocks: tuple[Block, ...]) -> np.ndarray:
+    """Index of the first block on which x (a XOR of two hashes) is zero; len(blocks) where none is."""
+    first = np.full(len(x), len(blocks), np.int64)
+    for i in range(len(blocks) - 1, -1, -1):
+        first[block_values(x, blocks[i]) == 0] = i
+    return first
+
+
+# --- step 3a: rows per (block, block value) ---------------------------------------------------------------
+
+
+def explode(nodes, max_distance: int):
+    """Nodes (node, h) -> one row (g, node, h) per block: g = block index << 32 | the hash's block value. D = 0:
+    no rows (distinct hashes are never within 0 bits)."""
+    import pandas as pd
+
+    node = nodes["node"].to_numpy(np.int64)
+    h = nodes["h"].to_numpy(np.int64)
+    if max_distance == 0 or not len(h):
+        return explode_meta()
+    hu = h.view(np.uint64)
+    parts = [pd.DataFrame({"g": (np.int64(i) << GROUP_KEY_SHIFT) | block_values(hu, blk), "node": node, "h": h})
+             for i, blk in enumerate(exact_blocks(max_distance))]
+    return pd.concat(parts, ignore_index=True)
+
+
+def explode_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"g": pd.Series(dtype="int64"), "node": pd.Series(dtype="int64"), "h": pd.Series(dtype="int64")})
+
+
+# --- step 3b: pairs inside groups --------------------------------------------------------------------------
+
+
+def _small_pairs(v: np.ndarray, rank: np.ndarray, size: np.ndarray, max_distance: int, counts: dict):
+    """All pairs (p, p + r) inside runs of equal group (positions sorted by group; rank = place in the group,
+    size = the group's size, both per position) whose distance is within D, for groups of size <= SMALL_GROUP."""
+    ps, qs = [], []
+    q = np.flatnonzero((rank >= 1) & (size <= SMALL_GROUP))
+    r = 1
+    while len(q):
+        p = q - r
+        counts["compared_pairs"] += len(q)
+        near = np.bitwise_count(v[p] ^ v[q]) <= max_distance
+        ps.append(p[near])
+        qs.append(q[near])
+        r += 1
+        q = q[rank[q] >= r]
+    return ps, qs
+
+
+def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: int, bits: int, counts: dict,
+                top: bool = True):
+    """Pairs (p, q) of positions, p != q, of `bits`-bit `values` within D that share their group `gid`, each
+    once. Every member of a group shares the block `group_block(gid)` (a Block over the `bits` bits), which
+    the search of a larger group drops. `top`: count these groups in the summary (sub-groups are not)."""
+    n = len(values)
+    if n < 2:
+        e = np.zeros(0, np.int64)
+        return e, e.copy()
+    order = np.argsort(gid, kind="stable")
+    g = gid[order]
+    head = np.ones(n, bool)
+    head[1:] = g[1:] != g[:-1]
+    starts = np.flatnonzero(head)
+    sizes = np.diff(np.append(starts, n))
+    which = np.cumsum(head) - 1
+    rank = np.arange(n) - starts[which]
+    v = values[order]
+    if top:
+        counts["largest_group"] = max(counts["largest_group"], int(sizes.max()))
+        counts["groups"] += len(starts)
+        counts["group_rows"] += n
+    ps, qs = _small_pairs(v, rank, sizes[which], max_distance, counts)
+    for s in np.flatnonzero(sizes > SMALL_GROUP):
+        a = int(starts[s])
+        blk = group_block(int(g[a]))
+        sub = drop_block(v[a:a + sizes[s]], blk)
+        i, j = search(sub, max_distance, bits - blk.nbits, counts)
+        ps.append(i + a)
+        qs.append(j + a)
+    p, q = np.concatenate(ps), np.concatenate(qs)
+    return order[p], order[q]
+
+
+def search(values: np.ndarray, max_distance: int, bits: int, counts: dict):
+    """Pairs (i, j) of DISTINCT `bits`-bit values within D, each once: hamming's search, or for more than
+    MAX_GROUP values one more level of exact sub-blocks (each pair kept in its first agreeing sub-block)."""
+    if len(values) <= MAX_GROUP or max_distance + 1 > bits // 2:
+        st: dict = {}
+        i, j, _ = distinct_pairs(values, max_distance, plan=make_plan(len(values), max_distance, bits=bits), stats=st)
+        counts["compared_pairs"] += st["candidates"]
+        return i, j
+    counts["oversize_groups"] += 1
+    blocks = exact_blocks(max_distance, bits)
+    out_i, out_j = [], []
+    for k, blk in enumerate(blocks):
+        p, q = group_pairs(block_values(values, blk), values, lambda _g, b=blk: b, max_distance, bits, counts, top=False)
+        keep = first_equal_block(values[p] ^ values[q], blocks) == k
+        out_i.append(p[keep])
+        out_j.append(q[keep])
+    return np.concatenate(out_i), np.concatenate(out_j)
+
+
+def search_partition(part, max_distance: int):
+    """Rows (g, node, h) holding whole groups -> edges (u, v), u < v: every pair within D whose first agreeing
+    block is its group's block; then the partition's summary as rows (u < 0, v) named by SUMMARY."""
+    import pandas as pd
+
+    counts = {name: 0 for name in SUMMARY.values()}
+    g = part["g"].to_numpy(np.int64)
+    node = part["node"].to_numpy(np.int64)
+    h = part["h"].to_numpy(np.int64).view(np.uint64)
+    blocks = exact_blocks(max_distance)
+    p, q = group_pairs(g, h, lambda gid: blocks[gid >> GROUP_KEY_SHIFT], max_distance, BITS, counts)
+    keep = first_equal_block(h[p] ^ h[q], blocks) == (g[p] >> GROUP_KEY_SHIFT)
+    a, b = node[p[keep]], node[q[keep]]
+    keys = np.array(list(SUMMARY), np.int64)
+    vals = np.array([counts[name] for name in SUMMARY.values()], np.int64)
+    return pd.DataFrame({"u": np.concatenate([np.minimum(a, b), keys]), "v": np.concatenate([np.maximum(a, b), vals])})
+
+
+def summarize(rows) -> dict:
+    """The summary rows (u < 0) of every partition -> one dict: the largest group's maximum, sums otherwise."""
+    out = {name: 0 for name in SUMMARY.values()}
+    for u, v in zip(rows["u"].tolist(), rows["v"].tolist()):
+        name = SUMMARY[int(u)]
+        out[name] = max(out[name], int(v)) if name == "largest_group" else out[name] + int(v)
+    return out
+
+
+__all__ = ["explode", "exact_blocks", "search", "search_partition", "summarize"]
