@@ -4,7 +4,9 @@ Partitions are filtered independently on the chosen engine. What a filter needs 
 fraction threshold, k-means centroids, MetaCLIP entry counts, a file the user named) it asks for with a pool
 request (filters.base); `resolve_filters` computes each request once, on the engine, and binds the values,
 repeating while bound filters ask for more. Results come back in partition order and the subset is sorted,
-so every engine writes the same bytes.
+so every engine writes the same bytes. Each partition task spills its sorted kept uids into a folder inside
+the output (curate.spill), which the driver merges into subset.npy a chunk of each at a time: the driver's
+memory does not grow with the rows kept.
 
 Besides the subset, each partition reports exact score ranges, a uid-hash sample of every thresholded score
 (for the report's histograms) and uid-hash-chosen examples kept and rejected by each step; a threshold
@@ -13,7 +15,6 @@ outside its score's observed range is a warning (stats.json and stderr). OUT/rep
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -33,6 +34,7 @@ from curate.pool import Partition, Pool, names_partition, partition_schema
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
+from curate.spill import file_runs, remove_stale_spills, spill_folder, write_run
 from curate.subset import sort_pairs, write_subset_runs
 from curate.uids import parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
@@ -52,6 +54,8 @@ class PartitionJob:
     score_columns: tuple[str, ...] = ()
     examples: int = 0  # kept and rejected examples per step (0: none)
     score_sample: int = 0  # values per thresholded score, for histograms
+    spill: str | None = None  # a curate.spill folder: the kept uids go there as run `index` (None: returned)
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,8 +114,8 @@ def _has_text(path: str) -> bool:
 
 @names_partition(lambda job: job.partition.path)
 def filter_partition(job: PartitionJob) -> dict:
-    """Apply the filter steps in order to one partition; return the kept uids (sorted), per-step counts, score
-    summaries and examples.
+    """Apply the filter steps in order to one partition; return the kept uids (sorted; with `job.spill`, where
+    they were spilled), per-step counts, score summaries and examples.
 
     Only the columns the steps and scores need are read: a caption that only an example shows is read later,
     for the few examples the whole pool's report keeps (`fill_example_texts`)."""
@@ -144,7 +148,8 @@ def filter_partition(job: PartitionJob) -> dict:
     kept_uids = sort_pairs(pairs[keep])  # sorted runs: the pool-wide sort of their concatenation is quick
     valid_hashes = None if hashes is None else hashes[valid]
     scores = {c: _score_summary(valid_table, c, job.score_sample, valid_hashes) for c in job.score_columns}
-    return {"partition": job.partition.name, "rows": n, "steps": steps, "uids": kept_uids, "scores": scores,
+    kept = {"run": write_run(job.spill, job.index, kept_uids)} if job.spill else {"uids": kept_uids}
+    return {"partition": job.partition.name, "rows": n, "steps": steps, **kept, "scores": scores,
             "examples": examples, "repeated_uid_rows": repeated_rows(pairs[valid])}
 
 
@@ -469,12 +474,15 @@ def run_filters(
     score_columns = tuple(dict.fromkeys(c for f in bound for c, _ in f.score_thresholds()))
     n_examples = examples if report else 0
     sample = score_sample if report else 0
-    jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples, sample)
-            for p in partitions]
-    results = engine.map(filter_partition, jobs, desc="filter partitions")
-    # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
-    kept_rows = sum(len(r["uids"]) for r in results)
-    subset_path, kept = write_subset_runs(output / "subset.npy", [r.pop("uids") for r in results])
+    remove_stale_spills(output)  # left by a killed run
+    with spill_folder(output) as spill:  # each task's sorted kept uids, merged from there in bounded chunks
+        jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples,
+                             sample, spill, i) for i, p in enumerate(partitions)]
+        results = engine.map(filter_partition, jobs, desc="filter partitions")
+        # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
+        runs = [r.pop("run") for r in results]
+        kept_rows = sum(r["rows"] for r in runs)
+        subset_path, kept, subset_sha256 = write_subset_runs(output / "subset.npy", file_runs(runs))
     collapsed = kept_rows - kept
     steps = merge_steps(results)
     if collapsed:
@@ -503,7 +511,7 @@ def run_filters(
         "scores": {c: {k: v for k, v in s.items() if k != "sample"} for c, s in scores.items()},
         "warnings": warnings,
         "subset_file": str(subset_path),
-        "subset_sha256": hashlib.sha256(subset_path.read_bytes()).hexdigest(),
+        "subset_sha256": subset_sha256,
         "seconds": round(time.perf_counter() - start, 3),
     }
     if recipe:

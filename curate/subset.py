@@ -6,8 +6,10 @@ pickled object array get a clear error instead of a silent wrong selection.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -33,38 +35,100 @@ def write_subset(path: str | os.PathLike, pairs: np.ndarray) -> Path:
     return path
 
 
-def write_subset_runs(path: str | os.PathLike, runs: list[np.ndarray], slices: int = 256) -> tuple[Path, int]:
-    """Save the distinct rows of sorted `runs` (`u8,u8` arrays, each sorted, such as each partition's kept uids)
-    as one DataComp subset file, byte for byte what `write_subset(distinct rows)` writes; return (path, rows).
+class ArrayRun:
+    """A sorted run held in memory (the form `write_subset_runs` reads runs in; curate.spill's FileRun reads a
+    spilled one from storage a chunk at a time)."""
 
-    The runs are merged one slice of the upper word's range at a time (cut where a sample of the runs' values
-    says, so slices hold about equal rows), each slice sorted and its repeats dropped, and written as it is
-    made: the pool's kept uids are never copied whole. The .npy header leaves room for any row count (numpy
-    pads a 1-D header for it), so it is written first and rewritten with the final count."""
-    runs = [np.asarray(r) for r in runs if len(r)]
-    if any(r.dtype != UID_DTYPE for r in runs):
-        raise SubsetFileError(f"subset rows must have dtype {UID_DTYPE}")
-    sample = np.sort(np.concatenate([r["f0"][:: max(1, len(r) // slices)] for r in runs])) if runs else np.zeros(0, np.uint64)
-    bounds = np.unique(sample[:: max(1, len(sample) // slices)])
-    cuts = [np.concatenate([[0], np.searchsorted(r["f0"], bounds), [len(r)]]) for r in runs]
+    def __init__(self, pairs: np.ndarray):
+        self.pairs = np.asarray(pairs)
+        if self.pairs.dtype != UID_DTYPE:
+            raise SubsetFileError(f"subset rows must have dtype {UID_DTYPE}, got {self.pairs.dtype}")
+        self.rows = len(self.pairs)
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        return self.pairs[start:stop]
+
+
+#: what the merge's read buffers hold at most, over all runs (each run gets an equal share of rows)
+MERGE_BUFFER_BYTES = 32 << 20
+MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 1024, 1 << 16
+
+
+def chunk_rows(runs: int, buffer_bytes: int = MERGE_BUFFER_BYTES) -> int:
+    """Rows each run reads at a time: the buffer shared out, within [MIN_CHUNK_ROWS, MAX_CHUNK_ROWS]."""
+    share = buffer_bytes // (UID_DTYPE.itemsize * max(1, runs))
+    return int(min(MAX_CHUNK_ROWS, max(MIN_CHUNK_ROWS, share)))
+
+
+def merge_sorted_runs(runs: list, chunk: int) -> Iterator[np.ndarray]:
+    """The distinct rows of sorted `runs` (ArrayRun, FileRun: `rows` and `read(start, stop)`), ascending, a
+    batch at a time, reading each run `chunk` rows at a time: memory is about 2 x chunk rows per run, whatever
+    the runs hold in all.
+
+    Each step takes, from every run's buffer, the rows up to the smallest last row of the buffers whose run
+    has more to read: no row still unread can sort before them. The run that set that bound is emptied, so
+    every step moves on; buffers down to half a chunk are topped up. The batch (sorted pieces of a few runs)
+    is sorted stably by the upper word, which merges such pieces quickly, and its repeats dropped."""
+    runs = [r for r in runs if r.rows]
+    bufs = [r.read(0, min(chunk, r.rows)) for r in runs]
+    read_to = [len(b) for b in bufs]
+    live = list(range(len(runs)))
+    last = None  # the last row yielded, as a (upper, lower) tuple
+    while live:
+        pending = [i for i in live if read_to[i] < runs[i].rows]
+        if pending:
+            bound = np.array([min(bufs[i][-1].item() for i in pending)], dtype=UID_DTYPE)
+            cuts = {i: int(np.searchsorted(bufs[i], bound, side="right")[0]) for i in live}
+        else:
+            cuts = {i: len(bufs[i]) for i in live}
+        taken = [bufs[i][: cuts[i]] for i in live if cuts[i]]
+        part = taken[0] if len(taken) == 1 else sort_pairs(np.concatenate(taken))
+        for i in live:
+            buf = bufs[i][cuts[i]:]
+            if len(buf) <= chunk // 2 and read_to[i] < runs[i].rows:  # (an empty buffer always)
+                more = runs[i].read(read_to[i], min(runs[i].rows, read_to[i] + chunk - len(buf)))
+                read_to[i] += len(more)
+                buf = np.concatenate([buf, more]) if len(buf) else more
+            bufs[i] = buf
+        live = [i for i in live if len(bufs[i])]
+        new = np.ones(len(part), dtype=bool)
+        new[1:] = (part["f0"][1:] != part["f0"][:-1]) | (part["f1"][1:] != part["f1"][:-1])
+        if last is not None and len(part):
+            new[0] = part[0].item() != last  # a uid repeated across steps: yielded rows never sort after it
+        if not new.all():
+            part = part[new]
+        if len(part):
+            last = part[-1].item()
+            yield part
+
+
+def write_subset_runs(path: str | os.PathLike, runs: list, buffer_bytes: int = MERGE_BUFFER_BYTES) -> tuple[Path, int, str]:
+    """Save the distinct rows of sorted `runs` (`u8,u8` arrays, or ArrayRun/FileRun: each partition's kept uids)
+    as one DataComp subset file, byte for byte what `write_subset(distinct rows)` writes; return (path, rows,
+    the file's sha256).
+
+    The runs are merged as they are read (`merge_sorted_runs`) and written as merged, so memory is about
+    2 x `buffer_bytes` plus a batch, not the rows' size. The .npy header leaves room for any row count (numpy
+    pads a 1-D header for it), so it is written first and rewritten with the final count; the sha256 is read
+    back from the finished file in blocks."""
+    runs = [r if hasattr(r, "read") else ArrayRun(r) for r in runs]
     path = storage.path(path)
     rows = 0
-    with atomic_open(path, "wb") as f:
-        _write_header(f, sum(len(r) for r in runs))
+    with atomic_open(path, "w+b") as f:
+        _write_header(f, sum(r.rows for r in runs))
         data_at = f.tell()
-        for i in range(len(bounds) + 1):
-            part = sort_pairs(np.concatenate([r[c[i] : c[i + 1]] for r, c in zip(runs, cuts)])) if runs else np.zeros(0, UID_DTYPE)
-            if len(part) > 1:
-                new = np.ones(len(part), dtype=bool)
-                new[1:] = (part["f0"][1:] != part["f0"][:-1]) | (part["f1"][1:] != part["f1"][:-1])
-                part = part if new.all() else part[new]
+        for part in merge_sorted_runs(runs, chunk_rows(len(runs), buffer_bytes)):
             f.write(np.ascontiguousarray(part).data)
             rows += len(part)
         f.seek(0)
         _write_header(f, rows)
         if f.tell() != data_at:
             raise RuntimeError(f"{path}: the .npy header changed length; the file would be corrupt")
-    return path, rows
+        f.seek(0)
+        digest = hashlib.sha256()
+        while block := f.read(1 << 22):
+            digest.update(block)
+    return path, rows, digest.hexdigest()
 
 
 def _write_header(f, rows: int) -> None:
@@ -82,7 +146,7 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     if not path.is_file():
         raise SubsetFileError(f"{path}: subset file not found")
     with storage.open_file(path, "rb") as f:
-        shape, dtype = _read_header(path, f)
+        shape, dtype = read_header(path, f)
         if dtype != UID_DTYPE:
             raise SubsetFileError(
                 f"{path}: dtype is {dtype}, DataComp subset files use {UID_DTYPE} "
@@ -103,7 +167,7 @@ def read_subset(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def _read_header(path: Path, f) -> tuple[tuple, np.dtype]:
+def read_header(path, f) -> tuple[tuple, np.dtype]:
     """(shape, dtype) from an .npy header, refusing Fortran order and object dtypes (which need pickle)."""
     fmt = np.lib.format
     try:

@@ -1,3 +1,5 @@
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -89,7 +91,7 @@ def test_sort_pairs_is_numpys_order(hi_values, lo_values):
 
 @pytest.mark.parametrize("hi_values", [None, 50, 1])
 def test_subset_from_sorted_runs_is_byte_identical(tmp_path, hi_values):
-    """write_subset_runs (each partition's sorted kept uids, merged a slice at a time) writes exactly the file
+    """write_subset_runs (each partition's sorted kept uids, merged a chunk of each at a time) writes exactly the file
     write_subset writes for the distinct rows: repeats within and across runs once, empty runs ignored."""
     rng = np.random.default_rng(8)
     for trial in range(12):
@@ -99,8 +101,9 @@ def test_subset_from_sorted_runs_is_byte_identical(tmp_path, hi_values):
         everything = np.concatenate(runs) if runs else np.zeros(0, UID_DTYPE)
         distinct = np.unique(everything)
         want = write_subset(tmp_path / "want.npy", distinct).read_bytes()
-        path, rows = write_subset_runs(tmp_path / "got.npy", runs, slices=int(rng.integers(1, 30)))
+        path, rows, sha = write_subset_runs(tmp_path / "got.npy", runs, buffer_bytes=int(rng.integers(1, 30)) << 14)
         assert path.read_bytes() == want and rows == len(distinct), trial
+        assert sha == hashlib.sha256(want).hexdigest()
         assert np.array_equal(read_subset(path), distinct)
 
 

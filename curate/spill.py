@@ -1,0 +1,160 @@
+"""Sorted runs of kept uids spilled to storage, so the `curate run` driver merges them without holding them.
+
+Each partition task writes its sorted kept uids (a `u8,u8` .npy file: a run) into one folder inside the run's
+output, `OUT/.subset-runs.<token>.tmp/`: inside the output, so a worker on another machine writes where the
+driver reads (a shared folder, or an object store through curate.storage). The driver reads each run back a
+chunk at a time (`FileRun`: plain reads of a local file, ranged GETs of an object) for
+`curate.subset.write_subset_runs`, so its memory is set by the number of runs, not by the rows kept.
+
+The folder lives only while its run does: removed when the run ends, whether it finished or failed. A run
+killed outright (SIGKILL) cannot remove it, so the next run removes such leftovers (`remove_stale_spills`):
+a local folder's `.lock` is held (flock) by its live driver, so a folder whose lock is free is a leftover;
+an object store has no locks, so a prefix whose newest object is older than `STALE_S` is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import io
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from curate import storage
+from curate.atomic import atomic_path
+from curate.subset import SubsetFileError, read_header
+from curate.uids import UID_DTYPE
+
+PREFIX = ".subset-runs."
+SUFFIX = ".tmp"
+LOCK = ".lock"
+STALE_S = 600.0  # an object-store spill prefix untouched this long belongs to no live run
+HEADER_BYTES = 4096  # more than any header np.save writes for a 1-D `u8,u8` array
+
+
+def is_spill_folder(name: str) -> bool:
+    name = str(name).rstrip("/").rsplit("/", 1)[-1]
+    return name.startswith(PREFIX) and name.endswith(SUFFIX)
+
+
+@contextlib.contextmanager
+def spill_folder(output) -> Iterator[str]:
+    """A new spill folder inside `output` (a folder or an object-store URL), removed when the block ends."""
+    folder = storage.path(output) / f"{PREFIX}{secrets.token_hex(4)}{SUFFIX}"
+    lock = None
+    try:
+        if not storage.is_url(folder):
+            folder.mkdir(parents=True)
+            lock = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield str(folder)
+    finally:
+        try:
+            storage.remove_tree(folder)
+        finally:
+            if lock is not None:
+                os.close(lock)
+
+
+def write_run(folder: str, index: int, pairs: np.ndarray) -> dict:
+    """Spill one task's sorted run as `folder/<index>.npy`, whole or not at all; {"path", "rows"} for the
+    driver (no file for an empty run). The folder is never made here: once its run has removed it (a task
+    still running after another failed), the write fails instead of leaving a folder behind."""
+    if not len(pairs):
+        return {"path": None, "rows": 0}
+    path = f"{folder}/{index:06d}.npy"
+    with atomic_path(path, parents=False) as tmp:
+        with open(tmp, "wb") as f:  # no fsync: a run lives only as long as the command
+            np.save(f, np.ascontiguousarray(pairs, dtype=UID_DTYPE), allow_pickle=False)
+    return {"path": path, "rows": int(len(pairs))}
+
+
+def _read_range(path: str, start: int, stop: int) -> bytes:
+    if storage.is_url(path):
+        up = storage.path(path)
+        return up.fs.cat_file(up.path, start=start, end=stop)
+    with open(path, "rb") as f:
+        f.seek(start)
+        return f.read(stop - start)
+
+
+class FileRun:
+    """A spilled run, read `rows` [start, stop) at a time: a local file with plain reads (no memory map, whose
+    pages would stay in the driver's resident set), an object with one ranged GET per chunk."""
+
+    def __init__(self, path: str, rows: int):
+        self.path, self.rows = path, rows
+        self._data_at: int | None = None
+
+    def _check_header(self) -> int:
+        """Where the rows begin; the header must say `u8,u8` and the row count the task reported."""
+        head = io.BytesIO(_read_range(self.path, 0, HEADER_BYTES))
+        shape, dtype = read_header(self.path, head)
+        if dtype != UID_DTYPE or shape != (self.rows,):
+            raise SubsetFileError(f"{self.path}: a spilled run should hold {self.rows} rows of {UID_DTYPE}, "
+                                  f"its header says {shape} of {dtype}")
+        return head.tell()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._data_at is None:
+            self._data_at = self._check_header()
+        size = UID_DTYPE.itemsize
+        at = self._data_at + start * size
+        if storage.is_url(self.path):
+            data = _read_range(self.path, at, at + (stop - start) * size)
+            rows = np.frombuffer(data, dtype=UID_DTYPE, count=len(data) // size)
+        else:
+            rows = np.fromfile(self.path, dtype=UID_DTYPE, count=stop - start, offset=at)
+        if len(rows) != stop - start:
+            raise SubsetFileError(f"{self.path}: a spilled run ends at row {start + len(rows)}, before row {stop} (truncated)")
+        return rows
+
+
+def file_runs(results: list[dict]) -> list[FileRun]:
+    """The runs that `write_run` results name (empty runs have no file)."""
+    return [FileRun(r["path"], r["rows"]) for r in results if r["rows"]]
+
+
+def remove_stale_spills(output) -> list[str]:
+    """Remove spill folders in `output` that no live run holds (see the module docstring); return their names."""
+    out = storage.path(output)
+    if not out.is_dir():
+        return []
+    removed = []
+    if storage.is_url(out):
+        fs, now = out.fs, time.time()
+        for info in fs.ls(out.path, detail=True):
+            if info.get("type") != "directory" or not is_spill_folder(info["name"]):
+                continue
+            times = [v.timestamp() for v in (o.get("LastModified") for o in fs.find(info["name"], detail=True).values())
+                     if hasattr(v, "timestamp")]
+            if not times or now - max(times) >= STALE_S:
+                fs.rm(info["name"], recursive=True)
+                removed.append(f"{out.protocol}://{info['name']}")
+        return removed
+    for folder in sorted(out.iterdir()):
+        if is_spill_folder(folder.name) and folder.is_dir() and _unlocked(folder):
+            storage.remove_tree(folder)
+            removed.append(str(folder))
+    return removed
+
+
+def _unlocked(folder: Path) -> bool:
+    """True when no live driver holds `folder`'s lock (a folder without one is a leftover once a minute old:
+    its driver was killed between making the folder and locking it)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return time.time() - folder.stat().st_mtime > 60
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
