@@ -46,12 +46,13 @@ class EvalReadError(ValueError):
 
 
 def eval_sets(eval_dir: str | os.PathLike) -> list[tuple[str, Path]]:
-    """(name, folder) of each eval set: `wds_<name>_test` folders (or any folder with test/nshards.txt)."""
-    root = Path(eval_dir)
+    """(name, folder) of each eval set: `wds_<name>_test` folders (or any folder with test/nshards.txt).
+    `eval_dir` may be an object-store URL (`s3://bucket/evals`): the folders are then prefixes there."""
+    root = storage.path(eval_dir)
     if not root.is_dir():
         raise EvalReadError(f"eval folder not found: {root}")
     found = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.name):
         if (d / "test" / "nshards.txt").is_file():
             name = d.name
             if name.startswith("wds_") and name.endswith("_test"):
@@ -75,18 +76,21 @@ def iter_eval_images(folder: Path):
             raise EvalReadError(f"missing shard {path} ({nfile} says {n})")
         samples: dict[str, dict[str, bytes]] = {}
         order: list[str] = []
-        with tarfile.open(path) as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                named = member_key(m.name)
-                if named is None or named[1] not in IMAGE_EXTS:
-                    continue
-                key, ext = named
-                if key not in samples:
-                    samples[key] = {}
-                    order.append(key)
-                samples[key][ext] = tf.extractfile(m).read()
+        try:
+            with storage.open_file(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:  # read once, in order
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    named = member_key(m.name)  # member names are untrusted: only a plain key.ext is taken
+                    if named is None or named[1] not in IMAGE_EXTS:
+                        continue
+                    key, ext = named
+                    if key not in samples:
+                        samples[key] = {}
+                        order.append(key)
+                    samples[key][ext] = tf.extractfile(m).read()
+        except tarfile.TarError as e:
+            raise EvalReadError(f"{path}: not a readable tar ({e})") from None
         for key in order:
             files = samples[key]
             yield si, key, next(files[e] for e in IMAGE_EXTS if e in files)
@@ -123,8 +127,10 @@ def hash_eval_sets(eval_dir: str | os.PathLike) -> tuple[pa.Table, dict]:
 
 
 def read_eval_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(unit float64 rows, eval_set, eval_key) of an --eval-embeddings npz."""
-    with np.load(path, allow_pickle=False) as z:
+    """(unit float64 rows, eval_set, eval_key) of an --eval-embeddings npz (a local file or an object)."""
+    if not (storage.path(path).is_file()):
+        raise DedupError(f"--eval-embeddings {path}: file not found")
+    with storage.open_file(path) as raw, np.load(raw, allow_pickle=False) as z:
         if "embeddings" not in z.files or "eval_set" not in z.files or "eval_key" not in z.files:
             raise DedupError(f"{path}: expected arrays embeddings, eval_set, eval_key")
         q = np.asarray(z["embeddings"], np.float32)
@@ -221,8 +227,6 @@ def run_decontaminate(pool_root: str | os.PathLike, eval_dir: str | os.PathLike,
     partition) is one task, here or on `engine`'s workers; only counts and the (few) matches come back."""
     from curate.pool import Pool
 
-    storage.refuse_url(eval_dir, "curate decontaminate --eval-dir")
-    storage.refuse_url(eval_embeddings, "curate decontaminate --eval-embeddings")
     pool_root = storage.path(pool_root)  # a folder, or an object-store URL
     start = time.perf_counter()
     if eval_embeddings and min_cosine is None:

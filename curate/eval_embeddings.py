@@ -8,6 +8,7 @@ embedding (to float rounding), so cosine 1.
 
 The eval images are read as `curate decontaminate` reads them (`wds_<task>_test/test/{i}.tar`, keys from
 the tar member names), and the npz carries `eval_set` and `eval_key` per row so a match names the eval image.
+Both the eval folder and the npz may be in object storage (s3:// URLs, through curate.storage).
 It also records the model and weights it used (`model`, `pretrained`, `clip_tag`), so a reader can tell
 which pool embeddings it belongs with.
 """
@@ -15,10 +16,10 @@ which pool embeddings it belongs with.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
+from curate import storage
 from curate.atomic import atomic_open
 from curate.decontaminate import eval_sets, iter_eval_images
 from curate.signals.clip import ClipSpec
@@ -32,6 +33,7 @@ def embed_eval_sets(eval_dir: str | os.PathLike, spec: ClipSpec, output: str | o
     from curate.signals.clip import get_transform, launch, load_clip, no_random_init_warning, to_numpy
     from curate.signals.decode import convert, decode_image
 
+    found = eval_sets(eval_dir)  # a missing eval folder is named before the model loads
     with no_random_init_warning():
         loaded = load_clip(spec, device=device, precision=precision)
     transform = get_transform(loaded.preprocess_cfg)
@@ -45,7 +47,7 @@ def embed_eval_sets(eval_dir: str | os.PathLike, spec: ClipSpec, output: str | o
             chunks.append(to_numpy(img).astype(np.float32))
             batch.clear()
 
-    for name, folder in eval_sets(eval_dir):
+    for name, folder in found:
         for _, key, data in iter_eval_images(folder):
             dec = decode_image(data, forms=())
             if not dec.ok:
@@ -65,7 +67,7 @@ def embed_eval_sets(eval_dir: str | os.PathLike, spec: ClipSpec, output: str | o
     flush()
     width = loaded.embed_dim or 0
     embeddings = np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
-    output = Path(output)
+    output = storage.path(output)  # a file, or an object (written locally, then uploaded whole)
     with atomic_open(output) as f:  # a file object: np.savez would add ".npz" to a temporary name
         np.savez(f, embeddings=embeddings, eval_set=np.array(sets, dtype=str), eval_key=np.array(keys, dtype=str),
                  model=np.array(spec.model), pretrained=np.array(str(spec.pretrained)), clip_tag=np.array(spec.column_tag))

@@ -112,6 +112,20 @@ def plan_outputs(signals: list[str], options: StageOptions) -> tuple[Output, ...
     return tuple(outputs)
 
 
+MODEL_FILE_USE = "a local file (model weights and configs are read from a local path by every process that runs the model)"
+
+
+def refuse_model_urls(options: StageOptions) -> None:
+    """Model files (weights, configs, the fastText model) are read by torch, open_clip and fastText from a local
+    path in every worker; a pool may be an s3:// URL, a model file may not: one line naming the option."""
+    for spec in options.models:
+        storage.refuse_url(spec.pretrained, "--pretrained", MODEL_FILE_USE)
+        storage.refuse_url(spec.model_config, "--model-config", MODEL_FILE_USE)
+    storage.refuse_url(options.aesthetic_model.pretrained, "--aesthetic-pretrained", MODEL_FILE_USE)
+    storage.refuse_url(options.aesthetic_weights, "--aesthetic-weights", MODEL_FILE_USE)
+    storage.refuse_url(options.fasttext_model, "--fasttext-model", MODEL_FILE_USE)
+
+
 def resolve_options(options: StageOptions, engine: Engine | None, needs_model: bool) -> StageOptions:
     """Fill in device, precision, batch size and loader workers."""
     device, precision, loader = options.device, options.precision, options.loader_workers
@@ -363,6 +377,7 @@ def run_stage(pool: Pool, signals: list[str], engine: Engine, limits: DecodeLimi
     options = options or StageOptions()
     if limits is not None:
         options = replace(options, limits=limits)
+    refuse_model_urls(options)
     outputs = plan_outputs(list(signals), options)
     if options.fasttext_model and "language" in signals and not os.path.isfile(options.fasttext_model):
         raise StageError(f"{options.fasttext_model}: fastText language model not found (expected lid.176.bin)")

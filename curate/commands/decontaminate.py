@@ -16,11 +16,11 @@ DESCRIPTION = ("Hashes every image of the eval sets under --eval-dir (wds_<task>
 
 def add_arguments(p) -> None:
     p.add_argument("--pool", required=True)
-    p.add_argument("--eval-dir", required=True, help="folder holding wds_<task>_test eval sets")
+    p.add_argument("--eval-dir", required=True, help="folder (or s3:// prefix) holding wds_<task>_test eval sets")
     p.add_argument("--max-distance", type=int, default=4, metavar="D", help="pHash Hamming distance in bits (default 4)")
     p.add_argument("--min-cosine", type=float, default=None, metavar="C", help="with --eval-embeddings: cosine >= C is a match")
     p.add_argument("--eval-embeddings", default=None, metavar="NPZ",
-                   help="eval image embeddings from the pool's CLIP model: npz with embeddings, eval_set, eval_key")
+                   help="eval image embeddings from the pool's CLIP model (a file or an s3:// object): npz with embeddings, eval_set, eval_key")
     p.add_argument("--arch", default="l14", metavar="TAG",
                    help="which pool image embeddings to compare with: l14, b32, or the --clip-tag of a stage run (default l14)")
     add_engine_arguments(p)
@@ -30,10 +30,7 @@ def main(args) -> int:
     from curate.atomic import remove_stale_temporaries
     from curate.decontaminate import run_decontaminate
     from curate.pool import Pool
-    from curate.storage import refuse_url
 
-    refuse_url(args.eval_dir, "curate decontaminate --eval-dir")  # the pool may be an object-store URL
-    refuse_url(args.eval_embeddings, "curate decontaminate --eval-embeddings")
     Pool(args.pool)  # a missing pool is named as such, not as a missing stage
     remove_stale_temporaries(args.pool, f"{args.pool}/columns")  # left by a killed run (stats, report)
 

@@ -14,8 +14,8 @@ DESCRIPTION = ("Reads every image of the eval sets under --eval-dir (wds_<task>_
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--eval-dir", required=True, help="folder holding wds_<task>_test eval sets")
-    p.add_argument("--output", required=True, metavar="NPZ", help="the npz to write (written whole, then renamed)")
+    p.add_argument("--eval-dir", required=True, help="folder (or s3:// prefix) holding wds_<task>_test eval sets")
+    p.add_argument("--output", required=True, metavar="NPZ", help="the npz to write, a file or an s3:// object (written whole, then renamed)")
     p.add_argument("--model", default="ViT-L-14", metavar="ARCH", help="open_clip architecture of the pool's embeddings (default ViT-L-14)")
     p.add_argument("--pretrained", default="openai", metavar="TAG_OR_PATH",
                    help="its weights: a pretrained tag or a local checkpoint file, as given to `curate stage` (default openai)")
@@ -36,6 +36,11 @@ def main(args) -> int:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be at least 1")
+    from curate.stage import MODEL_FILE_USE
+    from curate.storage import refuse_url
+
+    refuse_url(args.pretrained, "--pretrained", MODEL_FILE_USE)  # --eval-dir and --output may be s3:// URLs
+    refuse_url(args.model_config, "--model-config", MODEL_FILE_USE)
     refuse_overlap({"the eval folder": args.eval_dir}, args.output)
     device = args.device
     if device == "auto":

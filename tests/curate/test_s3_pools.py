@@ -222,15 +222,6 @@ def remove_stale_temporaries_now(folders) -> list[str]:
     return [r for f in sorted(folders) for r in remove_stale_objects(f, older_than_s=0)]
 
 
-def test_commands_without_object_store_support_say_so(tmp_path, s3):
-    fs, bucket = s3
-    make_pools(tmp_path, fs, bucket, per_shard=(3,))
-    for option in ("--eval-dir", "--eval-embeddings"):
-        r = curate("decontaminate", "--pool", f"s3://{bucket}/pool", "--eval-dir", tmp_path, option, f"s3://{bucket}/evals")
-        assert r.returncode != 0 and r.stderr.count("\n") == 1, r.stderr
-        assert f"curate decontaminate {option} does not take object-store paths yet" in r.stderr
-
-
 # ---- curate dedup --method semantic and curate decontaminate on an s3:// pool ----
 
 def embedding_pool(root: Path, evals: Path):
