@@ -21,7 +21,6 @@ pool uid, eval set, eval shard, eval key, method (phash | cosine), distance (bit
 from __future__ import annotations
 
 import os
-import tarfile
 import time
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from curate.dedup.frames import list_files
 from curate.dedup.hamming import cross_pairs, parse_hex64
 from curate.dedup.names import DedupError, embedding_column
 from curate.dedup.semantic import BLOCK_VALUES
-from curate.wds import member_key
+from curate.wds import ReadReport, iter_samples
 
 IMAGE_EXTS = ("webp", "png", "jpg", "jpeg")
 
@@ -64,7 +63,9 @@ def eval_sets(eval_dir: str | os.PathLike) -> list[tuple[str, Path]]:
 
 
 def iter_eval_images(folder: Path):
-    """(shard index, key, image bytes) of each sample with an image, in shard order."""
+    """(shard index, key, image bytes) of each sample with an image, in shard order. Each tar is read once, as a
+    stream, by the pool's own reader (curate.wds: member names are untrusted, only a plain key.ext is taken,
+    and a cut or unreadable tar is an error, never a short eval set)."""
     nfile = folder / "test" / "nshards.txt"
     try:
         n = int(nfile.read_text().strip())
@@ -74,26 +75,13 @@ def iter_eval_images(folder: Path):
         path = folder / "test" / f"{si}.tar"
         if not path.is_file():
             raise EvalReadError(f"missing shard {path} ({nfile} says {n})")
-        samples: dict[str, dict[str, bytes]] = {}
-        order: list[str] = []
-        try:
-            with storage.open_file(path) as raw, tarfile.open(fileobj=raw, mode="r|*") as tf:  # read once, in order
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    named = member_key(m.name)  # member names are untrusted: only a plain key.ext is taken
-                    if named is None or named[1] not in IMAGE_EXTS:
-                        continue
-                    key, ext = named
-                    if key not in samples:
-                        samples[key] = {}
-                        order.append(key)
-                    samples[key][ext] = tf.extractfile(m).read()
-        except tarfile.TarError as e:
-            raise EvalReadError(f"{path}: not a readable tar ({e})") from None
-        for key in order:
-            files = samples[key]
-            yield si, key, next(files[e] for e in IMAGE_EXTS if e in files)
+        report = ReadReport()
+        for sample in iter_samples(str(path), report):
+            image = next((e for e in IMAGE_EXTS if e in sample.files), None)
+            if image is not None:
+                yield si, sample.key, sample.files[image]
+        if report.error:
+            raise EvalReadError(f"{path}: not a readable tar ({report.error})")
 
 
 def hash_eval_sets(eval_dir: str | os.PathLike) -> tuple[pa.Table, dict]:
