@@ -249,3 +249,21 @@ def test_killed_clip_stage_on_s3_leaves_only_whole_objects_and_resumes(tmp_path,
     for folder in (f"{remote}/columns/clip_tiny", f"{remote}/columns/stage_reads"):
         remove_stale_objects(folder, older_than_s=0)
     assert_same(local_files(local), s3_files(fs, f"{bucket}/pool"))
+
+
+def test_stage_clip_loader_path_on_s3_equals_local(tmp_path, s3, checkpoint):
+    """The loader path (the default on a GPU: the model in this process, forked DataLoader workers reading the
+    shards from S3), run here on the CPU with --loader-workers 2: the same bytes as on a local copy."""
+    from tests.curate.helpers import write_shard_pool
+
+    fs, bucket = s3
+    local = tmp_path / "pool"
+    write_shard_pool(local, [4, 3, 3], seed=9)
+    fs.put(str(local), f"{bucket}/pool", recursive=True)
+    outs = {}
+    for pool in (str(local), f"s3://{bucket}/pool"):
+        outs[pool] = ok("stage", "--pool", pool, "--signals", "clip,phash", *model_args(checkpoint), "--loader-workers", "2")
+        assert "10 samples in 3 shards (0 already done)" in outs[pool] and "(fp32, loader)" in outs[pool], outs[pool]
+    assert_same(local_files(local), s3_files(fs, f"{bucket}/pool"))
+    assert json.loads(fs.cat_file(f"{bucket}/pool/columns/stage_stats.json"))["engine"] == "loader"
+    assert no_temporaries(fs, bucket) == []
