@@ -30,7 +30,8 @@ from curate.atomic import write_json
 from curate.columns import read_columns
 from curate.engines import Engine
 from curate.image_sizes import SIZE_COLUMNS, fill_sizes, shard_parquets
-from curate.pool import Partition, Pool, names_partition, partition_schema
+from curate.pool import (COLUMN_ALIASES, Partition, Pool, PoolError, names_partition, partition_num_rows,
+                         partition_schema)
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
@@ -56,6 +57,7 @@ class PartitionJob:
     score_sample: int = 0  # values per thresholded score, for histograms
     spill: str | None = None  # a curate.spill folder: the kept uids go there as run `index` (None: returned)
     index: int = 0
+    sample_below: int = 0  # only rows whose uid hash is below this enter the score sample (0: any row)
 
 
 @dataclass(frozen=True)
@@ -73,9 +75,10 @@ EXAMPLE_SEED = 0x5EED
 def load_table(job, columns: list[str]) -> pa.Table:
     """The partition's `uid` and `columns`, with computed signals joined in when the metadata lacks them, and
     image sizes from the downloader's shard parquet files when the metadata lacks them (curate.image_sizes)."""
-    present = set(partition_schema(job.partition.path).names)
-    wanted_signals = [c for c in columns if c in SIGNAL_COLUMNS and c not in present]
-    sizes = [c for c in columns if c in SIZE_COLUMNS and c not in present] if shard_parquets(job.pool_root) else []
+    computed = [c for c in columns if c in SIGNAL_COLUMNS or c in SIZE_COLUMNS]
+    present = set(partition_schema(job.partition.path).names) if computed else set()  # (else: no footer read)
+    wanted_signals = [c for c in computed if c in SIGNAL_COLUMNS and c not in present]
+    sizes = [c for c in computed if c in SIZE_COLUMNS and c not in present] if computed and shard_parquets(job.pool_root) else []
     meta_cols = ["uid"] + [c for c in columns if c != "uid" and c not in wanted_signals and c not in sizes]
     if wanted_signals and "text" not in meta_cols:
         meta_cols.append("text")
@@ -124,7 +127,8 @@ def filter_partition(job: PartitionJob) -> dict:
     n = table.num_rows
     steps = []
     valid, pairs = parse_uids(table.column("uid"))  # one parse: the mask now, the kept pairs at the end
-    valid_table = table if valid.all() else table.filter(pa.array(valid))
+    all_valid = bool(valid.all())  # the usual case: no row is dropped, so nothing is copied
+    valid_table = table if all_valid else table.filter(pa.array(valid))
     steps.append(_step_counts("valid_uid", n, valid, {"invalid_uid": ~valid}, {"invalid_uid": int((~valid).sum())}))
     keep = valid
     hashes = pair_hash(pairs) if job.examples or job.score_sample else None  # per row (invalid rows: unused)
@@ -146,11 +150,11 @@ def filter_partition(job: PartitionJob) -> dict:
         keep = np.zeros(n, dtype=bool)
         keep[idx[kept_sub]] = True
     kept_uids = sort_pairs(pairs[keep])  # sorted runs: the pool-wide sort of their concatenation is quick
-    valid_hashes = None if hashes is None else hashes[valid]
-    scores = {c: _score_summary(valid_table, c, job.score_sample, valid_hashes) for c in job.score_columns}
+    valid_hashes = hashes if hashes is None or all_valid else hashes[valid]
+    scores = {c: _score_summary(valid_table, c, job.score_sample, valid_hashes, job.sample_below) for c in job.score_columns}
     kept = {"run": write_run(job.spill, job.index, kept_uids)} if job.spill else {"uids": kept_uids}
     return {"partition": job.partition.name, "rows": n, "steps": steps, **kept, "scores": scores,
-            "examples": examples, "repeated_uid_rows": repeated_rows(pairs[valid])}
+            "examples": examples, "repeated_uid_rows": repeated_rows(pairs if all_valid else pairs[valid])}
 
 
 def pair_hash(pairs: np.ndarray) -> np.ndarray:
@@ -183,21 +187,44 @@ def repeated_rows(pairs: np.ndarray) -> int:
 
 
 def smallest(values: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k smallest of `values`, in ascending order of value (a partial sort: k is small)."""
-    idx = np.argpartition(values, k)[:k] if len(values) > k else np.arange(len(values))
+    """Indices of the k smallest of `values`, in ascending order of value (a partial sort: k is small).
+
+    For uint64 hashes (uniform), the rows below a cut that about 2k + 64 of them pass are partitioned instead
+    of all rows; when fewer than k pass, all rows are, so the answer never depends on the cut."""
+    n = len(values)
+    if n <= k:
+        idx = np.arange(n)
+    else:
+        idx = None
+        if values.dtype == np.uint64 and 4 * (2 * k + 64) < n:
+            below = np.flatnonzero(values < np.uint64(((2 * k + 64) << 64) // n))
+            if len(below) >= k:
+                idx = below[np.argpartition(values[below], k - 1)[:k]] if len(below) > k else below
+        if idx is None:
+            idx = np.argpartition(values, k)[:k]
     return idx[np.argsort(values[idx], kind="stable")]
 
 
-def _score_summary(table: pa.Table, column: str, sample: int, hashes: np.ndarray | None) -> dict:
+def _score_summary(table: pa.Table, column: str, sample: int, hashes: np.ndarray | None, below: int = 0) -> dict:
+    """Rows, missing, min and max of a score; with `sample`, the values of the (at most) `sample` rows of smallest
+    uid hash, among those below `below` when set."""
     values = float_column(table.column(column))
     ok = ~np.isnan(values)
     out = {"rows": int(len(values)), "missing": int((~ok).sum()),
            "min": float(values[ok].min()) if ok.any() else None, "max": float(values[ok].max()) if ok.any() else None}
     if sample:
-        h = hashes[ok]
-        order = smallest(h, sample)
-        out["sample_hash"], out["sample"] = h[order], values[ok][order]
+        rows = np.flatnonzero(ok & (hashes < np.uint64(below))) if below else np.flatnonzero(ok)
+        rows = rows[smallest(hashes[rows], sample)]
+        out["sample_hash"], out["sample"] = hashes[rows], values[rows]
     return out
+
+
+def sample_cut(pool_rows: int, sample: int) -> int:
+    """The uid-hash bound under which a pool of `pool_rows` rows has about 1.1 x `sample` + 64 rows (hashes are
+    uniform): each partition sends only its rows below it, so what the driver gathers for the histograms stays
+    near `sample` values however many partitions there are, and the `sample` smallest hashes of the pool are
+    among them unless most scores are missing (then the sample is what lies below the bound)."""
+    return min(2**64 - 1, ((sample * 11 // 10 + 64) << 64) // max(1, pool_rows))
 
 
 def _example_columns(f: Filter, table: pa.Table) -> list[str]:
@@ -244,9 +271,25 @@ class CaptionJob:
 
 
 def read_captions(job: CaptionJob) -> list[str | None]:
-    """The captions of a few rows of one partition."""
-    text = text_as_utf8(read_columns(job.pool_root, job.path, ["text"]).column("text"))
-    return [text[r].as_py() for r in job.rows]
+    """The captions of a few rows of one partition. The caption column is decoded a batch at a time only up
+    to the last row wanted (half the file, on average, for one example), not whole."""
+    import pyarrow.parquet as pq
+
+    names = set(partition_schema(job.path).names)
+    name = next((c for c in ("text", *COLUMN_ALIASES["text"]) if c in names), None)
+    if name is None:
+        return [None] * len(job.rows)
+    batches, read = [], 0
+    try:
+        for batch in pq.ParquetFile(storage.arrow_source(job.path)).iter_batches(65536, columns=[name], use_threads=False):
+            batches.append(batch.column(0))
+            read += len(batch)
+            if read > max(job.rows):
+                break
+        text = text_as_utf8(pa.chunked_array(batches, batches[0].type))
+        return [text[r].as_py() for r in job.rows]
+    except UnicodeDecodeError as e:
+        raise PoolError(f"{job.path}: column {name!r} holds a caption that is not valid UTF-8 ({e})") from None
 
 
 def fill_example_texts(examples: list[dict], engine: Engine, pool_root: str) -> list[dict]:
@@ -474,10 +517,11 @@ def run_filters(
     score_columns = tuple(dict.fromkeys(c for f in bound for c, _ in f.score_thresholds()))
     n_examples = examples if report else 0
     sample = score_sample if report else 0
+    below = sample_cut(sum(partition_num_rows(p.path) for p in partitions), sample) if sample and score_columns else 0
     remove_stale_spills(output)  # left by a killed run
     with spill_folder(output) as spill:  # each task's sorted kept uids, merged from there in bounded chunks
         jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples,
-                             sample, spill, i) for i, p in enumerate(partitions)]
+                             sample, spill, i, below) for i, p in enumerate(partitions)]
         results = engine.map(filter_partition, jobs, desc="filter partitions")
         # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
         runs = [r.pop("run") for r in results]

@@ -41,7 +41,10 @@ def parse_uids(uids) -> tuple[np.ndarray, np.ndarray]:
     """(valid mask, `u8,u8` pairs for every row) from one parse; invalid rows hold (0, 0)."""
     mask, packed = _hex_bytes(uids)
     pairs = _pack(packed)
-    pairs[~mask] = (0, 0)
+    if not mask.all():  # (assigning through an all-False mask still costs a pass over every row)
+        bad = ~mask
+        pairs["f0"][bad] = 0
+        pairs["f1"][bad] = 0
     return mask, pairs
 
 
@@ -95,8 +98,13 @@ def _hex_bytes(uids) -> tuple[np.ndarray, np.ndarray]:
         raw = np.frombuffer(fixed.buffers()[1], dtype=np.uint8, count=n * UID_HEX_CHARS, offset=fixed.offset * UID_HEX_CHARS)
     else:
         length_ok = np.ones(n, dtype=bool)
-    values = np.take(_PAIR_VALUE, raw.view(np.uint16)).reshape(n, UID_BYTES)  # native order, as the table was built
-    bad = (values.view(np.uint64) & np.uint64(0xFF00FF00FF00FF00)).any(axis=1)  # a value >= 256 marks a non-hex pair
+    pairs = raw.view(np.uint16).reshape(n, UID_BYTES)  # native order, as the table was built
+    values = np.empty((n, UID_BYTES), dtype=np.uint16)
+    for start in range(0, n, _LOOKUP_ROWS):  # np.take copies its indices to intp: a few MB at a time stay in cache
+        np.take(_PAIR_VALUE, pairs[start : start + _LOOKUP_ROWS], out=values[start : start + _LOOKUP_ROWS])
+    words = values.view(np.uint64)  # a row's 16 values as 4 words; a value >= 256 marks a non-hex pair
+    high = words[:, 0] | words[:, 1] | words[:, 2] | words[:, 3]  # (not .any(axis=1): 10x slower on short rows)
+    bad = (high & np.uint64(0xFF00FF00FF00FF00)) != 0
     return length_ok & ~bad, values.astype(np.uint8)
 
 
@@ -119,6 +127,7 @@ def _pair_value_table() -> np.ndarray:
 
 
 _PAIR_VALUE = _pair_value_table()
+_LOOKUP_ROWS = 16384  # uids per table lookup (1.7x faster than one lookup of a whole partition's 400k)
 
 
 def _pack(packed: np.ndarray) -> np.ndarray:
