@@ -83,9 +83,25 @@ def partition_histogram(task: HistogramTask) -> tuple[tuple[np.ndarray, np.ndarr
     partition's row count, and the key width used (the first pass picks it: see HistogramTask.bits)."""
     values = score_values(read_columns(task.pool_root, task.path, [task.column]).column(task.column))
     n = len(values)
-    values = values[~np.isnan(values)]
+    if task.level:  # only the rows of the prefix's bin matter: find them by value, then key only those
+        values = values[_in_bin(values, task.bits, task.level, task.prefix)]
+    else:
+        values = values[~np.isnan(values)]
     bits = task.bits or (32 if _fits_float32(values) else 64)
     return _digits_histogram(descending_keys(values, bits), bits, task.level, task.prefix), n, bits
+
+
+def _in_bin(values: np.ndarray, bits: int, level: int, prefix: int) -> np.ndarray:
+    """A mask of the values (never NaN) whose key may start with `prefix`: those between the floats at the
+    bin's two ends, a superset (-0.0 and 0.0 compare equal; an end that decodes to NaN lies past an infinity)
+    that `_digits_histogram` narrows to the exact keys."""
+    free = bits - BITS_PER_PASS * level
+    first, last = prefix << free, (prefix << free) | ((1 << free) - 1)
+    high, low = key_to_float(first, bits), key_to_float(last, bits)  # descending keys: the first key is the largest value
+    high = np.inf if np.isnan(high) else high
+    low = -np.inf if np.isnan(low) else low
+    values = values.astype(_FLOAT[bits], copy=False)
+    return (values >= low) & (values <= high)
 
 
 def value_at_descending_rank(engine: Engine, paths: list[str], column: str, fraction: float, pool_root: str = "") -> tuple[float, int, int]:

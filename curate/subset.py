@@ -49,8 +49,9 @@ class ArrayRun:
         return self.pairs[start:stop]
 
 
-#: what the merge's read buffers hold at most, over all runs (each run gets an equal share of rows)
-MERGE_BUFFER_BYTES = 32 << 20
+#: what the merge's read buffers hold, over all runs (each run gets an equal share of rows); the merge's peak
+#: is about 4.5x this (a batch as large as the buffers, and its sort)
+MERGE_BUFFER_BYTES = 8 << 20
 MIN_CHUNK_ROWS, MAX_CHUNK_ROWS = 1024, 1 << 16
 
 
