@@ -14,8 +14,8 @@ FIRST block on which the two hashes agree (every block j < i differs); it is ori
 Cost: the shuffle moves m * n rows; a group holds ~n / 2^w hashes (w ~ 64 / (D + 1)), and the local search's
 cost per hash grows slowly with the group (hamming's block plan). A group above MAX_GROUP hashes (many real
 pHashes share blocks: skew) is searched in pieces, by the same rule one level down: the D + 1 exact sub-blocks
-of its remaining bits, each pair kept in its first agreeing sub-block, so a worker's search memory stays
-bounded by MAX_GROUP (the group's rows, 24 bytes each, still arrive in one partition).
+of the bits its members do not all share, each pair kept in its first agreeing sub-block, so a worker's
+search memory follows the sub-groups, not the group (whose rows, 24 bytes each, still arrive in one partition).
 
 D = 0 needs no search: the nodes are distinct hashes, so no two are within 0 bits.
 """
@@ -31,7 +31,8 @@ SMALL_GROUP = 512  # groups up to this size are compared all-pairs, batched over
 MAX_GROUP = 4_000_000  # larger groups are searched in sub-blocks (hamming holds ~200 bytes a hash)
 GROUP_KEY_SHIFT = 32  # g = block index << 32 | block value (blocks of D >= 1 are at most 32 bits wide)
 # a partition's summary rides along with its edges as rows of negative u (nodes are rows, never negative)
-SUMMARY = {-1: "largest_group", -2: "groups", -3: "group_rows", -4: "oversize_groups", -5: "compared_pairs"}
+SUMMARY = {-1: "largest_block_group", -2: "block_groups", -3: "block_group_rows", -4: "oversize_block_groups",
+           -5: "compared_pairs"}
 
 
 def exact_blocks(max_distance: int, bits: int = BITS) -> tuple[Block, ...]:
@@ -42,6 +43,16 @@ def exact_blocks(max_distance: int, bits: int = BITS) -> tuple[Block, ...]:
         shift -= w
         out.append(Block(shift, w, 0))
     return tuple(out)
+
+
+def block_count(max_distance: int) -> int:
+    """Rows emitted per distinct hash (0 for D = 0: nothing to search)."""
+    return len(exact_blocks(max_distance)) if max_distance else 0
+
+
+def describe(max_distance: int) -> str:
+    widths = sorted({b.nbits for b in exact_blocks(max_distance)}, reverse=True)
+    return f"D={max_distance}: {block_count(max_distance)} exact blocks of {'/'.join(map(str, widths))} bits"
 
 
 def block_values(values: np.ndarray, blk: Block) -> np.ndarray:
@@ -76,9 +87,9 @@ def explode(nodes, max_distance: int):
     if max_distance == 0 or not len(h):
         return explode_meta()
     hu = h.view(np.uint64)
-    parts = [pd.DataFrame({"g": (np.int64(i) << GROUP_KEY_SHIFT) | block_values(hu, blk), "node": node, "h": h})
-             for i, blk in enumerate(exact_blocks(max_distance))]
-    return pd.concat(parts, ignore_index=True)
+    blocks = exact_blocks(max_distance)
+    g = np.concatenate([(np.int64(i) << GROUP_KEY_SHIFT) | block_values(hu, blk) for i, blk in enumerate(blocks)])
+    return pd.DataFrame({"g": g, "node": np.tile(node, len(blocks)), "h": np.tile(h, len(blocks))})
 
 
 def explode_meta():
@@ -108,7 +119,7 @@ def _small_pairs(v: np.ndarray, rank: np.ndarray, size: np.ndarray, max_distance
 
 
 def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: int, bits: int, counts: dict,
-                top: bool = True):
+                top: bool = True, split: bool = True):
     """Pairs (p, q) of positions, p != q, of `bits`-bit `values` within D that share their group `gid`, each
     once. Every member of a group shares the block `group_block(gid)` (a Block over the `bits` bits), which
     the search of a larger group drops. `top`: count these groups in the summary (sub-groups are not)."""
@@ -126,38 +137,56 @@ def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: 
     rank = np.arange(n) - starts[which]
     v = values[order]
     if top:
-        counts["largest_group"] = max(counts["largest_group"], int(sizes.max()))
-        counts["groups"] += len(starts)
-        counts["group_rows"] += n
+        counts["largest_block_group"] = max(counts["largest_block_group"], int(sizes.max()))
+        counts["block_groups"] += len(starts)
+        counts["block_group_rows"] += n
     ps, qs = _small_pairs(v, rank, sizes[which], max_distance, counts)
     for s in np.flatnonzero(sizes > SMALL_GROUP):
         a = int(starts[s])
         blk = group_block(int(g[a]))
         sub = drop_block(v[a:a + sizes[s]], blk)
-        i, j = search(sub, max_distance, bits - blk.nbits, counts)
+        i, j = search(sub, max_distance, bits - blk.nbits, counts, split)
         ps.append(i + a)
         qs.append(j + a)
     p, q = np.concatenate(ps), np.concatenate(qs)
     return order[p], order[q]
 
 
-def search(values: np.ndarray, max_distance: int, bits: int, counts: dict):
+def squeeze(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """The bits that vary among `values`, packed into the low bits (distances unchanged): (packed, their count)."""
+    varying = int(np.bitwise_or.reduce(values ^ values[0])) if len(values) else 0
+    out = np.zeros(len(values), np.uint64)
+    k = 0
+    for bit in range(BITS):
+        if varying >> bit & 1:
+            out |= ((values >> np.uint64(bit)) & np.uint64(1)) << np.uint64(k)
+            k += 1
+    return out, k
+
+
+def search(values: np.ndarray, max_distance: int, bits: int, counts: dict, split: bool = True):
     """Pairs (i, j) of DISTINCT `bits`-bit values within D, each once: hamming's search, or for more than
-    MAX_GROUP values one more level of exact sub-blocks (each pair kept in its first agreeing sub-block)."""
-    if len(values) <= MAX_GROUP or max_distance + 1 > bits // 2:
-        st: dict = {}
-        i, j, _ = distinct_pairs(values, max_distance, plan=make_plan(len(values), max_distance, bits=bits), stats=st)
-        counts["compared_pairs"] += st["candidates"]
-        return i, j
-    counts["oversize_groups"] += 1
-    blocks = exact_blocks(max_distance, bits)
-    out_i, out_j = [], []
-    for k, blk in enumerate(blocks):
-        p, q = group_pairs(block_values(values, blk), values, lambda _g, b=blk: b, max_distance, bits, counts, top=False)
-        keep = first_equal_block(values[p] ^ values[q], blocks) == k
-        out_i.append(p[keep])
-        out_j.append(q[keep])
-    return np.concatenate(out_i), np.concatenate(out_j)
+    MAX_GROUP values (and `split`) one more level: the bits all of them share are dropped, the rest cut into
+    D + 1 exact sub-blocks, each sub-group searched by hamming and each pair kept in its first agreeing
+    sub-block. One level only: a sub-group still above MAX_GROUP (extreme skew) is searched whole, so the
+    work stays within D + 1 searches of the group."""
+    if len(values) > MAX_GROUP and split:
+        packed, k = squeeze(values)
+        if max_distance + 1 <= k // 2:  # sub-blocks of at least 2 bits: each sub-group a quarter or less
+            counts["oversize_block_groups"] += 1
+            blocks = exact_blocks(max_distance, k)
+            out_i, out_j = [], []
+            for b, blk in enumerate(blocks):
+                p, q = group_pairs(block_values(packed, blk), packed, lambda _g, c=blk: c, max_distance, k, counts,
+                                   top=False, split=False)
+                keep = first_equal_block(packed[p] ^ packed[q], blocks) == b
+                out_i.append(p[keep])
+                out_j.append(q[keep])
+            return np.concatenate(out_i), np.concatenate(out_j)
+    st: dict = {}
+    i, j, _ = distinct_pairs(values, max_distance, plan=make_plan(len(values), max_distance, bits=bits), stats=st)
+    counts["compared_pairs"] += st["candidates"]
+    return i, j
 
 
 def search_partition(part, max_distance: int):
@@ -183,8 +212,8 @@ def summarize(rows) -> dict:
     out = {name: 0 for name in SUMMARY.values()}
     for u, v in zip(rows["u"].tolist(), rows["v"].tolist()):
         name = SUMMARY[int(u)]
-        out[name] = max(out[name], int(v)) if name == "largest_group" else out[name] + int(v)
+        out[name] = max(out[name], int(v)) if name == "largest_block_group" else out[name] + int(v)
     return out
 
 
-__all__ = ["explode", "exact_blocks", "search", "search_partition", "summarize"]
+__all__ = ["exact_blocks", "explode", "search", "search_partition", "summarize"]

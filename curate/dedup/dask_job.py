@@ -1,10 +1,11 @@
 """`curate dedup --engine dask`: the dataframe jobs of curate.dedup.frames (phash, sha256) and
 curate.dedup.semantic on a Dask cluster.
 
-Workers read the column files (or the partitions' embeddings), explode block keys, join and verify (or
-assign clusters with scattered centroids and pair rows per cluster), run the star rounds of the connected
-components and write the output files; the driver builds the task graph and pulls back only counts (the
-plan's input, per-round change counts, statistics) and, for semantic, the k-means training sample.
+Workers read the column files (or the partitions' embeddings), emit each hash once per exact block and
+search each block group after one shuffle (curate.dedup.block_search; or assign clusters with scattered
+centroids and pair rows per cluster), run the star rounds of the connected components and write the output
+files; the driver builds the task graph and pulls back only counts (per-round change counts, statistics)
+and, for semantic, the k-means training sample.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.dedup import block_search as bs
 from curate.dedup import frames as fr
 from curate.dedup import semantic as sem
 
 ROWS_PER_PARTITION = 200_000  # shuffles use about one partition per this many rows (tests lower it)
-EXPLODED_ROWS_PER_PARTITION = 2_000_000  # phash: the block-key join gets about one partition per this many rows a
-JOINED_ROWS_PER_PARTITION = 4_000_000  # side, and per this many rows it emits (whichever asks for more)
+GROUP_ROWS_PER_PARTITION = 2_000_000  # phash: the block groups get about one partition per this many (block, hash) rows
 EMBEDDING_BYTES_PER_PARTITION = 256 << 20  # semantic: about one shuffle partition per this many bytes of embeddings
 
 
@@ -132,21 +133,7 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
         stats["without_value_by_status"] = {str(k): int(v) for k, v in missing_status.items()}
     stats["distinct_hashes"] = int(nnodes)
     if method == "phash":
-        plan = fr.join_plan(int(nnodes), max_distance)
-        stats["plan"] = plan.describe()
-        flips = fr.explode_tables(plan)
-        # the join is far larger than the nodes (1M hashes at D=8: 67M rows a side, ~380M joined rows before
-        # the checks), so it gets its own partition count; with the nodes' count, 5 GB workers were killed
-        side, emitted = fr.join_sizes(int(nnodes), plan)
-        join_parts = max(parts, side // EXPLODED_ROWS_PER_PARTITION + 1, emitted // JOINED_ROWS_PER_PARTITION + 1)
-        stats["join_partitions"] = join_parts
-        node_h = nodes[["node", "h"]]
-        if join_parts > node_h.npartitions:
-            node_h = node_h.repartition(npartitions=join_parts)
-        left = node_h.map_partitions(fr.explode, flips["left"], meta=fr.explode_meta())
-        right = node_h.map_partitions(fr.explode, flips["right"], meta=fr.explode_meta())
-        joined = left.merge(right, on=["b", "z"], suffixes=("_l", "_r"), npartitions=join_parts)
-        edges = _persist(client, joined.map_partitions(fr.keep_edges, plan, meta=fr.edges_meta()))
+        edges = _pairs(client, nodes[["node", "h"]], int(nnodes), max_distance, parts, stats)
         (npairs,) = _compute(client, edges.u.count())
         stats["pairs_of_distinct_hashes"] = int(npairs)
         stars = components(client, edges, stats, parts) if npairs else edges
@@ -156,6 +143,19 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
     else:  # identical digests: the group is the smallest row holding the digest
         grouped = valid.merge(nodes, on=key, npartitions=parts).rename(columns={"node": "group"})[["row", "uid", "group"]]
     _keep_and_write(client, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol, parts)
+
+
+def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dict):
+    """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node), one shuffle on
+    the block group, each partition's groups searched (curate.dedup.block_search); persisted."""
+    rows = nnodes * bs.block_count(max_distance)
+    gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
+    stats.update({"plan": bs.describe(max_distance), "group_partitions": gparts})
+    exploded = nodes.map_partitions(bs.explode, max_distance, meta=bs.explode_meta())
+    found = _persist(client, _by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, meta=fr.edges_meta()))
+    (summary,) = _compute(client, found[found.u < 0])
+    stats.update(bs.summarize(summary))
+    return found[found.u >= 0]
 
 
 def dask_semantic(client, pool_root: Path, files: list, col: str, eps: float, clusters: int | None, seed: int, keep: str,

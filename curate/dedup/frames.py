@@ -9,19 +9,16 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
    64-bit hash as a signed int64 (same bits). For sha256 the key is `k`, the lower-case digest, and the
    job stops after step 2: a row's group is its digest's node.
 2. nodes: one per distinct hash, named by the smallest row holding it (`node = min(row) group by h`).
-3. edges: the multi-index block plan as a join. For block i with radius t, a pair differs in at most t
-   bits of the block exactly when some key z is within ra = ceil(t/2) bits of one hash's block value
-   and within rb = floor(t/2) of the other's (meet in the middle). Every node is exploded into rows
-   (block, z = key ^ f) for each flip f of at most ra bits ("left") and at most rb bits ("right"), the
-   two tables are joined on (block, z), and a joined row is kept only if
-   - it is canonical: f_left equals the lowest min(ra, |d|) set bits of d = key_left ^ key_right. Every
-     pair (a, b) with block distance <= t has exactly one such z for a fixed orientation, so each
-     ordered pair meets once per block, without a distinct();
-   - node_left < node_right (one orientation);
-   - popcount(h_left ^ h_right) <= D (verification), and no earlier block has the pair within its
-     radius (so a pair is found in exactly one block).
-   The pigeonhole argument of curate.dedup.hamming (sum(t_i + 1) >= D + 1) makes this exact. The plan
-   comes from `join_plan`, whose cost model counts exploded rows and joined rows (blocks up to 32 bits).
+3. edges (phash): partition by an exact block, search each partition locally (curate.dedup.block_search).
+   The 64 bits are cut into D + 1 contiguous blocks; two hashes within D bits agree exactly on at least one
+   (pigeonhole). Every node is emitted once per block as (g = (block, block value), node, h): (D + 1) * n
+   rows and one shuffle on g. Each partition then searches its groups: small groups all pairs at once,
+   larger ones with the local engine's search (curate.dedup.hamming) on the bits the group does not share,
+   an oversize group (skew) in exact sub-blocks one level down. A pair is kept only in the group of the
+   FIRST block on which its two hashes agree, oriented node_a < node_b, so each pair comes out once.
+   Cost: the shuffle is linear in n, and a group holds ~n / 2^(64 / (D + 1)) hashes, whose search grows
+   slowly per hash. (Until 2026-12 this step was a meet-in-the-middle join of block keys with flips,
+   whose joined rows grew as n^2 / 2^w: quadratic past ~1M hashes at D = 8.)
 4. connected components of the edges, by alternating large-star and small-star steps (Kiveris et al.
    2014, "Connected Components in MapReduce and Beyond") as groupby/join rounds until the edge set stops
    changing. At that fixed point every component is a star around its smallest node: small-star leaves
@@ -42,10 +39,8 @@ from pathlib import Path
 import numpy as np
 
 from curate import storage
-from curate.dedup.hamming import Plan, ball_size, flip_masks, make_plan, parse_hex64
+from curate.dedup.hamming import parse_hex64
 from curate.dedup.names import SCORE_COLUMNS, DedupError
-
-MAX_JOIN_BLOCK_BITS = 32  # block values are joined, not direct-addressed: any width up to 32 bits
 
 
 @dataclass(frozen=True)
@@ -67,36 +62,6 @@ ROW_COLUMNS = ["row", "file", "uid", "h", "k", "valid", "present", "status", "ba
 STR = "string[pyarrow]"  # Dask's own choice for text columns; declaring it keeps merges free of casts
 
 
-def halves(radius: int) -> tuple[int, int]:
-    return (radius + 1) // 2, radius // 2
-
-
-def _join_cost(n: int, widths, radii) -> float:
-    """Exploded rows (each side flips half the radius) plus joined rows."""
-    cost = 0.0
-    for w, t in zip(widths, radii):
-        ra, rb = halves(t)
-        cost += n * (ball_size(w, ra) + ball_size(w, rb)) + n * n / 2 * ball_size(w, t) / 2.0 ** w
-    return cost
-
-
-def join_sizes(n: int, plan: Plan) -> tuple[int, int]:
-    """(exploded rows on the larger side, rows the join emits before the canonical and distance checks) for
-    n random distinct hashes: every key z of a w-bit block meets about n * ball(ra) / 2^w left rows and
-    n * ball(rb) / 2^w right rows. For sizing partitions; `_join_cost` counts the joined rows lower."""
-    side = joined = 0.0
-    for blk in plan.blocks:
-        ra, rb = halves(blk.radius)
-        side += n * ball_size(blk.nbits, ra)
-        joined += float(n) * n * ball_size(blk.nbits, ra) * ball_size(blk.nbits, rb) / 2.0 ** blk.nbits
-    return int(side), int(joined)
-
-
-def join_plan(n: int, max_distance: int) -> Plan:
-    """The block plan with the fewest exploded plus joined rows for n distinct hashes."""
-    return make_plan(n, max_distance, cost=_join_cost, max_block_bits=MAX_JOIN_BLOCK_BITS)
-
-
 # --- 1. rows -----------------------------------------------------------------------------------------------
 
 
@@ -106,7 +71,6 @@ def read_rows(f: ColumnFile, signal: str = "phash"):
     import pandas as pd
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     t = storage.read_parquet(f.path)
     if signal not in t.column_names or "uid" not in t.column_names:
@@ -147,70 +111,7 @@ def rows_meta():
     })
 
 
-# --- 3. edges ----------------------------------------------------------------------------------------------
-
-
-def explode_tables(plan: Plan) -> dict[str, list[tuple[int, int, int, int]]]:
-    """(block, shift, block mask, flip) for the left (ceil half) and right (floor half) sides."""
-    out: dict[str, list] = {"left": [], "right": []}
-    for b, blk in enumerate(plan.blocks):
-        for side, r in zip(("left", "right"), halves(blk.radius)):
-            out[side].extend((b, blk.shift, blk.mask, int(f)) for f in flip_masks(blk.nbits, r))
-    return out
-
-
-def explode(nodes, flips: list[tuple[int, int, int, int]]):
-    """Per node (node, h) and flip (block, shift, mask, f): a row (b, z, node, h, f)."""
-    import pandas as pd
-
-    node = nodes["node"].to_numpy(np.int64)
-    h = nodes["h"].to_numpy(np.int64)
-    hu = h.view(np.uint64)
-    parts = []
-    for b, shift, mask, f in flips:
-        key = ((hu >> np.uint64(shift)) & np.uint64(mask)).astype(np.int64)
-        parts.append(pd.DataFrame({"b": np.full(len(h), b, np.int8), "z": key ^ f, "node": node, "h": h,
-                                   "f": np.full(len(h), f, np.int64)}))
-    if not parts:
-        return explode_meta()
-    return pd.concat(parts, ignore_index=True)
-
-
-def explode_meta():
-    import pandas as pd
-
-    return pd.DataFrame({"b": pd.Series(dtype="int8"), "z": pd.Series(dtype="int64"), "node": pd.Series(dtype="int64"),
-                         "h": pd.Series(dtype="int64"), "f": pd.Series(dtype="int64")})
-
-
-def lowest_bits(d: np.ndarray, k: np.ndarray | int) -> np.ndarray:
-    """The lowest min(k, popcount(d)) set bits of each d (int64, values below 2^32)."""
-    d = d.copy()
-    k = np.broadcast_to(np.asarray(k, np.int64), d.shape)
-    acc = np.zeros_like(d)
-    for step in range(int(k.max()) if len(k) else 0):
-        low = d & -d
-        acc |= np.where(step < k, low, 0)
-        d ^= low
-    return acc
-
-
-def keep_edges(joined, plan: Plan):
-    """Joined rows (b, z, node_l, h_l, f_l, node_r, h_r, f_r) -> the pairs (u, v) they establish, u < v."""
-    import pandas as pd
-
-    b = joined["b"].to_numpy(np.int64)
-    ul, ur = joined["node_l"].to_numpy(np.int64), joined["node_r"].to_numpy(np.int64)
-    hl, hr = joined["h_l"].to_numpy(np.int64).view(np.uint64), joined["h_r"].to_numpy(np.int64).view(np.uint64)
-    fl, fr = joined["f_l"].to_numpy(np.int64), joined["f_r"].to_numpy(np.int64)
-    x = hl ^ hr
-    ok = (ul < ur) & (np.bitwise_count(x) <= plan.max_distance)
-    ra = np.array([halves(blk.radius)[0] for blk in plan.blocks], np.int64)[b] if len(b) else np.zeros(0, np.int64)
-    ok &= fl == lowest_bits(fl ^ fr, ra)  # fl ^ fr = key_l ^ key_r, since key_l ^ fl = z = key_r ^ fr
-    for j, blk in enumerate(plan.blocks):
-        within = np.bitwise_count((x >> np.uint64(blk.shift)) & np.uint64(blk.mask)) <= blk.radius
-        ok &= ~(within & (j < b))
-    return pd.DataFrame({"u": ul[ok], "v": ur[ok]})
+# --- 3. edges (the phash search itself: curate.dedup.block_search) ------------------------------------------
 
 
 def edges_meta():
@@ -272,7 +173,6 @@ def write_files(part, files: dict[int, str], staging: str, group_col: str, keep_
     group NaN/null where the row was not grouped). Returns (file, rows) of what was written."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     out = []
     for fi, g in part.groupby("file", sort=True):
@@ -298,7 +198,6 @@ def written_meta():
 
 def write_empty(path: Path, group_col: str, keep_col: str) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     storage.write_parquet(pa.table({"uid": pa.array([], pa.string()), group_col: pa.array([], pa.int64()),
                                     keep_col: pa.array([], pa.bool_())}), path)
@@ -348,7 +247,7 @@ def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
     return out
 
 
-__all__ = ["ColumnFile", "join_plan", "keep_edges", "list_files", "read_rows", "write_files"]
+__all__ = ["ColumnFile", "list_files", "read_rows", "write_files"]
 
 
 # --- per-partition steps of the Dask job (each after a shuffle that puts equal keys in one partition) ---------

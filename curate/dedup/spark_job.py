@@ -1,9 +1,10 @@
 """`curate dedup --engine spark`: the dataframe jobs of curate.dedup.frames (phash, sha256) and
 curate.dedup.semantic on Spark.
 
-Executors read the phash files (mapInPandas over the file list) and write the output files
-(applyInPandas per file); block keys, the join, verification, the star rounds of the connected
-components and the keep rule are Spark SQL (bit_count, shifts and XOR on longs; no Python UDFs). For
+Executors read the phash files (mapInPandas over the file list), search the exact-block groups after one
+repartition by group (mapInPandas over whole partitions: curate.dedup.block_search) and write the output
+files (applyInPandas per file); the block keys, the star rounds of the connected components and the keep
+rule are Spark SQL (shifts and masks on longs). For
 semantic, executors read the partitions' embeddings, assign clusters (centroids in a broadcast
 variable) and pair rows per cluster (groupBy cluster, applyInPandas). The driver collects only counts,
 the per-file row counts it wrote and, for semantic, the k-means training sample.
@@ -14,6 +15,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
+from curate.dedup import block_search as bs
 from curate.dedup import frames as fr
 from curate.dedup import semantic as sem
 
@@ -26,16 +28,7 @@ def _read_batches(batches):
             yield fr.read_rows(fr.ColumnFile(int(index), str(path), int(offset), int(rows)), str(signal))
 
 
-def _lowest_bits(d, k: int):
-    """Spark column: the lowest min(k, popcount(d)) set bits of d."""
-    from pyspark.sql import functions as F
-
-    acc = F.lit(0).cast("long")
-    for _ in range(k):
-        low = d.bitwiseAND(-d)
-        acc = acc.bitwiseOR(low)
-        d = d.bitwiseXOR(low)
-    return acc
+GROUP_ROWS_PER_PARTITION = 2_000_000  # phash: the block groups get about one partition per this many (block, hash) rows
 
 
 def _large_star(edges):
@@ -69,32 +62,42 @@ def components(edges, stats: dict, max_rounds: int = 200):
     raise RuntimeError(f"connected components did not converge in {max_rounds} rounds")
 
 
-def _phash_groups(spark, valid, nodes, nnodes: int, max_distance: int, stats: dict):
-    """(row, uid, group) of the valid rows: block-key join, verification, star rounds."""
+def _search_batches(max_distance: int):
+    """mapInPandas function: all batches of one partition (whole block groups) -> its edges and summary rows."""
+    def run(batches):
+        import pandas as pd
+
+        part = [b for b in batches if len(b)]
+        yield bs.search_partition(pd.concat(part, ignore_index=True) if part else bs.explode_meta(), max_distance)
+    return run
+
+
+def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
+    """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node) as Spark SQL, one
+    repartition by block group, each partition searched whole (curate.dedup.block_search); checkpointed."""
     import pandas as pd
     from pyspark.sql import functions as F
 
-    plan = fr.join_plan(nnodes, max_distance)
-    stats["plan"] = plan.describe()
-    flips = fr.explode_tables(plan)
-    sides = []
-    for side, tag in (("left", "l"), ("right", "r")):
-        fl = spark.createDataFrame(pd.DataFrame(flips[side], columns=["b", "shift", "bmask", "f"]))
-        key = F.expr("shiftrightunsigned(h, cast(shift as int))").bitwiseAND(F.col("bmask"))
-        sides.append(nodes.crossJoin(F.broadcast(fl)).select(
-            "b", key.bitwiseXOR(F.col("f")).alias("z"), F.col("node").alias(f"node_{tag}"), F.col("h").alias(f"h_{tag}"),
-            F.col("f").alias(f"f_{tag}")))
-    joined = sides[0].join(sides[1], ["b", "z"])
-    x = F.col("h_l").bitwiseXOR(F.col("h_r"))
-    cond = (F.col("node_l") < F.col("node_r")) & (F.bit_count(x) <= plan.max_distance)
-    d = F.col("f_l").bitwiseXOR(F.col("f_r"))  # = key_l ^ key_r
-    canonical = None
-    for b, blk in enumerate(plan.blocks):
-        c = F.col("f_l") == _lowest_bits(d, fr.halves(blk.radius)[0])
-        canonical = (F.col("b") != b) | c if canonical is None else canonical & ((F.col("b") != b) | c)
-        within = F.bit_count(F.shiftrightunsigned(x, blk.shift).bitwiseAND(F.lit(blk.mask))) <= blk.radius
-        cond = cond & ~(within & (F.col("b") > b))
-    edges = joined.where(cond & canonical).select(F.col("node_l").alias("u"), F.col("node_r").alias("v")).localCheckpoint()
+    blocks = bs.exact_blocks(max_distance)[:bs.block_count(max_distance)]
+    table = pd.DataFrame({"i": [i for i in range(len(blocks))], "shift": [b.shift for b in blocks], "bmask": [b.mask for b in blocks]},
+                         dtype="int64")
+    gparts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), nnodes * len(blocks) // GROUP_ROWS_PER_PARTITION + 1)
+    stats.update({"plan": bs.describe(max_distance), "group_partitions": gparts})
+    schema = "i long, shift long, bmask long"
+    bt = spark.createDataFrame(table, schema) if len(table) else spark.createDataFrame([], schema)
+    key = F.expr("shiftrightunsigned(h, cast(shift as int))").bitwiseAND(F.col("bmask"))
+    exploded = nodes.crossJoin(F.broadcast(bt)).select(
+        F.shiftleft(F.col("i"), bs.GROUP_KEY_SHIFT).bitwiseOR(key).alias("g"), "node", "h")
+    found = exploded.repartition(gparts, "g").mapInPandas(_search_batches(max_distance), "u long, v long").localCheckpoint()
+    stats.update(bs.summarize(found.where(F.col("u") < 0).toPandas()))
+    return found.where(F.col("u") >= 0)
+
+
+def _phash_groups(spark, valid, nodes, nnodes: int, max_distance: int, stats: dict):
+    """(row, uid, group) of the valid rows: exact-block groups searched, star rounds."""
+    from pyspark.sql import functions as F
+
+    edges = _pairs(spark, nodes, nnodes, max_distance, stats)
     npairs = edges.count()
     stats["pairs_of_distinct_hashes"] = npairs
     stars = components(edges, stats) if npairs else edges

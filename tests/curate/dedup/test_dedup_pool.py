@@ -188,7 +188,7 @@ def test_dask_engine_gets_the_same_groups_and_keepers(tmp_path, monkeypatch):
     import curate.dedup.dask_job as dask_job
 
     monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 150)  # several partitions: real shuffles
-    monkeypatch.setattr(dask_job, "EXPLODED_ROWS_PER_PARTITION", 500)  # and more of them for the block-key join
+    monkeypatch.setattr(dask_job, "GROUP_ROWS_PER_PARTITION", 500)  # and more of them for the block groups
     root, values, chain = _engine_pool(tmp_path, n_random=500, clusters=45, seed=4)
     local = _run_all(root, "local")
     _check_local(root, values, chain, local)
