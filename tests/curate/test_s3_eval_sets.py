@@ -3,6 +3,7 @@ its npz to S3, `curate decontaminate` with an s3:// --eval-dir and --eval-embedd
 clip` on an s3:// pool, each against the same command on a local copy (byte for byte), on the moto server of
 test_s3_pools (its own process on loopback). A tiny open_clip model with random weights (made here) stands in
 for the pool's CLIP model; its checkpoint stays a local file."""
+# ruff: noqa: F811
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.curate.test_s3_pools import assert_same, local_files, s3, s3_env, s3_files  # noqa: F401 (fixtures)
+# the moto server and bucket fixtures of test_s3_pools (the tests' `s3` argument is that fixture)
+from tests.curate.test_s3_pools import assert_same, local_files, s3, s3_env, s3_files  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +29,7 @@ QUIET = ("stage", "decontaminate")  # the commands here that show progress (embe
 def curate(*args):
     quiet = ["--no-progress"] if args[0] in QUIET else []
     return subprocess.run([sys.executable, "-m", "curate.cli", *map(str, args), *quiet], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
 
 
 def ok(*args) -> str:
@@ -155,7 +157,7 @@ def test_missing_eval_prefix_and_model_urls_are_one_line(tmp_path, s3, checkpoin
     """A missing eval prefix (in a bucket, or no bucket at all), a prefix without eval sets and a missing npz
     object: one line naming it, nothing written. A model file given as an s3:// URL is refused by name."""
     fs, bucket = s3
-    local, _, _ = pool_and_evals(tmp_path, fs, bucket, per_shard=(3,))
+    pool_and_evals(tmp_path, fs, bucket, per_shard=(3,))
     remote = f"s3://{bucket}/pool"
     ok("stage", "--pool", remote, "--signals", "phash")
     before = s3_files(fs, f"{bucket}/pool")
@@ -225,8 +227,8 @@ def test_killed_clip_stage_on_s3_leaves_only_whole_objects_and_resumes(tmp_path,
     under a final key is a whole parquet file, and the rerun ends with the bytes of a local stage."""
     from curate.atomic import is_temporary
     from curate.storage import remove_stale_objects
-    from tests.faults.killing import kill_after
     from tests.curate.helpers import write_shard_pool
+    from tests.faults.killing import kill_after
 
     fs, bucket = s3
     local = tmp_path / "pool"
