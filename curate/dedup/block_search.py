@@ -101,11 +101,11 @@ def explode_meta():
 # --- step 3b: pairs inside groups --------------------------------------------------------------------------
 
 
-def _small_pairs(v: np.ndarray, rank: np.ndarray, size: np.ndarray, max_distance: int, counts: dict):
+def _small_pairs(v: np.ndarray, rank: np.ndarray, size: np.ndarray, max_distance: int, small: int, counts: dict):
     """All pairs (p, p + r) inside runs of equal group (positions sorted by group; rank = place in the group,
-    size = the group's size, both per position) whose distance is within D, for groups of size <= SMALL_GROUP."""
+    size = the group's size, both per position) whose distance is within D, for groups of size <= `small`."""
     ps, qs = [], []
-    q = np.flatnonzero((rank >= 1) & (size <= SMALL_GROUP))
+    q = np.flatnonzero((rank >= 1) & (size <= small))
     r = 1
     while len(q):
         p = q - r
@@ -118,11 +118,12 @@ def _small_pairs(v: np.ndarray, rank: np.ndarray, size: np.ndarray, max_distance
     return ps, qs
 
 
-def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: int, bits: int, counts: dict,
-                top: bool = True, split: bool = True):
+def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: int, bits: int, limits: tuple[int, int],
+                counts: dict, top: bool = True, split: bool = True):
     """Pairs (p, q) of positions, p != q, of `bits`-bit `values` within D that share their group `gid`, each
     once. Every member of a group shares the block `group_block(gid)` (a Block over the `bits` bits), which
-    the search of a larger group drops. `top`: count these groups in the summary (sub-groups are not)."""
+    the search of a larger group drops. limits: (SMALL_GROUP, MAX_GROUP) as the driver had them. `top`:
+    count these groups in the summary (sub-groups are not)."""
     n = len(values)
     if n < 2:
         e = np.zeros(0, np.int64)
@@ -140,12 +141,12 @@ def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: 
         counts["largest_block_group"] = max(counts["largest_block_group"], int(sizes.max()))
         counts["block_groups"] += len(starts)
         counts["block_group_rows"] += n
-    ps, qs = _small_pairs(v, rank, sizes[which], max_distance, counts)
-    for s in np.flatnonzero(sizes > SMALL_GROUP):
+    ps, qs = _small_pairs(v, rank, sizes[which], max_distance, limits[0], counts)
+    for s in np.flatnonzero(sizes > limits[0]):
         a = int(starts[s])
         blk = group_block(int(g[a]))
         sub = drop_block(v[a:a + sizes[s]], blk)
-        i, j = search(sub, max_distance, bits - blk.nbits, counts, split)
+        i, j = search(sub, max_distance, bits - blk.nbits, limits, counts, split)
         ps.append(i + a)
         qs.append(j + a)
     p, q = np.concatenate(ps), np.concatenate(qs)
@@ -164,20 +165,20 @@ def squeeze(values: np.ndarray) -> tuple[np.ndarray, int]:
     return out, k
 
 
-def search(values: np.ndarray, max_distance: int, bits: int, counts: dict, split: bool = True):
+def search(values: np.ndarray, max_distance: int, bits: int, limits: tuple[int, int], counts: dict, split: bool = True):
     """Pairs (i, j) of DISTINCT `bits`-bit values within D, each once: hamming's search, or for more than
     MAX_GROUP values (and `split`) one more level: the bits all of them share are dropped, the rest cut into
     D + 1 exact sub-blocks, each sub-group searched by hamming and each pair kept in its first agreeing
     sub-block. One level only: a sub-group still above MAX_GROUP (extreme skew) is searched whole, so the
     work stays within D + 1 searches of the group."""
-    if len(values) > MAX_GROUP and split:
+    if len(values) > limits[1] and split:
         packed, k = squeeze(values)
         if max_distance + 1 <= k // 2:  # sub-blocks of at least 2 bits: each sub-group a quarter or less
             counts["oversize_block_groups"] += 1
             blocks = exact_blocks(max_distance, k)
             out_i, out_j = [], []
             for b, blk in enumerate(blocks):
-                p, q = group_pairs(block_values(packed, blk), packed, lambda _g, c=blk: c, max_distance, k, counts,
+                p, q = group_pairs(block_values(packed, blk), packed, lambda _g, c=blk: c, max_distance, k, limits, counts,
                                    top=False, split=False)
                 keep = first_equal_block(packed[p] ^ packed[q], blocks) == b
                 out_i.append(p[keep])
@@ -189,7 +190,12 @@ def search(values: np.ndarray, max_distance: int, bits: int, counts: dict, split
     return i, j
 
 
-def search_partition(part, max_distance: int):
+def limits() -> tuple[int, int]:
+    """(SMALL_GROUP, MAX_GROUP) as they are in this process: the jobs pass the driver's to the workers."""
+    return SMALL_GROUP, MAX_GROUP
+
+
+def search_partition(part, max_distance: int, group_limits: tuple[int, int] | None = None):
     """Rows (g, node, h) holding whole groups -> edges (u, v), u < v: every pair within D whose first agreeing
     block is its group's block; then the partition's summary as rows (u < 0, v) named by SUMMARY."""
     import pandas as pd
@@ -199,7 +205,7 @@ def search_partition(part, max_distance: int):
     node = part["node"].to_numpy(np.int64)
     h = part["h"].to_numpy(np.int64).view(np.uint64)
     blocks = exact_blocks(max_distance)
-    p, q = group_pairs(g, h, lambda gid: blocks[gid >> GROUP_KEY_SHIFT], max_distance, BITS, counts)
+    p, q = group_pairs(g, h, lambda gid: blocks[gid >> GROUP_KEY_SHIFT], max_distance, BITS, group_limits or limits(), counts)
     keep = first_equal_block(h[p] ^ h[q], blocks) == (g[p] >> GROUP_KEY_SHIFT)
     a, b = node[p[keep]], node[q[keep]]
     keys = np.array(list(SUMMARY), np.int64)

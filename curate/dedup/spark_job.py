@@ -64,11 +64,13 @@ def components(edges, stats: dict, max_rounds: int = 200):
 
 def _search_batches(max_distance: int):
     """mapInPandas function: all batches of one partition (whole block groups) -> its edges and summary rows."""
+    group_limits = bs.limits()  # the driver's, for the workers
+
     def run(batches):
         import pandas as pd
 
         part = [b for b in batches if len(b)]
-        yield bs.search_partition(pd.concat(part, ignore_index=True) if part else bs.explode_meta(), max_distance)
+        yield bs.search_partition(pd.concat(part, ignore_index=True) if part else bs.explode_meta(), max_distance, group_limits)
     return run
 
 
