@@ -19,6 +19,10 @@ LocalCluster of 2 workers x 1 thread with --memory per worker; Spark `local[2]` 
 CURATE_SPARK_DRIVER_MEMORY, which in local mode is also the executor) on pools of --hashes random hashes with 5%
 planted near-copies (dedup_bench.py's generator), --hashes-per-file rows per column file.
 
+The Dask and Spark dedup rows carry a "method": "exact-block groups" (curate.dedup.block_search, since 2026-12-07);
+rows without one were measured with the meet-in-the-middle join before it and are kept as such. Their "search"
+holds the job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
+
 Every measurement is one child process tree sampled every 0.2 s (treemem.TreeSampler): each process's own peak
 RSS, grouped by role (driver = the command's own process; workers = the engine's worker processes: the local
 process pool, Dask workers, Spark's JVM and its Python workers). Heavy steps wait while another benchmark
@@ -96,12 +100,22 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
             "roles": {k: sorted(v, reverse=True) for k, v in roles.items()}}
 
 
+# dedup rows measured before the Dask/Spark pHash search became exact-block groups carry no "method"
+OLD_DEDUP_METHOD = "exploded join (before 2026-12-07)"
+DEDUP_METHOD = "exact-block groups"
+
+
+def method(r: dict) -> str:
+    return r.get("method") or (OLD_DEDUP_METHOD if r["job"].startswith("dedup") else "")
+
+
 def record(work: Path, row: dict) -> None:
-    """Add a measurement to WORKDIR/scale/results.json, replacing an earlier one of the same job, engine and size."""
+    """Add a measurement to WORKDIR/scale/results.json, replacing an earlier one of the same job, engine, method and
+    size (rows of another method, e.g. the old pHash join, are kept)."""
     path = work / "results.json"
     rows = json.loads(path.read_text()) if path.exists() else []
-    key = (row["job"], row["engine"], row["n"])
-    rows = [r for r in rows if (r["job"], r["engine"], r["n"]) != key] + [row]
+    key = (row["job"], row["engine"], method(row), row["n"])
+    rows = [r for r in rows if (r["job"], r["engine"], method(r), r["n"]) != key] + [row]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(rows, indent=1) + "\n")
     os.replace(tmp, path)
@@ -233,20 +247,26 @@ def bench_dedup(args, work: Path) -> None:
             log_path = work / f"dedup-{engine}-{n}.log"
             m = measure(cmd, log_path, env=env)
             out = json.loads([x for x in log_path.read_text().splitlines() if x.startswith("{")][-1])
-            row = {"job": "dedup phash D=8", "engine": engine, "n": n, "unit": "hashes",
-                   "parts": math.ceil(n / args.hashes_per_file), **m, "job_s": out["job"], "result": out["summary"],
-                   "digest": out["digest"], "memory_limit": args.memory, **before, "load_after": round(os.getloadavg()[0], 2)}
+            row = {"job": "dedup phash D=8", "engine": engine, "method": DEDUP_METHOD if engine != "local" else "local search",
+                   "n": n, "unit": "hashes", "parts": math.ceil(n / args.hashes_per_file), **m, "job_s": out["job"],
+                   "result": out["summary"], "digest": out["digest"], "search": out.get("search", {}),
+                   "memory_limit": args.memory, **before, "load_after": round(os.getloadavg()[0], 2)}
             record(work, row)
-            log(f"  {m['wall_s']:.1f} s (job {out['job']:.1f} s), roles {m['roles']}, {out['summary']}")
+            log(f"  {m['wall_s']:.1f} s (job {out['job']:.1f} s), roles {m['roles']}, {out['summary']}, search {out.get('search')}")
 
 
 # --- report -------------------------------------------------------------------------------------------------
 
 
+def engine_label(r: dict) -> str:
+    """The engine, and for dedup the search method (the old join's rows stay beside the new ones)."""
+    return f"{r['engine']}, {method(r)}" if method(r) else r["engine"]
+
+
 def series(rows: list[dict]) -> dict[tuple[str, str], list[dict]]:
     out: dict[tuple[str, str], list[dict]] = {}
-    for r in sorted(rows, key=lambda r: (r["job"], r["engine"], r["n"])):
-        out.setdefault((r["job"], r["engine"]), []).append(r)
+    for r in sorted(rows, key=lambda r: (r["job"], engine_label(r), r["n"])):
+        out.setdefault((r["job"], engine_label(r)), []).append(r)
     return out
 
 
@@ -300,6 +320,16 @@ def report(work: Path, png: Path) -> str:
         fits[(job, engine)] = (a, b)
         lines.append(f"| {job} | {engine} | {ns[0]:,} .. {ns[-1]:,} | {b:.2f} | {nlogn_exponent(ns[0], ns[-1]):.2f} | "
                      f"{bw:+.2f} | {bd:+.2f} |")
+    searched = [r for r in rows if r.get("search")]
+    if searched:
+        lines += ["", "| engine | hashes | rows shuffled (block, hash) | shuffle partitions | block groups | largest group | "
+                      "oversize groups | candidate pairs compared | pairs within D | star rounds |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in sorted(searched, key=lambda r: (r["engine"], r["n"])):
+            s = r["search"]
+            lines.append(f"| {r['engine']} | {r['n']:,} | {s.get('block_group_rows', 0):,} | {s.get('group_partitions', 0):,} | "
+                         f"{s.get('block_groups', 0):,} | {s.get('largest_block_group', 0):,} | {s.get('oversize_block_groups', 0)} | "
+                         f"{s.get('compared_pairs', 0):,} | {s.get('pairs_of_distinct_hashes', 0):,} | {s.get('component_rounds', '')} |")
     draw(rows, png)
     return "\n".join(lines)
 
