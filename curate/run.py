@@ -35,7 +35,7 @@ from curate.pool import (COLUMN_ALIASES, Partition, Pool, PoolError, names_parti
 from curate.rank import value_at_descending_rank
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
-from curate.spill import file_runs, remove_stale_spills, spill_folder, write_run
+from curate.spill import fewer_runs, file_runs, remove_stale_spills, spill_folder, write_run
 from curate.subset import sort_pairs, write_subset_runs
 from curate.uids import parse_uids, valid_uid_mask
 from filters.base import FileRequest, Filter, FilterConfigError, GatherRequest, RankRequest
@@ -526,7 +526,7 @@ def run_filters(
         # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
         runs = [r.pop("run") for r in results]
         kept_rows = sum(r["rows"] for r in runs)
-        subset_path, kept, subset_sha256 = write_subset_runs(output / "subset.npy", file_runs(runs))
+        subset_path, kept, subset_sha256 = write_subset_runs(output / "subset.npy", fewer_runs(file_runs(runs), spill))
     collapsed = kept_rows - kept
     steps = merge_steps(results)
     if collapsed:

@@ -27,7 +27,7 @@ import numpy as np
 
 from curate import storage
 from curate.atomic import atomic_path
-from curate.subset import SubsetFileError, read_header
+from curate.subset import SubsetFileError, read_header, write_merged
 from curate.uids import UID_DTYPE
 
 PREFIX = ".subset-runs."
@@ -113,6 +113,28 @@ class FileRun:
         if len(rows) != stop - start:
             raise SubsetFileError(f"{self.path}: a spilled run ends at row {start + len(rows)}, before row {stop} (truncated)")
         return rows
+
+
+#: runs merged at once: more are first merged a group at a time into runs of their own (in the spill folder),
+#: so each run's read buffer stays >= MERGE_BUFFER_BYTES / (16 x MAX_FAN_IN) = 2,048 rows however many there are
+MAX_FAN_IN = 256
+
+
+def fewer_runs(runs: list, folder: str, fan_in: int = MAX_FAN_IN) -> list:
+    """At most `fan_in` runs with the same distinct rows as `runs`: while there are more, each group of
+    `fan_in` is merged into one new spilled run (an external merge sort's extra pass: the kept uids are
+    written and read once more, the driver's memory stays that of one merge)."""
+    level = 0
+    while len(runs) > fan_in:
+        merged = []
+        for g in range(0, len(runs), fan_in):
+            path = f"{folder}/merged-{level}-{g // fan_in:06d}.npy"
+            with atomic_path(path, parents=False) as tmp:
+                with open(tmp, "w+b") as f:
+                    rows = write_merged(f, runs[g : g + fan_in])
+            merged.append(FileRun(path, rows))
+        runs, level = merged, level + 1
+    return runs
 
 
 def file_runs(results: list[dict]) -> list[FileRun]:

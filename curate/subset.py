@@ -114,22 +114,29 @@ def write_subset_runs(path: str | os.PathLike, runs: list, buffer_bytes: int = M
     back from the finished file in blocks."""
     runs = [r if hasattr(r, "read") else ArrayRun(r) for r in runs]
     path = storage.path(path)
-    rows = 0
     with atomic_open(path, "w+b") as f:
-        _write_header(f, sum(r.rows for r in runs))
-        data_at = f.tell()
-        for part in merge_sorted_runs(runs, chunk_rows(len(runs), buffer_bytes)):
-            f.write(np.ascontiguousarray(part).data)
-            rows += len(part)
-        f.seek(0)
-        _write_header(f, rows)
-        if f.tell() != data_at:
-            raise RuntimeError(f"{path}: the .npy header changed length; the file would be corrupt")
+        rows = write_merged(f, runs, buffer_bytes)
         f.seek(0)
         digest = hashlib.sha256()
         while block := f.read(1 << 22):
             digest.update(block)
     return path, rows, digest.hexdigest()
+
+
+def write_merged(f, runs: list, buffer_bytes: int = MERGE_BUFFER_BYTES) -> int:
+    """Write the merged distinct rows of `runs` to the seekable file `f` as a 1-D `u8,u8` .npy; return the rows."""
+    _write_header(f, sum(r.rows for r in runs))
+    data_at = f.tell()
+    rows = 0
+    for part in merge_sorted_runs(runs, chunk_rows(len(runs), buffer_bytes)):
+        f.write(np.ascontiguousarray(part).data)
+        rows += len(part)
+    f.seek(0)
+    _write_header(f, rows)
+    if f.tell() != data_at:
+        raise RuntimeError(f"{getattr(f, 'name', 'subset')}: the .npy header changed length; the file would be corrupt")
+    f.seek(0, os.SEEK_END)
+    return rows
 
 
 def _write_header(f, rows: int) -> None:

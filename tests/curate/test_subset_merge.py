@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from curate import cli
 from curate.demo.metadata import generate_metadata
 from curate.run import distinct_pairs
-from curate.spill import LOCK, file_runs, remove_stale_spills, spill_folder, write_run
+from curate.spill import LOCK, fewer_runs, file_runs, remove_stale_spills, spill_folder, write_run
 from curate.subset import ArrayRun, merge_sorted_runs, read_subset, sort_pairs, write_subset, write_subset_runs
 from curate.uids import UID_DTYPE
 from tests.curate.helpers import write_metadata_pool
@@ -45,7 +45,8 @@ def _random_runs(rng, hi) -> list[np.ndarray]:
 
 def test_merge_equals_unique_of_the_concatenation(tmp_path):
     """Random runs (repeats within a run and across runs, ties in the upper word, empty runs), read a few rows at a
-    time from memory and from spilled files: the batches are np.unique of the concatenation."""
+    time from memory and from spilled files (every other trial merged in groups first, as for many runs): the
+    batches are np.unique of the concatenation."""
     rng = np.random.default_rng(17)
     for trial in range(60):
         runs = _random_runs(rng, [None, 40, 2][trial % 3])
@@ -56,6 +57,9 @@ def test_merge_equals_unique_of_the_concatenation(tmp_path):
         assert np.concatenate(got or [np.zeros(0, UID_DTYPE)]).tobytes() == want.tobytes(), trial
         with spill_folder(tmp_path / f"out{trial}") as folder:
             spilled = file_runs([write_run(folder, i, r) for i, r in enumerate(runs)])
+            if trial % 2:  # more runs than one merge takes: groups are merged into runs of their own first
+                spilled = fewer_runs(spilled, folder, fan_in=int(rng.integers(2, 4)))
+                assert len(spilled) <= 3
             path, rows, sha = write_subset_runs(tmp_path / "got.npy", spilled, buffer_bytes=int(rng.integers(1, 64)) << 10)
         assert path.read_bytes() == write_subset(tmp_path / "want.npy", want).read_bytes(), trial
         assert rows == len(want) and sha == hashlib.sha256(path.read_bytes()).hexdigest()
