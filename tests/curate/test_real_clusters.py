@@ -48,9 +48,9 @@ PIPELINE = [
     ["run", "--pool", "pool", "--filter", "basic", "--filter", "dedup", "--output", "out", "--no-reshard", "--no-report"],
     ["reshard", "--pool", "pool", "--subset", "out/subset.npy", "--output", "shards", "--shard-size", "7"],
 ]
-# Stats keys that say how an engine worked rather than what it found (timings, its name, its search plan).
+# Stats keys that say how an engine worked rather than what it found (timings, its name, its search plan and counts).
 ENGINE_KEYS = {"seconds", "images_per_second", "engine", "device", "plan", "candidates", "probes", "component_rounds",
-               "join_partitions", "partitions"}
+               "block_search", "partitions"}
 
 
 def free_port() -> int:
