@@ -186,8 +186,7 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-SEARCH_STATS = ("plan", "group_partitions", "block_group_rows", "block_groups", "largest_block_group", "oversize_block_groups",
-                "compared_pairs", "pairs_of_distinct_hashes", "component_rounds")
+SEARCH_STATS = ("plan", "pairs_of_distinct_hashes", "component_rounds")
 
 
 def one(job: str, engine: str, pool: Path, evals: Path, d: int, dask_memory: str) -> dict:
@@ -237,7 +236,7 @@ def one(job: str, engine: str, pool: Path, evals: Path, d: int, dask_memory: str
         digest = _digest(files, ["uid", f"dedup_{method}_group", f"dedup_{method}_keep"])
         summary = (f"{stats['groups_with_duplicates']:,} groups with duplicates, remove {stats['removed_as_duplicates']:,}"
                    + (f"; {stats.get('clusters')} clusters, k-means sample {stats.get('kmeans_sample'):,}" if job == "semantic" else ""))
-    search = {k: stats[k] for k in SEARCH_STATS if k in stats}  # the Dask/Spark pHash search's own counts
+    search = {**{k: stats[k] for k in SEARCH_STATS if k in stats}, **stats.get("block_search", {})}  # Dask/Spark pHash search
     return {"wall": wall, "job": stats["seconds"], "driver_mib": _peak_rss_mib(),
             "all_mib": sampler.peak_rss / 2**20, "digest": digest, "summary": summary, "files": len(files), "search": search}
 

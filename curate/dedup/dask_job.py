@@ -150,12 +150,12 @@ def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dic
     the block group, each partition's groups searched (curate.dedup.block_search); persisted."""
     rows = nnodes * bs.block_count(max_distance)
     gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
-    stats.update({"plan": bs.describe(max_distance), "group_partitions": gparts})
+    stats["plan"] = bs.describe(max_distance)
     exploded = nodes.map_partitions(bs.explode, max_distance, meta=bs.explode_meta())
     found = _persist(client, _by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, bs.limits(),
                                                                               meta=fr.edges_meta()))
     (summary,) = _compute(client, found[found.u < 0])
-    stats.update(bs.summarize(summary))
+    stats["block_search"] = {"group_partitions": gparts, **bs.summarize(summary)}
     return found[found.u >= 0]
 
 

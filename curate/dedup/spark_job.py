@@ -84,14 +84,14 @@ def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
     table = pd.DataFrame({"i": [i for i in range(len(blocks))], "shift": [b.shift for b in blocks], "bmask": [b.mask for b in blocks]},
                          dtype="int64")
     gparts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), nnodes * len(blocks) // GROUP_ROWS_PER_PARTITION + 1)
-    stats.update({"plan": bs.describe(max_distance), "group_partitions": gparts})
+    stats["plan"] = bs.describe(max_distance)
     schema = "i long, shift long, bmask long"
     bt = spark.createDataFrame(table, schema) if len(table) else spark.createDataFrame([], schema)
     key = F.expr("shiftrightunsigned(h, cast(shift as int))").bitwiseAND(F.col("bmask"))
     exploded = nodes.crossJoin(F.broadcast(bt)).select(
         F.shiftleft(F.col("i"), bs.GROUP_KEY_SHIFT).bitwiseOR(key).alias("g"), "node", "h")
     found = exploded.repartition(gparts, "g").mapInPandas(_search_batches(max_distance), "u long, v long").localCheckpoint()
-    stats.update(bs.summarize(found.where(F.col("u") < 0).toPandas()))
+    stats["block_search"] = {"group_partitions": gparts, **bs.summarize(found.where(F.col("u") < 0).toPandas())}
     return found.where(F.col("u") >= 0)
 
 

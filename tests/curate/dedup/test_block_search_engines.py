@@ -66,8 +66,9 @@ def _run_engine(local_pool, tmp_path, monkeypatch, engine: str):
     for k in ("rows", "groups", "groups_with_duplicates", "largest_group", "kept", "malformed", "without_value"):
         assert stats[k] == local[k], k
     # every path ran: all-pairs groups, hamming groups, the skewed group (~200 hashes) split into sub-blocks
-    assert stats["largest_block_group"] >= 200 and stats["oversize_block_groups"] >= 1
-    assert stats["block_group_rows"] == (D + 1) * stats["distinct_hashes"] and stats["group_partitions"] > 2
+    search = stats["block_search"]
+    assert search["largest_block_group"] >= 200 and search["oversize_block_groups"] >= 1
+    assert search["block_group_rows"] == (D + 1) * stats["distinct_hashes"] and search["group_partitions"] > 2
     assert stats["plan"] == "D=5: 6 exact blocks of 11/10 bits"
 
 
