@@ -33,6 +33,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _forget_s3_filesystems() -> None:
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 in its own process; the environment every curate process gets."""
@@ -54,9 +60,13 @@ def s3_env(tmp_path_factory):
             time.sleep(0.2)
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
+    # fsspec keeps one S3FileSystem per set of arguments, and its client holds the endpoint it was made with:
+    # a module after this one (its own server, another port) must not get this module's filesystem back.
+    _forget_s3_filesystems()
     try:
         yield env
     finally:
+        _forget_s3_filesystems()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
