@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from curate import cli
 from curate.demo.metadata import generate_metadata
@@ -144,3 +145,22 @@ def test_killed_run_leaves_no_partial_subset_and_the_rerun_clears_its_spills(tmp
     run(cmd(out))
     assert _leftovers(out) == []
     assert (out / "subset.npy").read_bytes() == (tmp_path / "unbroken" / "subset.npy").read_bytes()
+
+
+def test_a_damaged_spilled_run_is_one_clear_error(tmp_path):
+    """A run cut short (disk full, a stray writer) or holding another row count than its task reported is
+    refused by name, never merged as a shorter subset."""
+    from curate.spill import FileRun
+    from curate.subset import SubsetFileError
+
+    rng = np.random.default_rng(3)
+    folder = tmp_path / "runs"
+    folder.mkdir()
+    info = write_run(str(folder), 0, sort_pairs(_pairs(rng, 5000, None, 2**64 - 1)))
+    assert info["rows"] == 5000
+    with pytest.raises(SubsetFileError, match="header says"):
+        FileRun(info["path"], 4999).read(0, 10)
+    size = os.path.getsize(info["path"])
+    os.truncate(info["path"], size - 16 * 100)
+    with pytest.raises(SubsetFileError, match="truncated"):
+        list(merge_sorted_runs([FileRun(info["path"], 5000)], chunk=1024))
