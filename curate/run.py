@@ -3,10 +3,11 @@
 Partitions are filtered independently on the chosen engine. What a filter needs from the whole pool (a
 fraction threshold, k-means centroids, MetaCLIP entry counts, a file the user named) it asks for with a pool
 request (filters.base); `resolve_filters` computes each request once, on the engine, and binds the values,
-repeating while bound filters ask for more. Results come back in partition order and the subset is sorted,
-so every engine writes the same bytes. Each partition task spills its sorted kept uids into a folder inside
-the output (curate.spill), which the driver merges into subset.npy a chunk of each at a time: the driver's
-memory does not grow with the rows kept.
+repeating while bound filters ask for more. Each partition's result is folded into running totals as its task
+finishes (curate.run_merge: the driver holds the totals, not every file's result), by rules that give the same
+bytes in any order of arrival, and the subset is sorted, so every engine writes the same bytes. Each partition
+task spills its sorted kept uids into a folder inside the output (curate.spill), which the driver merges into
+subset.npy a chunk of each at a time: the driver's memory grows neither with the rows kept nor with the files.
 
 Besides the subset, each partition reports exact score ranges, a uid-hash sample of every thresholded score
 (for the report's histograms) and uid-hash-chosen examples kept and rejected by each step; a threshold
@@ -33,6 +34,7 @@ from curate.image_sizes import SIZE_COLUMNS, fill_sizes, shard_parquets
 from curate.pool import (COLUMN_ALIASES, Partition, Pool, PoolError, names_partition, partition_num_rows,
                          partition_schema)
 from curate.rank import value_at_descending_rank
+from curate.run_merge import RunTotals
 from curate.signals.language import LANGUAGE_SIGNALS, detector
 from curate.signals.text_columns import language_columns, text_as_utf8
 from curate.spill import fewer_runs, file_runs, remove_stale_spills, spill_folder, write_run
@@ -394,69 +396,8 @@ def resolve_filters(engine: Engine, paths_or_partitions: list, filters: list[Fil
 
 
 # --------------------------------------------------------------------------------------------------------
-# Merging partition results
+# Warnings and provenance of the merged results
 # --------------------------------------------------------------------------------------------------------
-
-
-def _merge_parts(into: list[dict], parts: list[dict]) -> list[dict]:
-    if not into:
-        return [{**{k: v for k, v in p.items() if k != "parts"}, **({"parts": _merge_parts([], p["parts"])} if "parts" in p else {})} for p in parts]
-    for m, p in zip(into, parts):
-        m["rows_in"] += p["rows_in"]
-        m["kept"] += p["kept"]
-        if "parts" in p:
-            m["parts"] = _merge_parts(m.get("parts", []), p["parts"])
-    return into
-
-
-def merge_steps(results: list[dict]) -> list[dict]:
-    merged: list[dict] = []
-    for res in results:
-        for i, step in enumerate(res["steps"]):
-            if i == len(merged):
-                merged.append({"filter": step["filter"], "rows_in": 0, "kept": 0, "rejected": 0, "rejected_by_first_rule": {}, "failed_rule": {}})
-                if "label" in step:
-                    merged[i]["label"] = step["label"]
-            m = merged[i]
-            for k in ("rows_in", "kept", "rejected"):
-                m[k] += step[k]
-            for key in ("rejected_by_first_rule", "failed_rule"):
-                for rule, count in step[key].items():
-                    m[key][rule] = m[key].get(rule, 0) + count
-            if "parts" in step:
-                m["parts"] = _merge_parts(m.get("parts", []), step["parts"])
-    return merged
-
-
-def merge_scores(results: list[dict], sample: int) -> dict:
-    out = {}
-    columns = list(results[0]["scores"]) if results else []
-    for c in columns:
-        parts = [r["scores"][c] for r in results]
-        mins = [p["min"] for p in parts if p["min"] is not None]
-        maxs = [p["max"] for p in parts if p["max"] is not None]
-        entry = {"rows": sum(p["rows"] for p in parts), "missing": sum(p["missing"] for p in parts),
-                 "min": min(mins) if mins else None, "max": max(maxs) if maxs else None}
-        if sample:
-            h = np.concatenate([p["sample_hash"] for p in parts])
-            v = np.concatenate([p["sample"] for p in parts])
-            entry["sample"] = v[np.argsort(h, kind="stable")[:sample]]
-        out[c] = entry
-    return out
-
-
-def merge_examples(results: list[dict], per_kind: int) -> list[dict]:
-    steps: list[dict] = []
-    for res in results:
-        for i, ex in enumerate(res.get("examples", [])):
-            if i == len(steps):
-                steps.append({"kept": [], "rejected": []})
-            for kind in ("kept", "rejected"):
-                steps[i][kind].extend(ex[kind])
-    for st in steps:
-        for kind in ("kept", "rejected"):
-            st[kind] = sorted(st[kind], key=lambda e: e["hash"])[:per_kind]
-    return steps
 
 
 def range_warnings(filters: list[Filter], scores: dict, thresholds: list[dict]) -> list[str]:
@@ -522,18 +463,19 @@ def run_filters(
     with spill_folder(output) as spill:  # each task's sorted kept uids, merged from there in bounded chunks
         jobs = [PartitionJob(p, tuple(bound), signal_cache, fasttext_model, str(pool.root), score_columns, n_examples,
                              sample, spill, i, below) for i, p in enumerate(partitions)]
-        results = engine.map(filter_partition, jobs, desc="filter partitions")
+        totals = RunTotals(len(jobs), sample, examples)
+        for i, result in engine.imap_unordered(filter_partition, jobs, desc="filter partitions"):
+            totals.add(i, result)  # folded as it arrives: the driver never holds every partition's result
         # A uid the metadata repeats (in one file or across files) is one sample: it enters the subset once.
-        runs = [r.pop("run") for r in results]
-        kept_rows = sum(r["rows"] for r in runs)
-        subset_path, kept, subset_sha256 = write_subset_runs(output / "subset.npy", fewer_runs(file_runs(runs), spill))
+        kept_rows = sum(r["rows"] for r in totals.runs)
+        subset_path, kept, subset_sha256 = write_subset_runs(output / "subset.npy", fewer_runs(file_runs(totals.runs), spill))
     collapsed = kept_rows - kept
-    steps = merge_steps(results)
+    steps = totals.steps()
     if collapsed:
         steps.append({"filter": "unique_uid", "rows_in": kept_rows, "kept": kept, "rejected": collapsed,
                       "rejected_by_first_rule": {"repeated_uid": collapsed}, "failed_rule": {"repeated_uid": collapsed}})
-    rows = sum(r["rows"] for r in results)
-    scores = merge_scores(results, sample)
+    rows = totals.rows
+    scores = totals.scores()
     warnings = range_warnings(bound, scores, [t for t in thresholds if "fraction" in t])
     for w in warnings:
         print(f"curate run: warning: {w}", file=sys.stderr)
@@ -547,7 +489,7 @@ def run_filters(
         "filters": [{"name": f.name or f.label(), **f.params()} for f in bound],
         "language_models": language_models(bound, fasttext_model),
         # rows whose uid an earlier row of the same file has; kept rows dropped as a repeat of a kept uid
-        "uid_repeats": {"rows_repeating_in_their_file": sum(r["repeated_uid_rows"] for r in results),
+        "uid_repeats": {"rows_repeating_in_their_file": totals.repeated_uid_rows,
                         "kept_rows_collapsed": collapsed},
         "thresholds": [t for t in thresholds if "fraction" in t],
         "pool_steps": [t for t in thresholds if "fraction" not in t],
@@ -567,7 +509,7 @@ def run_filters(
         from curate.report import write_report
 
         t = time.perf_counter()
-        chosen = fill_example_texts(merge_examples(results, examples), engine, str(pool.root))
+        chosen = fill_example_texts(totals.chosen_examples(), engine, str(pool.root))
         stats["report"] = write_report(output, stats, bound, scores, chosen, pool)
         timings["report"] = round(time.perf_counter() - t, 3)
     timings["total"] = round(time.perf_counter() - start, 3)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 class EngineTaskError(RuntimeError):
@@ -16,13 +16,24 @@ def default_processes() -> int:
 
 
 class Engine:
-    """Map a function over work items and return results in item order."""
+    """Map a function over work items: all results in item order (`map`), or each as its task finishes
+    (`imap_unordered`). An engine implements at least one of the two."""
 
     name = "base"
 
     def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
         """`desc`: the progress label, or a `curate.progress.Meter` (what each task's result adds); None: no bar."""
-        raise NotImplementedError
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        for i, value in self.imap_unordered(fn, items, desc):
+            results[i] = value
+        return results
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
+        """(item index, result) for each item as its task finishes, in any order, for a caller that folds results
+        into running totals: the engine holds only results not yet handed over, so the caller's memory need
+        not grow with the number of items. Same `desc` and errors as `map`. (This default holds all: `map`'s.)"""
+        yield from enumerate(self.map(fn, items, desc))
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
         """`fn(item, shared=shared)` for each item, where `shared` is one larger read-only value every task

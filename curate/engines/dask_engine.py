@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
 from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterError, SharedPaths, one_line,
@@ -12,7 +12,7 @@ from curate.progress import Progress
 
 
 class DaskEngine(Engine):
-    """Submits one Dask task per item; results are gathered back in item order."""
+    """Submits one Dask task per item; results are handed back as tasks finish (`map`: in item order)."""
 
     name = "dask"
 
@@ -40,9 +40,10 @@ class DaskEngine(Engine):
             )
             self.client = Client(self._cluster)
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
         items = list(items)
-        return self._gather(self.client.map(fn, items, pure=False), items, desc)
+        if items:
+            yield from self._as_completed(self.client.map(fn, items, pure=False), items, desc)
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
         items = list(items)
@@ -50,28 +51,38 @@ class DaskEngine(Engine):
             return []
         (value,) = self.client.scatter([shared], broadcast=True, hash=False)  # a list: `shared` stays one object
         try:
-            return self._gather(self.client.map(fn, items, shared=value, pure=False), items, desc)
+            results: list[Any] = [None] * len(items)
+            for i, result in self._as_completed(self.client.map(fn, items, shared=value, pure=False), items, desc):
+                results[i] = result
+            return results
         finally:
             self.client.cancel([value])
 
-    def _gather(self, futures, items: list, desc: str | None) -> list[Any]:
+    def _as_completed(self, futures: list, items: list, desc: str | None) -> Iterator[tuple[int, Any]]:
+        """(index, result) of each future as it finishes. A future is released once its result is fetched, so
+        neither the workers nor this process keep results already handed over."""
         from distributed import as_completed
 
-        index = {f.key: i for i, f in enumerate(futures)}
-        results: list[Any] = [None] * len(items)
+        pending = {f.key: (i, f) for i, f in enumerate(futures)}
+        done = as_completed(futures)
+        del futures
         with Progress(desc, len(items)) as bar:
-            for fut in as_completed(futures):
-                i = index[fut.key]
-                try:
-                    results[i] = fut.result()
-                except ValueError:
-                    self.client.cancel(futures)
-                    raise  # our own input errors already name the file and the problem
-                except Exception as e:
-                    self.client.cancel(futures)
-                    raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
-                bar.task_done(results[i])
-        return results
+            try:
+                for fut in done:
+                    i, _ = pending.pop(fut.key)
+                    try:
+                        result = fut.result()
+                    except ValueError:
+                        raise  # our own input errors already name the file and the problem
+                    except Exception as e:
+                        raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                    fut.release()
+                    del fut
+                    bar.task_done(result)
+                    yield i, result
+            finally:
+                if pending:  # a task failed or the caller stopped early
+                    self.client.cancel([f for _, f in pending.values()])
 
     def close(self) -> None:
         self.client.close()

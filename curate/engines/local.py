@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
 from curate.progress import Progress
@@ -25,36 +25,39 @@ class LocalEngine(Engine):
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
-    def map(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> list[Any]:
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
+        """Each (index, result) as its task finishes; a finished future is dropped once handed over, so only
+        results the caller has not taken yet are held. A caller that stops early cancels the tasks not started."""
         items = list(items)
-        results: list[Any] = [None] * len(items)
         with Progress(desc, len(items)) as bar:
             if self.processes <= 1 or len(items) <= 1:
                 for i, item in enumerate(items):
                     try:
-                        results[i] = fn(item)
+                        result = fn(item)
                     except ValueError:
                         raise
                     except Exception as e:
                         raise EngineTaskError(f"task {describe_item(item)} failed: {e}") from e
-                    bar.task_done(results[i])
-                return results
+                    bar.task_done(result)
+                    yield i, result
+                return
             pool = self._executor()
             futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    results[i] = fut.result()
-                except ValueError:
-                    for other in futures:
-                        other.cancel()
-                    raise  # our own input errors already name the file and the problem
-                except Exception as e:
-                    for other in futures:
-                        other.cancel()
-                    raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
-                bar.task_done(results[i])
-            return results
+            try:
+                for fut in as_completed(futures):
+                    i = futures.pop(fut)
+                    try:
+                        result = fut.result()
+                    except ValueError:
+                        raise  # our own input errors already name the file and the problem
+                    except Exception as e:
+                        raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                    del fut
+                    bar.task_done(result)
+                    yield i, result
+            finally:
+                for other in futures:  # left when a task failed or the caller stopped early
+                    other.cancel()
 
     def close(self) -> None:
         if self._pool is not None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 import threading
 import uuid
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait as wait_for_futures
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes
 from curate.engines.cluster import (DEFAULT_WAIT_S, ClusterError, SharedPaths, raise_if_blind, require_reachable,
@@ -38,13 +40,15 @@ class _TaskWatcher(threading.Thread):
     """Counts the finished tasks of this thread's next Spark job into a bar while collect() waits for all of
     them (Spark hands results back only at the end); their results' counts are added when they come back."""
 
-    def __init__(self, sc, bar, total: int):
+    def __init__(self, sc, bar, total: int, group: str | None = None, lock: threading.Lock | None = None):
         super().__init__(name="spark-progress", daemon=True)
         self.sc, self.bar, self.total = sc, bar, total
-        self.group = f"curate-{uuid.uuid4().hex}"
+        self.group = group or f"curate-{uuid.uuid4().hex}"
+        self.lock = lock or threading.Lock()  # held while it updates the bar (another thread may add results)
         self.counted = 0
         self.stop = threading.Event()
-        sc.setJobGroup(self.group, bar.meter.desc)  # jobs this thread starts from now on
+        if group is None:
+            sc.setJobGroup(self.group, bar.meter.desc)  # jobs this thread starts from now on
         self.start()
 
     def run(self) -> None:
@@ -59,7 +63,8 @@ class _TaskWatcher(threading.Thread):
                 return
             done = min(done, self.total)
             if done > self.counted:
-                self.bar.update(done - self.counted)
+                with self.lock:
+                    self.bar.update(done - self.counted)
                 self.counted = done
 
     def finish(self) -> int:
@@ -70,11 +75,22 @@ class _TaskWatcher(threading.Thread):
             self.sc.setLocalProperty("spark.jobGroup.id", None)  # later jobs of this thread: no group
         return self.counted
 
+
 LOG_CONFIG = Path(__file__).with_name("spark-log4j2.properties")
+
+#: `imap_unordered` runs its items as jobs of BATCH_WAVES x the default parallelism tasks (at least MIN_BATCH),
+#: IN_FLIGHT jobs at once (the next job's tasks fill the slots a job's last tasks leave idle): the driver, and the
+#: JVM that collects a job's results, hold at most (IN_FLIGHT + 1) batches of results, not every item's
+BATCH_WAVES = 4
+MIN_BATCH = 256
+IN_FLIGHT = 2
 
 
 class SparkEngine(Engine):
-    """Maps items as an RDD with one partition each; collects results back in item order."""
+    """Maps items as an RDD with one partition each; collects results back in item order (`map`: one job), or
+    a batch of items at a time (`imap_unordered`: a job per batch)."""
+
+    batch_tasks: int | None = None  # items per `imap_unordered` job (None: from BATCH_WAVES and MIN_BATCH)
 
     name = "spark"
 
@@ -125,7 +141,7 @@ class SparkEngine(Engine):
             try:
                 pairs = rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
             except Exception as e:  # Py4J wraps the worker's traceback; keep its last line readable
-                raise EngineTaskError(f"a Spark task failed: {str(e).strip().splitlines()[-1] if str(e).strip() else e}") from e
+                raise EngineTaskError(f"a Spark task failed: {_last_line(e)}") from e
             finally:
                 counted = watcher.finish() if watcher is not None else 0
             results: list[Any] = [None] * len(items)
@@ -134,6 +150,51 @@ class SparkEngine(Engine):
                 bar.task_done(value, tasks=0)  # collect() hands every result back at once, at the end
             bar.update(len(items) - counted)
         return results
+
+    def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
+        """Each (index, result) once the batch job that ran it finishes (Spark hands a job's results back only
+        at its end); the tasks' progress is counted as they finish, as in `map`."""
+        items = list(items)
+        if not items:
+            return
+        sc = self.spark.sparkContext
+        size = self.batch_tasks or max(MIN_BATCH, BATCH_WAVES * sc.defaultParallelism)
+        batches = iter([range(s, min(s + size, len(items))) for s in range(0, len(items), size)])
+        group = f"curate-{uuid.uuid4().hex}"
+        lock = threading.Lock()
+
+        def collect(batch: range) -> list:
+            sc.setJobGroup(group, label)  # this batch thread's jobs: counted by the watcher, cancelled together
+            rdd = sc.parallelize([(i, items[i]) for i in batch], numSlices=len(batch))
+            try:
+                return rdd.map(lambda pair: (pair[0], fn(pair[1]))).collect()
+            except Exception as e:  # Py4J wraps the worker's traceback; keep its last line readable
+                raise EngineTaskError(f"a Spark task failed: {_last_line(e)}") from e
+
+        with Progress(desc, len(items)) as bar:
+            label = bar.meter.desc if bar.meter else str(desc or "curate")
+            bar.note(f"{label}: {len(items)} tasks on Spark {sc.master}, {size} a job")
+            watcher = _TaskWatcher(sc, bar, len(items), group, lock) if bar.mode != "off" else None
+            threads = ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="spark-batch")
+            running = {threads.submit(collect, b) for b in itertools.islice(batches, IN_FLIGHT)}
+            try:
+                while running:
+                    done, running = wait_for_futures(running, return_when=FIRST_COMPLETED)
+                    for job in done:
+                        pairs = job.result()
+                        running |= {threads.submit(collect, b) for b in itertools.islice(batches, 1)}
+                        for i, value in pairs:
+                            with lock:
+                                bar.task_done(value, tasks=0)  # counted by the watcher as it finished
+                            yield i, value
+                        del pairs
+            finally:
+                if running:  # a batch failed or the caller stopped early
+                    with contextlib.suppress(Exception):
+                        sc.cancelJobGroup(group)
+                threads.shutdown(wait=True, cancel_futures=True)
+                counted = watcher.finish() if watcher is not None else 0
+            bar.update(len(items) - counted)
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
         items = list(items)
@@ -148,6 +209,11 @@ class SparkEngine(Engine):
     def close(self) -> None:
         if self._owned:
             self.spark.stop()
+
+
+def _last_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__
 
 
 def _wait_for_executors(sc, master: str, wait: float) -> None:
