@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 _STEP_RULES = ("rejected_by_first_rule", "failed_rule")
+MAX_PIECES = 512  # partitions' samples buffered before a cut
 
 
 def _merge_parts(into: list[dict], parts: list[dict]) -> list[dict]:
@@ -62,7 +63,7 @@ class _Smallest:
         self.keys.append((np.asarray(hashes, dtype=np.uint64), np.full(n, index, np.int64), np.arange(n)))
         self.payloads.append(payload)
         self.buffered += n
-        if self.buffered > 2 * self.k:
+        if self.buffered > 2 * self.k or len(self.keys) > MAX_PIECES:
             self._cut()
 
     def _cut(self) -> None:

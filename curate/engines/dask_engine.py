@@ -10,6 +10,10 @@ from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterEr
                                     raise_if_blind, require_reachable, worker_view)
 from curate.progress import Progress
 
+#: `imap_unordered` keeps about IN_FLIGHT tasks per worker thread submitted (at least MIN_IN_FLIGHT), a chunk at a time
+IN_FLIGHT = 4
+MIN_IN_FLIGHT = 64
+
 
 class DaskEngine(Engine):
     """Submits one Dask task per item; results are handed back as tasks finish (`map`: in item order)."""
@@ -42,8 +46,7 @@ class DaskEngine(Engine):
 
     def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
         items = list(items)
-        if items:
-            yield from self._as_completed(self.client.map(fn, items, pure=False), items, desc)
+        return self._as_completed(lambda chunk: self.client.map(fn, chunk, pure=False), items, desc)
 
     def map_shared(self, fn: Callable[..., Any], items: Sequence[Any], shared: Any, desc: str | None = None) -> list[Any]:
         items = list(items)
@@ -52,22 +55,39 @@ class DaskEngine(Engine):
         (value,) = self.client.scatter([shared], broadcast=True, hash=False)  # a list: `shared` stays one object
         try:
             results: list[Any] = [None] * len(items)
-            for i, result in self._as_completed(self.client.map(fn, items, shared=value, pure=False), items, desc):
+            for i, result in self._as_completed(lambda chunk: self.client.map(fn, chunk, shared=value, pure=False), items, desc):
                 results[i] = result
             return results
         finally:
             self.client.cancel([value])
 
-    def _as_completed(self, futures: list, items: list, desc: str | None) -> Iterator[tuple[int, Any]]:
-        """(index, result) of each future as it finishes. A future is released once its result is fetched, so
-        neither the workers nor this process keep results already handed over."""
+    def _as_completed(self, submit: Callable[[list], list], items: list, desc: str | None) -> Iterator[tuple[int, Any]]:
+        """(index, result) of each item as its task finishes. Tasks are submitted `submit(chunk)` a chunk at a
+        time, keeping about IN_FLIGHT x the cluster's threads (at least MIN_IN_FLIGHT) in flight, and a future
+        is released once its result is fetched: neither the workers nor this process keep results already
+        handed over, nor a future per item."""
         from distributed import as_completed
 
-        pending = {f.key: (i, f) for i, f in enumerate(futures)}
-        done = as_completed(futures)
-        del futures
+        if not items:
+            return
+        threads = sum(self.client.nthreads().values())
+        window = max(MIN_IN_FLIGHT, IN_FLIGHT * threads)
+        pending: dict = {}  # future key -> (index, future)
+        done = as_completed(loop=self.client.loop)
+        submitted = 0
+
+        def refill() -> None:
+            nonlocal submitted
+            if submitted < len(items) and len(pending) <= window // 2:
+                chunk = range(submitted, min(len(items), submitted + window - len(pending)))
+                futures = submit([items[i] for i in chunk])
+                pending.update((f.key, (i, f)) for i, f in zip(chunk, futures))
+                done.update(futures)
+                submitted = chunk.stop
+
         with Progress(desc, len(items)) as bar:
             try:
+                refill()
                 for fut in done:
                     i, _ = pending.pop(fut.key)
                     try:
@@ -78,6 +98,7 @@ class DaskEngine(Engine):
                         raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
                     fut.release()
                     del fut
+                    refill()
                     bar.task_done(result)
                     yield i, result
             finally:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
 from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
 from curate.progress import Progress
+
+IN_FLIGHT = 4  # tasks submitted at once per worker process (`imap_unordered`)
 
 
 class LocalEngine(Engine):
@@ -26,8 +29,9 @@ class LocalEngine(Engine):
         return self._pool
 
     def imap_unordered(self, fn: Callable[[Any], Any], items: Sequence[Any], desc: str | None = None) -> Iterator[tuple[int, Any]]:
-        """Each (index, result) as its task finishes; a finished future is dropped once handed over, so only
-        results the caller has not taken yet are held. A caller that stops early cancels the tasks not started."""
+        """Each (index, result) as its task finishes. Tasks are submitted a window at a time and a finished one
+        is dropped once handed over, so neither the tasks nor their results pile up here however many items
+        there are. A caller that stops early cancels the tasks not started."""
         items = list(items)
         with Progress(desc, len(items)) as bar:
             if self.processes <= 1 or len(items) <= 1:
@@ -42,19 +46,26 @@ class LocalEngine(Engine):
                     yield i, result
                 return
             pool = self._executor()
-            futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+            todo = iter(enumerate(items))
+            futures: dict = {}  # in flight: at most IN_FLIGHT x processes, so the workers never wait for work
             try:
-                for fut in as_completed(futures):
-                    i = futures.pop(fut)
-                    try:
-                        result = fut.result()
-                    except ValueError:
-                        raise  # our own input errors already name the file and the problem
-                    except Exception as e:
-                        raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
-                    del fut
-                    bar.task_done(result)
-                    yield i, result
+                while True:
+                    for i, item in itertools.islice(todo, IN_FLIGHT * self.processes - len(futures)):
+                        futures[pool.submit(fn, item)] = i
+                    if not futures:
+                        return
+                    done, _ = wait(futures, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        i = futures.pop(fut)
+                        try:
+                            result = fut.result()
+                        except ValueError:
+                            raise  # our own input errors already name the file and the problem
+                        except Exception as e:
+                            raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                        bar.task_done(result)
+                        yield i, result
+                    del done, fut
             finally:
                 for other in futures:  # left when a task failed or the caller stopped early
                     other.cancel()
