@@ -106,48 +106,95 @@ def _keep_and_write(client, pool_root: Path, rows, grouped, nvalid: int, keep: s
 def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str,
                score_column: str | None, staging: Path, stats: dict) -> None:
     """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
-    to `staging`, one per input file."""
+    to `staging`, one per input file. Nothing the size of the pool is persisted: the keyed rows are computed
+    once for the search and once more, in one graph, for the output and its statistics, so a worker's memory
+    follows its partitions, not the pool."""
     import dask.dataframe as dd
 
     started = fr.start_job(method, files, staging, stats)
     if started is None:
         return
     gcol, kcol, key, nonempty = started
-    rows = _persist(client, dd.from_map(fr.read_rows, nonempty, signal=method, meta=fr.rows_meta(), enforce_metadata=False))
+    (summary,) = _compute(client, dd.from_map(fr.file_summary, nonempty, signal=method, meta=fr.summary_meta(),
+                                              enforce_metadata=False))
+    valid_per_file = fr.apply_summary(summary, method, stats)
+    nvalid = sum(valid_per_file.values())
     # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
-    parts = max(1, min(len(nonempty), sum(f.rows for f in nonempty) // ROWS_PER_PARTITION + 1))
+    parts = max(1, min(len(nonempty), nvalid // ROWS_PER_PARTITION + 1))
     stats["partitions"] = parts
-    valid = rows[rows.valid][["row", key, "uid"]]
-    nodes = _persist(client, _by(valid[["row", key]], key, parts).map_partitions(fr.min_row_per_key, key, meta=fr.nodes_meta(key)))
-    total, present, nvalid, nnodes, missing_status = _compute(
-        client, rows.row.count(), rows.present.sum(), rows.valid.sum(), nodes.node.count(),
-        rows[~rows.present].status.fillna("null").value_counts())
-    total, present, nvalid = int(total), int(present), int(nvalid)
-    stats["rows"] = total
-    stats["malformed"] = present - nvalid
-    if stats["malformed"]:
-        (ex,) = _compute(client, rows[rows.present & ~rows.valid][["row", "uid", "bad"]].nsmallest(5, "row"))
-        stats["malformed_examples"] = [{"uid": u, method: b} for u, b in zip(ex.uid, ex.bad)]
-    stats["without_value"] = total - present
-    if stats["without_value"] and method == "phash":
-        stats["without_value_by_status"] = {str(k): int(v) for k, v in missing_status.items()}
-    stats["distinct_hashes"] = int(nnodes)
+    with_uid = keep != "first"
+    keys = dd.from_map(fr.read_keys, nonempty, signal=method, uid=with_uid, meta=fr.keys_meta(key, with_uid),
+                       enforce_metadata=False)
+    keyed = _by(keys, key, parts).map_partitions(fr.assign_nodes, key, meta=fr.nodes_meta(key, with_uid))
+    labels = None
     if method == "phash":
-        edges = _pairs(client, nodes[["node", "h"]], int(nnodes), max_distance, parts, stats)
+        edges = _pairs(client, keyed[keyed.row == keyed.node][["node", "h"]], nvalid, max_distance, parts, stats)
         (npairs,) = _compute(client, edges.u.count())
         stats["pairs_of_distinct_hashes"] = int(npairs)
-        stars = components(client, edges, stats, parts) if npairs else edges
-        labels = stars.rename(columns={"u": "node", "v": "label"})
-        grouped = valid.merge(nodes, on=key, npartitions=parts).merge(labels, on="node", how="left", npartitions=parts)
-        grouped = grouped.assign(group=grouped.label.fillna(grouped.node).astype("int64"))[["row", "uid", "group"]]
-    else:  # identical digests: the group is the smallest row holding the digest
-        grouped = valid.merge(nodes, on=key, npartitions=parts).rename(columns={"node": "group"})[["row", "uid", "group"]]
-    _keep_and_write(client, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol, parts)
+        if npairs:
+            labels = _labels(client, components(client, edges, stats, parts))
+    _keep_and_write_keyed(client, pool_root, keyed, labels, valid_per_file, keep, score_column, nonempty, staging, stats,
+                          gcol, kcol, parts)
+
+
+BROADCAST_LABELS = 20_000_000  # up to this many labelled nodes the label table goes whole to every task
+
+
+def _labels(client, stars):
+    """Star edges (u -> v, v the smallest node of u's component) -> (node, label) for every node with an edge,
+    the centres labelled with themselves; persisted (their size follows the pairs, not the pool)."""
+    import dask.dataframe as dd
+
+    centres = stars[["v"]].rename(columns={"v": "node"}).drop_duplicates()
+    both = dd.concat([stars.rename(columns={"u": "node", "v": "label"}), centres.assign(label=centres.node)])
+    return _persist(client, both)
+
+
+def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file: dict, keep: str, score_column: str | None,
+                          files: list, staging: Path, stats: dict, gcol: str, kcol: str, parts: int) -> None:
+    """Keyed rows (row, file, node, cnt[, uid]) and the labels of the nodes with edges -> group (label, else
+    node), the keep rule, one output file per input file and the group statistics (steps 5 and 6 of
+    curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score."""
+    import dask.dataframe as dd
+
+    if labels is not None:
+        (nlabels,) = _compute(client, labels.node.count())
+        small = int(nlabels) <= BROADCAST_LABELS
+        right = labels.repartition(npartitions=1) if small else labels
+        rows = keyed.merge(right, on="node", how="left", **({} if small else {"npartitions": parts}))
+        rows = rows.assign(group=rows.label.fillna(rows.node).astype("int64"), multi=(rows.cnt > 1) | rows.label.notnull())
+    else:
+        rows = keyed.assign(group=keyed.node, multi=keyed.cnt > 1)
+    if keep == "first":
+        rows = rows.assign(keep=rows.row == rows.group)
+    else:
+        col = fr.score_column(pool_root, score_column)
+        stats["score_column"] = col
+        from curate.pool import Pool
+
+        parts_list = [(str(pool_root), p.path, col) for p in Pool(pool_root).partitions()]
+        scores = dd.from_map(fr.read_scores, parts_list, meta=fr.scores_meta(), enforce_metadata=False)
+        # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
+        scores = _by(scores, "uid", parts).map_partitions(fr.max_score_per_uid, meta=fr.scores_meta())
+        multi = rows[rows.multi][["row", "uid", "group"]].merge(scores, on="uid", how="left", npartitions=parts)
+        keepers = _by(multi, "group", parts).map_partitions(fr.pick_keepers, keep, meta=fr.kept_meta())
+        rows = rows.merge(keepers[["row", "keep"]], on="row", how="left", npartitions=parts)
+        rows = rows.assign(keep=rows.keep.fillna(True).astype(bool))  # a group of one keeps its row
+    rows = rows[["row", "file", "node", "group", "keep", "multi"]]
+    dup_rows = rows[rows.multi]
+    largest = dup_rows.group.value_counts(split_out=parts).max() if parts > 1 else dup_rows.group.value_counts().max()
+    out = _by(rows, "file", max(1, min(len(files), parts)))
+    info = {f.index: f for f in files}
+    written = out.map_partitions(fr.write_groups, info, str(staging), gcol, kcol, meta=fr.groups_written_meta())
+    done, most = _compute(client, written, largest)
+    most = 0 if most != most or most is None else int(most)  # NaN: no group of two
+    fr.finish_groups(done, valid_per_file, files, most, str(staging), gcol, kcol, stats)
 
 
 def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dict):
     """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node), one shuffle on
-    the block group, each partition's groups searched (curate.dedup.block_search); persisted."""
+    the block group, each partition's groups searched (curate.dedup.block_search); persisted. `nnodes` (an
+    upper bound is enough) sizes the shuffle."""
     rows = nnodes * bs.block_count(max_distance)
     gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
     stats["plan"] = bs.describe(max_distance)

@@ -1,14 +1,19 @@
 """pHash (and sha256) dedup as a dataframe job: the pieces that Dask (curate.dedup.dask_job) and Spark
 (curate.dedup.spark_job) share, so both compute exactly what the local search computes. The semantic
-job (curate.dedup.semantic) has its own steps 1-3 and shares steps 4-6.
+job (curate.dedup.semantic) has its own steps 1-3, shares step 4, and keeps its rows (with their uids) for
+its keep rule and output (`pick_keepers`, `group_sizes`, `write_files`).
 
 The job, for pools that do not fit one machine (the driver only holds the plan, file list and counts):
 
-1. rows: each task reads one `POOL/columns/phash/*.parquet` file -> (row, file, uid, h, k, valid, present,
-   status, bad). `row` numbers rows over the files in name order, as the local engine does; `h` is the
-   64-bit hash as a signed int64 (same bits). For sha256 the key is `k`, the lower-case digest, and the
-   job stops after step 2: a row's group is its digest's node.
-2. nodes: one per distinct hash, named by the smallest row holding it (`node = min(row) group by h`).
+1. rows: each task reads one `POOL/columns/phash/*.parquet` file twice, cheaply: once for its counts (rows, with
+   a value, valid, missing by status, the first malformed rows: `file_summary`, one row a file to the driver),
+   once for the keys of its valid rows (`read_keys`: row, file, h). `row` numbers rows over the files in name
+   order, as the local engine does; `h` is the 64-bit hash as a signed int64 (same bits). For sha256 the key
+   is `k`, the lower-case digest, and the job skips step 3. Uids do not travel (step 6 reads them back from
+   the file), except for --keep highest_clip_score, which joins scores by uid.
+2. nodes: one shuffle on the key; each row learns `node` (the smallest row holding its value: the distinct
+   hash's name) and `cnt` (rows holding it). Nothing the size of the pool is persisted: steps 3 and 6
+   compute these rows again (Dask) or read them from the executors' disks (Spark).
 3. edges (phash): partition by an exact block, search each partition locally (curate.dedup.block_search).
    The 64 bits are cut into D + 1 contiguous blocks; two hashes within D bits agree exactly on at least one
    (pigeonhole). Every node is emitted once per block as (g = (block, block value), node, h): (D + 1) * n
@@ -25,10 +30,16 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
    each node at most one smaller neighbour, large-star moves every edge off a node that has one, so no
    path longer than one edge survives. A node's group is its star's centre (or itself): the smallest row
    of its component, the same id `curate.dedup.groups.group_ids` gives.
-5. keep: `first` keeps the row equal to its group id; `highest_clip_score` joins the score column by uid
-   (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
-6. output: rows are shuffled by file and each task writes its files' `uid, dedup_phash_group,
-   dedup_phash_keep` in row order (nulls where the row has no usable hash) into the staging folder.
+5. groups and keep: a row's group is its node's label (the star centre) or, without edges, its node; the
+   label table (nodes with edges) is small and goes whole to every task. A row is in a group of two or
+   more when its value is held by several rows or its node has a label. `first` keeps the row equal to its
+   group id (no shuffle); `highest_clip_score` joins the score column by uid for the rows of such groups
+   only (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
+6. output: rows are shuffled by file; each task reads its files' uids back and writes `uid,
+   dedup_phash_group, dedup_phash_keep` in row order (nulls where the row has no usable hash) into the
+   staging folder, returning its counts (groups, groups with duplicates, kept, distinct values); the
+   largest group is counted over the rows of groups of two or more. A file without a valid row gets its
+   output (uids, nulls) from the driver.
 """
 
 from __future__ import annotations
@@ -58,57 +69,138 @@ class ColumnFile:
         return storage.path(self.path).stem
 
 
-ROW_COLUMNS = ["row", "file", "uid", "h", "k", "valid", "present", "status", "bad"]
 STR = "string[pyarrow]"  # Dask's own choice for text columns; declaring it keeps merges free of casts
+EXAMPLES = 5  # malformed rows the stats show
 
 
-# --- 1. rows -----------------------------------------------------------------------------------------------
+# --- 1. rows: per-file counts, and the keys of the valid rows -------------------------------------------------
 
 
-def read_rows(f: ColumnFile, signal: str = "phash"):
-    """One column file of `signal` (phash or sha256) as the job's row frame (pandas). phash: `h` is the hash
-    as int64, `k` null; sha256: `k` is the lower-case digest, `h` 0."""
-    import pandas as pd
+def _parse(f: ColumnFile, signal: str, uid: bool = False):
+    """One column file of `signal` (phash or sha256) -> (table, text, present, valid, values, key): `values` the
+    phash as uint64 (0 where invalid), `key` the lower-case sha256 digest (arrow, null where invalid)."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    import pyarrow.parquet as pq
 
-    t = storage.read_parquet(f.path)
-    if signal not in t.column_names or "uid" not in t.column_names:
-        raise DedupError(f"{f.path}: expected columns uid and {signal}, found {', '.join(t.column_names)}")
+    names = pq.ParquetFile(storage.arrow_source(f.path)).schema_arrow.names
+    if signal not in names or "uid" not in names:
+        raise DedupError(f"{f.path}: expected columns uid and {signal}, found {', '.join(names)}")
+    t = storage.read_parquet(f.path, [c for c in ("uid", signal, "status") if c in names and (uid or c != "uid")])
     text = t.column(signal).cast(pa.string())
     present = np.asarray(pc.is_valid(text).to_numpy(zero_copy_only=False), dtype=bool)
+    key = None
     if signal == "phash":
         values, valid = parse_hex64(text)
-        key = pa.nulls(t.num_rows, pa.string())
     else:
         lower = pc.utf8_lower(text)
         ok = pc.and_(pc.is_valid(lower), pc.match_substring_regex(lower, r"^[0-9a-f]{64}$"))
         valid = np.asarray(pc.fill_null(ok, False).to_numpy(zero_copy_only=False), dtype=bool)
         values = np.zeros(t.num_rows, np.uint64)
-        key = pc.if_else(pa.array(valid), lower, pa.nulls(t.num_rows, pa.string()))
-    bad = pc.if_else(pa.array(present & ~valid), text, pa.nulls(len(text), pa.string()))
-    status = t.column("status").cast(pa.string()) if "status" in t.column_names else pa.nulls(t.num_rows, pa.string())
-    return pd.DataFrame({
-        "row": np.arange(f.offset, f.offset + t.num_rows, dtype=np.int64),
-        "file": np.full(t.num_rows, f.index, np.int32),
-        "uid": t.column("uid").cast(pa.string()).to_pandas().astype(STR),
-        "h": values.view(np.int64),
-        "k": key.to_pandas().astype(STR),
-        "valid": valid,
-        "present": present,
-        "status": status.to_pandas().astype(STR),
-        "bad": bad.to_pandas().astype(STR),
-    })
+        key = lower
+    return t, text, present, valid, values, key
 
 
-def rows_meta():
+def file_summary(f: ColumnFile, signal: str = "phash"):
+    """One file's counts as a one-row frame: rows, rows with a value, valid ones, the rows without a value by
+    status (JSON), and its first EXAMPLES malformed rows (JSON [row, uid, value]). The job's statistics come
+    from these, so no step holds the pool's rows to count them."""
+    import json
+
+    import pandas as pd
+    import pyarrow as pa
+
+    t, text, present, valid, _, _ = _parse(f, signal, uid=True)
+    missing = ~present
+    status = {}
+    if missing.any():
+        col = t.column("status").cast(pa.string()).to_pylist() if "status" in t.column_names else [None] * t.num_rows
+        for i in np.flatnonzero(missing):
+            s = "null" if col[i] is None else str(col[i])
+            status[s] = status.get(s, 0) + 1
+    bad = np.flatnonzero(present & ~valid)[:EXAMPLES]
+    uids, texts = t.column("uid").cast(pa.string()), text
+    examples = [[int(f.offset + i), uids[int(i)].as_py(), texts[int(i)].as_py()] for i in bad]
+    return pd.DataFrame({"file": [f.index], "rows": [t.num_rows], "present": [int(present.sum())], "valid": [int(valid.sum())],
+                         "status": [json.dumps(status)], "examples": [json.dumps(examples)]})
+
+
+def summary_meta():
     import pandas as pd
 
-    return pd.DataFrame({
-        "row": pd.Series(dtype="int64"), "file": pd.Series(dtype="int32"), "uid": pd.Series(dtype=STR),
-        "h": pd.Series(dtype="int64"), "k": pd.Series(dtype=STR), "valid": pd.Series(dtype="bool"),
-        "present": pd.Series(dtype="bool"), "status": pd.Series(dtype=STR), "bad": pd.Series(dtype=STR),
-    })
+    return pd.DataFrame({"file": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64"), "present": pd.Series(dtype="int64"),
+                         "valid": pd.Series(dtype="int64"), "status": pd.Series(dtype="object"), "examples": pd.Series(dtype="object")})
+
+
+def apply_summary(summary, method: str, stats: dict) -> dict[int, int]:
+    """The per-file summaries (file_summary rows, any order) -> the job's row statistics in `stats`; returns
+    each file's count of valid rows."""
+    import json
+
+    total, present = int(summary["rows"].sum()), int(summary["present"].sum())
+    nvalid = int(summary["valid"].sum())
+    stats["rows"] = total
+    stats["malformed"] = present - nvalid
+    if stats["malformed"]:
+        examples = sorted(e for text in summary["examples"] for e in json.loads(text))[:EXAMPLES]
+        stats["malformed_examples"] = [{"uid": u, method: b} for _, u, b in examples]
+    stats["without_value"] = total - present
+    if stats["without_value"] and method == "phash":
+        by: dict[str, int] = {}
+        for text in summary["status"]:
+            for k, v in json.loads(text).items():
+                by[k] = by.get(k, 0) + int(v)
+        stats["without_value_by_status"] = by
+    return {int(i): int(v) for i, v in zip(summary["file"], summary["valid"])}
+
+
+def read_keys(f: ColumnFile, signal: str = "phash", uid: bool = False):
+    """The valid rows of one file as (row, file, key[, uid]): `h` the phash as int64 (same bits), or `k` the
+    lower-case sha256 digest. The uid only when the keep rule joins scores by it."""
+    import pandas as pd
+    import pyarrow as pa
+
+    t, _, _, valid, values, key = _parse(f, signal, uid=uid)
+    at = np.flatnonzero(valid)
+    cols = {"row": (f.offset + at).astype(np.int64), "file": np.full(len(at), f.index, np.int32)}
+    if signal == "phash":
+        cols["h"] = values[at].view(np.int64)
+    else:
+        cols["k"] = key.take(pa.array(at)).to_pandas().astype(STR)
+    if uid:
+        cols["uid"] = t.column("uid").cast(pa.string()).take(pa.array(at)).to_pandas().astype(STR)
+    return pd.DataFrame(cols)
+
+
+def keys_meta(key: str, uid: bool = False):
+    import pandas as pd
+
+    cols = {"row": pd.Series(dtype="int64"), "file": pd.Series(dtype="int32"),
+            key: pd.Series(dtype="int64" if key == "h" else STR)}
+    if uid:
+        cols["uid"] = pd.Series(dtype=STR)
+    return pd.DataFrame(cols)
+
+
+# --- 2. nodes: each row learns the smallest row holding its key, and how many rows do -------------------------
+
+
+def assign_nodes(part, key: str):
+    """Rows (row, file, key[, uid]) holding whole keys -> the same rows with `node` (the smallest row holding the
+    key: the distinct hash's name) and `cnt` (rows holding it). A row whose key is held by no other row and
+    whose node has no edge is a group of its own: most of a pool, so no later step moves it twice."""
+    out = part.copy()
+    by = part.groupby(key, sort=False).row
+    out["node"] = by.transform("min").astype(np.int64)
+    out["cnt"] = by.transform("size").astype(np.int64)
+    return out
+
+
+def nodes_meta(key: str, uid: bool = False):
+    meta = keys_meta(key, uid)
+    meta["node"] = meta["row"]
+    meta["cnt"] = meta["row"]
+    return meta
 
 
 # --- 3. edges (the phash search itself: curate.dedup.block_search) ------------------------------------------
@@ -168,6 +260,14 @@ def scores_meta():
 # --- 6. output ----------------------------------------------------------------------------------------------
 
 
+def _output_table(uids, group: np.ndarray, keep: np.ndarray, grouped: np.ndarray, group_col: str, keep_col: str):
+    """One output file: uid, group and keep, both null where the row was not grouped (no usable value)."""
+    import pyarrow as pa
+
+    return pa.table({"uid": uids, group_col: pa.array(group, pa.int64(), mask=~grouped),
+                     keep_col: pa.array(keep, pa.bool_(), mask=~grouped)})
+
+
 def write_files(part, files: dict[int, str], staging: str, group_col: str, keep_col: str):
     """Write each file present in `part` (rows of one or more whole files: row, file, uid, group, keep with
     group NaN/null where the row was not grouped). Returns (file, rows) of what was written."""
@@ -180,14 +280,70 @@ def write_files(part, files: dict[int, str], staging: str, group_col: str, keep_
         grouped = g["group"].notna().to_numpy()
         group = np.where(grouped, g["group"].fillna(-1).to_numpy(), 0).astype(np.int64)
         keep = np.where(grouped, pd.array(g["keep"].tolist(), dtype="boolean").fillna(False).to_numpy(bool), False)
-        table = pa.table({
-            "uid": pa.array(g["uid"].tolist(), pa.string()),
-            group_col: pa.array(group, pa.int64(), mask=~grouped),
-            keep_col: pa.array(keep, pa.bool_(), mask=~grouped),
-        })
+        table = _output_table(pa.array(g["uid"].tolist(), pa.string()), group, keep, grouped, group_col, keep_col)
         storage.write_parquet(table, storage.path(staging) / f"{storage.path(files[int(fi)]).stem}.parquet")
         out.append((int(fi), len(g)))
     return pd.DataFrame({"file": pd.Series([f for f, _ in out], dtype="int64"), "rows": pd.Series([n for _, n in out], dtype="int64")})
+
+
+def write_group_file(f: ColumnFile, staging: str, group_col: str, keep_col: str, row=None, group=None, keep=None) -> None:
+    """One input file's output: its uids read back from the file itself (they never travel through the job),
+    group and keep at the valid rows `row` (pool row numbers), null elsewhere."""
+    import pyarrow as pa
+
+    n = f.rows
+    grouped = np.zeros(n, bool)
+    g = np.zeros(n, np.int64)
+    k = np.zeros(n, bool)
+    if row is not None and len(row):
+        at = np.asarray(row, np.int64) - f.offset
+        grouped[at], g[at], k[at] = True, group, keep
+    uids = storage.read_parquet(f.path, ["uid"]).column("uid").cast(pa.string()).combine_chunks()
+    if len(uids) != n:
+        raise DedupError(f"{f.path}: {len(uids)} rows, {n} when the job started (the file changed while dedup ran)")
+    storage.write_parquet(_output_table(uids, g, k, grouped, group_col, keep_col), storage.path(staging) / f"{f.stem}.parquet")
+
+
+def write_groups(part, files: dict, staging: str, group_col: str, keep_col: str):
+    """Rows (row, file, node, group, keep, multi) of whole files -> each file's output (write_group_file), and
+    per file its counts: rows written, groups (rows that are their group's id), groups with duplicates,
+    rows kept, distinct values (rows that are their value's node)."""
+    import pandas as pd
+
+    out = []
+    for fi, g in part.groupby("file", sort=True):
+        row, group = g["row"].to_numpy(np.int64), g["group"].to_numpy(np.int64)
+        keep, lead = g["keep"].to_numpy(bool), row == group
+        write_group_file(files[int(fi)], staging, group_col, keep_col, row, group, keep)
+        out.append((int(fi), len(g), int(lead.sum()), int((lead & g["multi"].to_numpy(bool)).sum()), int(keep.sum()),
+                    int((row == g["node"].to_numpy(np.int64)).sum())))
+    cols = ["file", "rows", "groups", "dups", "kept", "distinct"]
+    return pd.DataFrame({c: pd.Series([o[i] for o in out], dtype="int64") for i, c in enumerate(cols)})
+
+
+def groups_written_meta():
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype="int64") for c in ["file", "rows", "groups", "dups", "kept", "distinct"]})
+
+
+def finish_groups(written, valid_per_file: dict[int, int], files: list[ColumnFile], largest: int, staging: str,
+                  group_col: str, keep_col: str, stats: dict) -> None:
+    """The writers' per-file counts -> the group statistics; a file none of whose rows is valid had no rows in
+    the job, so its output (uids, nulls) is written here; any other file missing is an error."""
+    done = {int(f) for f in written["file"]}
+    for f in files:
+        if f.index not in done:
+            if valid_per_file.get(f.index, 0):
+                raise RuntimeError(f"dedup output missing for {f.path}")
+            write_group_file(f, staging, group_col, keep_col)
+    nvalid = sum(valid_per_file.values())
+    kept = int(written["kept"].sum())
+    if int(written["rows"].sum()) != nvalid:
+        raise RuntimeError(f"dedup wrote {int(written['rows'].sum())} grouped rows of {nvalid} valid ones")
+    stats.update({"distinct_hashes": int(written["distinct"].sum()), "groups": int(written["groups"].sum()),
+                  "groups_with_duplicates": int(written["dups"].sum()), "largest_group": max(largest, 1) if nvalid else 0,
+                  "kept": kept, "rows_grouped": nvalid, "removed_as_duplicates": nvalid - kept})
 
 
 def written_meta():
@@ -251,17 +407,6 @@ __all__ = ["ColumnFile", "list_files", "read_rows", "write_files"]
 
 
 # --- per-partition steps of the Dask job (each after a shuffle that puts equal keys in one partition) ---------
-
-
-def min_row_per_key(part, key: str):
-    """Rows (row, key) of whole key groups -> nodes (key, node = smallest row)."""
-    return part.groupby(key, sort=False, as_index=False).row.min().rename(columns={"row": "node"})[[key, "node"]]
-
-
-def nodes_meta(key: str):
-    import pandas as pd
-
-    return pd.DataFrame({key: pd.Series(dtype="int64" if key == "h" else STR), "node": pd.Series(dtype="int64")})
 
 
 def large_star(part):

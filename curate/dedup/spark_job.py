@@ -19,13 +19,30 @@ from curate.dedup import block_search as bs
 from curate.dedup import frames as fr
 from curate.dedup import semantic as sem
 
-ROW_SCHEMA = "row long, file int, uid string, h long, k string, valid boolean, present boolean, status string, bad string"
+SUMMARY_SCHEMA = "file long, rows long, present long, valid long, status string, examples string"
 
 
-def _read_batches(batches):
+def _files_of(pdf):
+    for path, index, offset, rows, signal in zip(pdf.path, pdf["index"], pdf.offset, pdf.rows, pdf.signal):
+        yield fr.ColumnFile(int(index), str(path), int(offset), int(rows)), str(signal)
+
+
+def _summary_batches(batches):
     for pdf in batches:
-        for path, index, offset, rows, signal in zip(pdf.path, pdf["index"], pdf.offset, pdf.rows, pdf.signal):
-            yield fr.read_rows(fr.ColumnFile(int(index), str(path), int(offset), int(rows)), str(signal))
+        for f, signal in _files_of(pdf):
+            yield fr.file_summary(f, signal)
+
+
+def _keys_batches(uid: bool):
+    def run(batches):
+        for pdf in batches:
+            for f, signal in _files_of(pdf):
+                yield fr.read_keys(f, signal, uid)
+    return run
+
+
+def _keys_schema(key: str, uid: bool) -> str:
+    return f"row long, file int, {key} {'long' if key == 'h' else 'string'}" + (", uid string" if uid else "")
 
 
 GROUP_ROWS_PER_PARTITION = 2_000_000  # phash: the block groups get about one partition per this many (block, hash) rows
@@ -95,18 +112,13 @@ def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
     return found.where(F.col("u") >= 0)
 
 
-def _phash_groups(spark, valid, nodes, nnodes: int, max_distance: int, stats: dict):
-    """(row, uid, group) of the valid rows: exact-block groups searched, star rounds."""
+def _labels(stars):
+    """Star edges (u -> v, v the smallest node of u's component) -> (node, label) for every node with an edge,
+    the centres labelled with themselves; checkpointed (their size follows the pairs, not the pool)."""
     from pyspark.sql import functions as F
 
-    edges = _pairs(spark, nodes, nnodes, max_distance, stats)
-    npairs = edges.count()
-    stats["pairs_of_distinct_hashes"] = npairs
-    stars = components(edges, stats) if npairs else edges
-    labels = stars.select(F.col("u").alias("node"), F.col("v").alias("label"))
-    grouped = (valid.join(nodes, "h").join(labels, "node", "left")
-               .select("row", "uid", F.coalesce("label", "node").alias("group")))
-    return grouped
+    centres = stars.select(F.col("v").alias("node")).distinct().select("node", F.col("node").alias("label"))
+    return stars.select(F.col("u").alias("node"), F.col("v").alias("label")).unionByName(centres).localCheckpoint()
 
 
 @contextmanager
@@ -131,36 +143,15 @@ def spark_dedup(spark, pool_root: Path, method: str, files: list, max_distance: 
 def _keep_and_write(spark, pool_root: Path, rows, grouped, nvalid: int, keep: str, score_column: str | None, files: list,
                     staging: Path, stats: dict, gcol: str, kcol: str) -> None:
     """Grouped rows (row, uid, group) -> the keep rule, the group statistics, and one output file per input
-    file with rows (row, file, uid) in `rows` (steps 5 and 6 of curate.dedup.frames)."""
-    from pyspark.sql import Window
+    file with rows (row, file, uid) in `rows` (steps 5 and 6 of curate.dedup.frames). The semantic job's: its
+    rows carry their embeddings, so unlike the hash jobs' it keeps them cached."""
     from pyspark.sql import functions as F
 
     nonempty = [f for f in files if f.rows]
     if keep == "first":
         grouped = grouped.withColumn("keep", F.col("row") == F.col("group"))
     else:
-        col = fr.score_column(pool_root, score_column)
-        stats["score_column"] = col
-        from curate.pool import Pool
-
-        parts = [{"pool": str(pool_root), "path": p.path, "col": col} for p in Pool(pool_root).partitions()]
-        part_df = spark.createDataFrame(spark.sparkContext.parallelize(parts, numSlices=len(parts)), "pool string, path string, col string")
-
-        def read_scores(batches):
-            for pdf in batches:
-                for pool, path, c in zip(pdf["pool"], pdf["path"], pdf["col"]):
-                    yield fr.read_scores((pool, path, c))
-
-        # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
-        raw = part_df.mapInPandas(read_scores, "uid string, score double")
-        # NaN as null first: Spark orders NaN above every number, pandas and numpy skip or sink it
-        raw = raw.select("uid", F.when(F.isnan("score"), F.lit(None)).otherwise(F.col("score")).alias("score"))
-        scores = raw.groupBy("uid").agg(F.max("score").alias("score"))
-        g = grouped.join(scores, "uid", "left")
-        # NaN and null rank last, like keep_representatives; ties go to the smallest row
-        s = F.when(F.col("score").isNull() | F.isnan("score"), F.lit(float("-inf"))).otherwise(F.col("score"))
-        w = Window.partitionBy("group").orderBy(s.desc(), F.col("row").asc())
-        grouped = g.withColumn("rank", F.row_number().over(w)).select("row", "uid", "group", (F.col("rank") == 1).alias("keep"))
+        grouped = grouped.join(_highest_score_keepers(spark, pool_root, grouped, score_column, stats), "row")
     grouped = grouped.cache()
     sizes = grouped.groupBy("group").agg(F.count("*").alias("count"), F.sum(F.col("keep").cast("long")).alias("kept"))
     sz = sizes.agg(F.count("*").alias("g"), F.sum((F.col("count") > 1).cast("long")).alias("dup"),
@@ -184,7 +175,12 @@ def _keep_and_write(spark, pool_root: Path, rows, grouped, nvalid: int, keep: st
 
 def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
          staging: Path, stats: dict) -> None:
+    """Nothing the size of the pool is cached in memory: the keyed rows (each valid row with its value's node
+    and row count) are persisted to the executors' local disks, read by the search, the output and its
+    statistics, so the JVM heap and the Python workers follow the partitions, not the pool."""
     import pandas as pd
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     started = fr.start_job(method, files, staging, stats)
@@ -196,30 +192,84 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
                             "signal": [method] * len(nonempty)})
     file_rdd = spark.sparkContext.parallelize(listing.to_dict("records"), numSlices=len(nonempty))
     file_df = spark.createDataFrame(file_rdd, "path string, index int, offset long, rows long, signal string")
-    rows = file_df.mapInPandas(_read_batches, ROW_SCHEMA).cache()
-    agg = rows.agg(F.count("*").alias("n"), F.sum(F.col("present").cast("long")).alias("present"),
-                   F.sum(F.col("valid").cast("long")).alias("valid")).collect()[0]
-    total, present, nvalid = int(agg["n"]), int(agg["present"] or 0), int(agg["valid"] or 0)
-    stats["rows"] = total
-    stats["malformed"] = present - nvalid
-    if stats["malformed"]:
-        ex = rows.where(F.col("present") & ~F.col("valid")).orderBy("row").limit(5).select("uid", "bad").collect()
-        stats["malformed_examples"] = [{"uid": r["uid"], method: r["bad"]} for r in ex]
-    stats["without_value"] = total - present
-    if stats["without_value"] and method == "phash":
-        by = rows.where(~F.col("present")).groupBy(F.coalesce(F.col("status"), F.lit("null")).alias("s")).count().collect()
-        stats["without_value_by_status"] = {r["s"]: int(r["count"]) for r in by}
-    valid = rows.where("valid").select("row", key, "uid")
-    nodes = valid.groupBy(key).agg(F.min("row").alias("node")).cache()
-    nnodes = nodes.count()
-    stats["distinct_hashes"] = nnodes
-    if method == "phash":
-        grouped = _phash_groups(spark, valid, nodes, nnodes, max_distance, stats)
-    else:  # identical digests: the group is the smallest row holding the digest
-        grouped = valid.join(nodes, key).select("row", "uid", F.col("node").alias("group"))
-    _keep_and_write(spark, pool_root, rows, grouped, nvalid, keep, score_column, files, staging, stats, gcol, kcol)
-    rows.unpersist()
-    nodes.unpersist()
+    valid_per_file = fr.apply_summary(file_df.mapInPandas(_summary_batches, SUMMARY_SCHEMA).toPandas(), method, stats)
+    nvalid = sum(valid_per_file.values())
+    with_uid = keep != "first"
+    keys = file_df.mapInPandas(_keys_batches(with_uid), _keys_schema(key, with_uid))
+    w = Window.partitionBy(key)
+    keyed = keys.select("*", F.min("row").over(w).alias("node"), F.count("*").over(w).alias("cnt"))
+    keyed = keyed.persist(StorageLevel.DISK_ONLY)
+    labels = None
+    try:
+        if method == "phash":
+            edges = _pairs(spark, keyed.where(F.col("row") == F.col("node")).select("node", "h"), nvalid, max_distance, stats)
+            npairs = edges.count()
+            stats["pairs_of_distinct_hashes"] = npairs
+            if npairs:
+                labels = _labels(components(edges, stats))
+        _keep_and_write_keyed(spark, pool_root, keyed, labels, valid_per_file, keep, score_column, nonempty, staging, stats,
+                              gcol, kcol)
+    finally:
+        keyed.unpersist()
+
+
+def _keep_and_write_keyed(spark, pool_root: Path, keyed, labels, valid_per_file: dict, keep: str, score_column: str | None,
+                          files: list, staging: Path, stats: dict, gcol: str, kcol: str) -> None:
+    """Keyed rows (row, file, node, cnt[, uid]) and the labels of the nodes with edges -> group (label, else
+    node), the keep rule, one output file per input file and the group statistics (steps 5 and 6 of
+    curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score."""
+    from pyspark.sql import functions as F
+
+    if labels is not None:
+        rows = keyed.join(F.broadcast(labels), "node", "left")
+        rows = rows.select("*", F.coalesce("label", "node").alias("group"), ((F.col("cnt") > 1) | F.col("label").isNotNull()).alias("multi"))
+    else:
+        rows = keyed.select("*", F.col("node").alias("group"), (F.col("cnt") > 1).alias("multi"))
+    if keep == "first":
+        rows = rows.withColumn("keep", F.col("row") == F.col("group"))
+    else:
+        keepers = _highest_score_keepers(spark, pool_root, rows.where("multi").select("row", "uid", "group"), score_column, stats)
+        rows = rows.join(keepers, "row", "left").withColumn("keep", F.coalesce("keep", F.lit(True)))  # a group of one keeps its row
+    rows = rows.select("row", "file", "node", "group", "keep", "multi")
+    largest = rows.where("multi").groupBy("group").count().agg(F.max("count").alias("m")).collect()[0]["m"]
+    info = {f.index: f for f in files}
+    where = str(staging)
+
+    def write(pdf):
+        return fr.write_groups(pdf, info, where, gcol, kcol)
+
+    done = rows.groupBy("file").applyInPandas(write, "file long, rows long, groups long, dups long, kept long, distinct long").toPandas()
+    fr.finish_groups(done, valid_per_file, files, int(largest or 0), where, gcol, kcol, stats)
+
+
+def _highest_score_keepers(spark, pool_root: Path, grouped, score_column: str | None, stats: dict):
+    """Rows (row, uid, group) of groups with duplicates -> (row, keep): per group the highest CLIP score, NaN and
+    missing last, ties to the smallest row."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    col = fr.score_column(pool_root, score_column)
+    stats["score_column"] = col
+    from curate.pool import Pool
+
+    parts = [{"pool": str(pool_root), "path": p.path, "col": col} for p in Pool(pool_root).partitions()]
+    part_df = spark.createDataFrame(spark.sparkContext.parallelize(parts, numSlices=len(parts)), "pool string, path string, col string")
+
+    def read_scores(batches):
+        for pdf in batches:
+            for pool, path, c in zip(pdf["pool"], pdf["path"], pdf["col"]):
+                yield fr.read_scores((pool, path, c))
+
+    # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
+    raw = part_df.mapInPandas(read_scores, "uid string, score double")
+    # NaN as null first: Spark orders NaN above every number, pandas and numpy skip or sink it
+    raw = raw.select("uid", F.when(F.isnan("score"), F.lit(None)).otherwise(F.col("score")).alias("score"))
+    scores = raw.groupBy("uid").agg(F.max("score").alias("score"))
+    g = grouped.join(scores, "uid", "left")
+    # NaN and null rank last, like keep_representatives; ties go to the smallest row
+    s = F.when(F.col("score").isNull() | F.isnan("score"), F.lit(float("-inf"))).otherwise(F.col("score"))
+    w = Window.partitionBy("group").orderBy(s.desc(), F.col("row").asc())
+    return g.withColumn("rank", F.row_number().over(w)).select("row", (F.col("rank") == 1).alias("keep"))
 
 
 def _read_embedding_batches(batches):
