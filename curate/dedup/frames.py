@@ -110,7 +110,7 @@ def file_summary(f: ColumnFile, signal: str = "phash"):
     import pandas as pd
     import pyarrow as pa
 
-    t, text, present, valid, _, _ = _parse(f, signal, uid=True)
+    t, text, present, valid, _, _ = _parse(f, signal)
     missing = ~present
     status = {}
     if missing.any():
@@ -119,8 +119,8 @@ def file_summary(f: ColumnFile, signal: str = "phash"):
             s = "null" if col[i] is None else str(col[i])
             status[s] = status.get(s, 0) + 1
     bad = np.flatnonzero(present & ~valid)[:EXAMPLES]
-    uids, texts = t.column("uid").cast(pa.string()), text
-    examples = [[int(f.offset + i), uids[int(i)].as_py(), texts[int(i)].as_py()] for i in bad]
+    uids = storage.read_parquet(f.path, ["uid"]).column("uid").cast(pa.string()) if len(bad) else None  # rarely needed
+    examples = [[int(f.offset + i), uids[int(i)].as_py(), text[int(i)].as_py()] for i in bad]
     return pd.DataFrame({"file": [f.index], "rows": [t.num_rows], "present": [int(present.sum())], "valid": [int(valid.sum())],
                          "status": [json.dumps(status)], "examples": [json.dumps(examples)]})
 
