@@ -19,9 +19,11 @@ LocalCluster of 2 workers x 1 thread with --memory per worker; Spark `local[2]` 
 CURATE_SPARK_DRIVER_MEMORY, which in local mode is also the executor) on pools of --hashes random hashes with 5%
 planted near-copies (dedup_bench.py's generator), --hashes-per-file rows per column file.
 
-The Dask and Spark dedup rows carry a "method": "exact-block groups" (curate.dedup.block_search, since 2026-12-07);
-rows without one were measured with the meet-in-the-middle join before it and are kept as such. Their "search"
-holds the job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
+The Dask and Spark dedup rows carry a "method": "exact-block groups, keyed rows" (curate.dedup.block_search and
+nothing pool-sized persisted: curate.dedup.frames, since 2026-12-07); "exact-block groups, pool rows persisted" rows
+were measured with the same search while the job still persisted the pool's rows with their uids; rows without a
+method were measured with the meet-in-the-middle join before both and are kept as such. Their "search" holds the
+job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
 
 Every measurement is one child process tree sampled every 0.2 s (treemem.TreeSampler): each process's own peak
 RSS, grouped by role (driver = the command's own process; workers = the engine's worker processes: the local
@@ -102,7 +104,7 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
 
 # dedup rows measured before the Dask/Spark pHash search became exact-block groups carry no "method"
 OLD_DEDUP_METHOD = "exploded join (before 2026-12-07)"
-DEDUP_METHOD = "exact-block groups"
+DEDUP_METHOD = "exact-block groups, keyed rows"  # since 2026-12-07: nothing pool-sized persisted
 
 
 def method(r: dict) -> str:
