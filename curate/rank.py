@@ -70,7 +70,8 @@ def _digits_histogram(keys: np.ndarray, bits: int, level: int, prefix: int) -> t
     return bins.astype(np.uint16), counts[bins].astype(np.int64)
 
 
-def _dense(parts: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def _dense(parts) -> np.ndarray:
+    """The sum of (bins, counts) histograms, each added as it comes (an iterator: the driver holds one at a time)."""
     hist = np.zeros(BINS, dtype=np.int64)
     for bins, counts in parts:
         hist[bins] += counts  # bins are distinct within a part
@@ -109,25 +110,31 @@ def value_at_descending_rank(engine: Engine, paths: list[str], column: str, frac
 
     Returns (value, rank, N). The value is NaN when the rank falls among the missing scores, as in DataComp.
     """
-    first = engine.map(partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 0) for p in paths],
-                       desc=f"threshold {column} pass 1")
-    total = int(sum(n for _, n, _ in first))
+    # Each partition's histogram is added as it arrives (by key width), not held: the driver keeps a width per file.
+    first = {32: np.zeros(BINS, dtype=np.int64), 64: np.zeros(BINS, dtype=np.int64)}
+    widths = [0] * len(paths)
+    total = 0
+    for i, ((bins, counts), n, b) in engine.imap_unordered(
+            partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 0) for p in paths], desc=f"threshold {column} pass 1"):
+        first[b][bins] += counts
+        total += n
+        widths[i] = b
     rank = int(total * fraction)
-    bits = 32 if all(b == 32 for _, _, b in first) else 64
-    redo = [p for p, (_, _, b) in zip(paths, first, strict=True) if b != bits]
+    bits = 32 if all(b == 32 for b in widths) else 64
+    redo = [p for p, b in zip(paths, widths, strict=True) if b != bits]
     if redo:  # some partitions hold values float32 cannot: their first pass again, with 64-bit keys
-        again = iter(engine.map(partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 64) for p in redo],
-                                desc=f"threshold {column} pass 1 (64-bit keys)"))
-        first = [r if r[2] == bits else next(again) for r in first]
-    hist = _dense([h for h, _, _ in first])
+        again = engine.imap_unordered(partition_histogram, [HistogramTask(p, column, 0, 0, pool_root, 64) for p in redo],
+                                      desc=f"threshold {column} pass 1 (64-bit keys)")
+        first[64] += _dense(h for _, (h, _, _) in again)
+    hist = first[bits]
     if rank >= int(hist.sum()):  # the rank lands on a NaN (or past the end)
         return float("nan"), rank, total
     prefix, remaining_rank = 0, rank
     for level in range(bits // BITS_PER_PASS):
         if level:
             tasks = [HistogramTask(p, column, level, prefix, pool_root, bits) for p in paths]
-            results = engine.map(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{bits // BITS_PER_PASS}")
-            hist = _dense([h for h, _, _ in results])
+            results = engine.imap_unordered(partition_histogram, tasks, desc=f"threshold {column} pass {level + 1}/{bits // BITS_PER_PASS}")
+            hist = _dense(h for _, (h, _, _) in results)
         cumulative = np.cumsum(hist)
         digit = int(np.searchsorted(cumulative, remaining_rank, side="right"))
         remaining_rank -= int(cumulative[digit - 1]) if digit else 0
