@@ -1,8 +1,9 @@
 """Engines run one function over many per-shard work items: locally, on Dask, or on Spark.
 
 An engine knows nothing about images or filters: it takes a picklable top-level function and a list of
-small items (paths and parameters) and returns the results in item order, so every engine produces the
-same output for the same input.
+small items (paths and parameters) and returns the results in item order (`map`), so every engine produces the
+same output for the same input; or hands each result back as its task finishes (`imap_unordered`), for a caller
+that folds them into running totals and so holds none of them for long.
 """
 
 from __future__ import annotations
