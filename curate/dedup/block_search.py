@@ -26,10 +26,14 @@ import numpy as np
 
 from curate.dedup.hamming import BITS, Block, _split, distinct_pairs, make_plan
 
+SHUFFLE_GROUP_ROWS = 16_000_000  # above this many rows in an average block group, every group is split at the shuffle
 SMALL_GROUP = 512  # groups up to this size are compared all-pairs, batched over the partition (measured: hamming's
 #                   per-call set-up costs ~1 ms, ~10 us a hash at 100 hashes, 2.7 us at 1,000)
 MAX_GROUP = 4_000_000  # larger groups are searched in sub-blocks (hamming holds ~200 bytes a hash)
 GROUP_KEY_SHIFT = 32  # g = block index << 32 | block value (blocks of D >= 1 are at most 32 bits wide)
+# split groups (D >= 2: blocks of at most 21 bits, sub-blocks of at most 21): g = flag | block index << 56 |
+# sub-block index << 50 | block value << 22 | sub-block value
+SPLIT_FLAG, SPLIT_BLOCK_SHIFT, SPLIT_SUB_SHIFT, SPLIT_VALUE_SHIFT = 1 << 62, 56, 50, 22
 # a partition's summary rides along with its edges as rows of negative u (nodes are rows, never negative)
 SUMMARY = {-1: "largest_block_group", -2: "block_groups", -3: "block_group_rows", -4: "oversize_block_groups",
            -5: "compared_pairs"}
@@ -50,9 +54,51 @@ def block_count(max_distance: int) -> int:
     return len(exact_blocks(max_distance)) if max_distance else 0
 
 
-def describe(max_distance: int) -> str:
+def split_needed(rows: int, max_distance: int) -> bool:
+    """Whether a pool of about `rows` distinct hashes needs the two-level key: its average block group (rows / 2^w
+    for the narrowest block) would hold more than SHUFFLE_GROUP_ROWS rows, more than one task should take
+    (`xlarge` at D = 8: ~100M). Then every hash goes out once per (block, exact sub-block of the other bits):
+    (D + 1)^2 rows a hash instead of D + 1, groups 2^(64 / (D + 1)) times smaller again."""
+    if max_distance < 2:
+        return False  # blocks of 32 bits or more: groups never reach it on any real pool
+    w = min(b.nbits for b in exact_blocks(max_distance))
+    return rows / 2.0 ** w > SHUFFLE_GROUP_ROWS
+
+
+def describe(max_distance: int, split: bool = False) -> str:
     widths = sorted({b.nbits for b in exact_blocks(max_distance)}, reverse=True)
-    return f"D={max_distance}: {block_count(max_distance)} exact blocks of {'/'.join(map(str, widths))} bits"
+    text = f"D={max_distance}: {block_count(max_distance)} exact blocks of {'/'.join(map(str, widths))} bits"
+    return text + (f", each group split in {max_distance + 1} exact sub-blocks" if split else "")
+
+
+def key_table(max_distance: int, split: bool = False) -> list[dict]:
+    """What each emitted row of a hash h holds as its group key g, one entry per row kind: g = g0 | (block value
+    << k1) | sub-block value, where block value = (h >>> shift) & mask and, with the block's bits dropped
+    (v = ((h >>> above) & hikeep) << shift | (h & low)), sub-block value = (v >>> sshift) & smask (0 unsplit).
+    The Dask job evaluates it in numpy (`explode`), the Spark job as SQL over this table: one definition."""
+    if split and max_distance < 2:
+        raise ValueError("split block groups need D >= 2 (blocks of at most 22 bits)")
+    rows = []
+    for i, blk in enumerate(exact_blocks(max_distance)[:block_count(max_distance)]):
+        above = blk.shift + blk.nbits
+        base = {"shift": blk.shift, "mask": blk.mask, "low": (1 << blk.shift) - 1, "above": above % BITS,
+                "hikeep": 0 if above >= BITS else -1}
+        if not split:
+            rows.append({**base, "g0": i << GROUP_KEY_SHIFT, "k1": 0, "sshift": 0, "smask": 0})
+            continue
+        for j, sub in enumerate(exact_blocks(max_distance, BITS - blk.nbits)):
+            rows.append({**base, "g0": SPLIT_FLAG | i << SPLIT_BLOCK_SHIFT | j << SPLIT_SUB_SHIFT, "k1": SPLIT_VALUE_SHIFT,
+                         "sshift": sub.shift, "smask": sub.mask})
+    return rows
+
+
+def group_keys(hu: np.ndarray, row: dict) -> np.ndarray:
+    """key_table's formula for one row kind, on uint64 hashes -> int64 keys."""
+    u = np.uint64
+    v = (((hu >> u(row["above"])) & u(row["hikeep"] & (2**64 - 1))) << u(row["shift"])) | (hu & u(row["low"]))
+    g = ((hu >> u(row["shift"])) & u(row["mask"])) << u(row["k1"])
+    g |= (v >> u(row["sshift"])) & u(row["smask"])
+    return (g | u(row["g0"])).astype(np.int64)
 
 
 def block_values(values: np.ndarray, blk: Block) -> np.ndarray:
@@ -77,9 +123,9 @@ def first_equal_block(x: np.ndarray, blocks: tuple[Block, ...]) -> np.ndarray:
 # --- step 3a: rows per (block, block value) ---------------------------------------------------------------
 
 
-def explode(nodes, max_distance: int):
-    """Nodes (node, h) -> one row (g, node, h) per block: g = block index << 32 | the hash's block value. D = 0:
-    no rows (distinct hashes are never within 0 bits)."""
+def explode(nodes, max_distance: int, split: bool = False):
+    """Nodes (node, h) -> one row (g, node, h) per row kind of key_table: per block, or per (block, sub-block)
+    when `split`. D = 0: no rows (distinct hashes are never within 0 bits)."""
     import pandas as pd
 
     node = nodes["node"].to_numpy(np.int64)
@@ -87,9 +133,9 @@ def explode(nodes, max_distance: int):
     if max_distance == 0 or not len(h):
         return explode_meta()
     hu = h.view(np.uint64)
-    blocks = exact_blocks(max_distance)
-    g = np.concatenate([(np.int64(i) << GROUP_KEY_SHIFT) | block_values(hu, blk) for i, blk in enumerate(blocks)])
-    return pd.DataFrame({"g": g, "node": np.tile(node, len(blocks)), "h": np.tile(h, len(blocks))})
+    kinds = key_table(max_distance, split)
+    g = np.concatenate([group_keys(hu, k) for k in kinds])
+    return pd.DataFrame({"g": g, "node": np.tile(node, len(kinds)), "h": np.tile(h, len(kinds))})
 
 
 def explode_meta():
@@ -149,6 +195,9 @@ def group_pairs(gid: np.ndarray, values: np.ndarray, group_block, max_distance: 
         i, j = search(sub, max_distance, bits - blk.nbits, limits, counts, split)
         ps.append(i + a)
         qs.append(j + a)
+    if not ps:  # every group a single hash
+        e = np.zeros(0, np.int64)
+        return e, e.copy()
     p, q = np.concatenate(ps), np.concatenate(qs)
     return order[p], order[q]
 
@@ -195,19 +244,50 @@ def limits() -> tuple[int, int]:
     return SMALL_GROUP, MAX_GROUP
 
 
+def _split_pairs(g: np.ndarray, h: np.ndarray, max_distance: int, group_limits: tuple[int, int], counts: dict):
+    """Pairs (p, q) of the rows of split groups (g = (block i, sub-block j, their values)): each searched on the
+    bits outside both, kept where i is the pair's first agreeing block and j its first agreeing sub-block of the
+    other bits, so each pair comes out once over all groups and sub-groups."""
+    blocks = exact_blocks(max_distance)
+    block_of = (g >> SPLIT_BLOCK_SHIFT) & 63
+    ps, qs = [], []
+    for i in np.unique(block_of).tolist():
+        at = np.flatnonzero(block_of == i)
+        rest = drop_block(h[at], blocks[i])
+        bits = BITS - blocks[i].nbits
+        subs = exact_blocks(max_distance, bits)
+        gi = g[at]
+        p, q = group_pairs(gi, rest, lambda gid, s=subs: s[(gid >> SPLIT_SUB_SHIFT) & 63], max_distance, bits, group_limits, counts)
+        keep = (first_equal_block(h[at[p]] ^ h[at[q]], blocks) == i) & (
+            first_equal_block(rest[p] ^ rest[q], subs) == ((gi[p] >> SPLIT_SUB_SHIFT) & 63))
+        ps.append(at[p[keep]])
+        qs.append(at[q[keep]])
+    e = np.zeros(0, np.int64)
+    return (np.concatenate(ps), np.concatenate(qs)) if ps else (e, e.copy())
+
+
 def search_partition(part, max_distance: int, group_limits: tuple[int, int] | None = None):
     """Rows (g, node, h) holding whole groups -> edges (u, v), u < v: every pair within D whose first agreeing
-    block is its group's block; then the partition's summary as rows (u < 0, v) named by SUMMARY."""
+    block is its group's block (and, in a split group, whose first agreeing sub-block of the other bits is its
+    sub-block); then the partition's summary as rows (u < 0, v) named by SUMMARY."""
     import pandas as pd
 
     counts = {name: 0 for name in SUMMARY.values()}
+    group_limits = group_limits or limits()
     g = part["g"].to_numpy(np.int64)
     node = part["node"].to_numpy(np.int64)
     h = part["h"].to_numpy(np.int64).view(np.uint64)
     blocks = exact_blocks(max_distance)
-    p, q = group_pairs(g, h, lambda gid: blocks[gid >> GROUP_KEY_SHIFT], max_distance, BITS, group_limits or limits(), counts)
-    keep = first_equal_block(h[p] ^ h[q], blocks) == (g[p] >> GROUP_KEY_SHIFT)
-    a, b = node[p[keep]], node[q[keep]]
+    split = (g & SPLIT_FLAG) != 0
+    whole = np.flatnonzero(~split)
+    p, q = group_pairs(g[whole], h[whole], lambda gid: blocks[gid >> GROUP_KEY_SHIFT], max_distance, BITS, group_limits, counts)
+    keep = first_equal_block(h[whole[p]] ^ h[whole[q]], blocks) == (g[whole[p]] >> GROUP_KEY_SHIFT)
+    p, q = whole[p[keep]], whole[q[keep]]
+    if split.any():
+        at = np.flatnonzero(split)
+        sp, sq = _split_pairs(g[at], h[at], max_distance, group_limits, counts)
+        p, q = np.concatenate([p, at[sp]]), np.concatenate([q, at[sq]])
+    a, b = node[p], node[q]
     keys = np.array(list(SUMMARY), np.int64)
     vals = np.array([counts[name] for name in SUMMARY.values()], np.int64)
     return pd.DataFrame({"u": np.concatenate([np.minimum(a, b), keys]), "v": np.concatenate([np.maximum(a, b), vals])})
@@ -222,4 +302,4 @@ def summarize(rows) -> dict:
     return out
 
 
-__all__ = ["exact_blocks", "explode", "search", "search_partition", "summarize"]
+__all__ = ["exact_blocks", "explode", "key_table", "search", "search_partition", "split_needed", "summarize"]

@@ -195,10 +195,11 @@ def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dic
     """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node), one shuffle on
     the block group, each partition's groups searched (curate.dedup.block_search); persisted. `nnodes` (an
     upper bound is enough) sizes the shuffle."""
-    rows = nnodes * bs.block_count(max_distance)
+    split = bs.split_needed(nnodes, max_distance)
+    rows = nnodes * len(bs.key_table(max_distance, split)) if max_distance else 0
     gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
-    stats["plan"] = bs.describe(max_distance)
-    exploded = nodes.map_partitions(bs.explode, max_distance, meta=bs.explode_meta())
+    stats["plan"] = bs.describe(max_distance, split)
+    exploded = nodes.map_partitions(bs.explode, max_distance, split, meta=bs.explode_meta())
     found = _persist(client, _by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, bs.limits(),
                                                                               meta=fr.edges_meta()))
     (summary,) = _compute(client, found[found.u < 0])

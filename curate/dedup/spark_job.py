@@ -97,16 +97,19 @@ def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
     import pandas as pd
     from pyspark.sql import functions as F
 
-    blocks = bs.exact_blocks(max_distance)[:bs.block_count(max_distance)]
-    table = pd.DataFrame({"i": [i for i in range(len(blocks))], "shift": [b.shift for b in blocks], "bmask": [b.mask for b in blocks]},
-                         dtype="int64")
-    gparts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), nnodes * len(blocks) // GROUP_ROWS_PER_PARTITION + 1)
-    stats["plan"] = bs.describe(max_distance)
-    schema = "i long, shift long, bmask long"
-    bt = spark.createDataFrame(table, schema) if len(table) else spark.createDataFrame([], schema)
-    key = F.expr("shiftrightunsigned(h, cast(shift as int))").bitwiseAND(F.col("bmask"))
-    exploded = nodes.crossJoin(F.broadcast(bt)).select(
-        F.shiftleft(F.col("i"), bs.GROUP_KEY_SHIFT).bitwiseOR(key).alias("g"), "node", "h")
+    split = bs.split_needed(nnodes, max_distance)
+    kinds = bs.key_table(max_distance, split) if max_distance else []
+    gparts = max(int(spark.conf.get("spark.sql.shuffle.partitions")), nnodes * len(kinds) // GROUP_ROWS_PER_PARTITION + 1)
+    stats["plan"] = bs.describe(max_distance, split)
+    cols = ["g0", "shift", "mask", "low", "above", "hikeep", "k1", "sshift", "smask"]
+    schema = ", ".join(f"{c} long" for c in cols)
+    table = pd.DataFrame({c: [k[c] for k in kinds] for c in cols}, dtype="int64")
+    kt = spark.createDataFrame(table, schema) if len(table) else spark.createDataFrame([], schema)
+    # block_search.key_table's formula (group_keys in numpy), on longs: >>> is shiftrightunsigned
+    key = F.expr("g0 | shiftleft(shiftrightunsigned(h, cast(shift as int)) & mask, cast(k1 as int))"
+                 " | (shiftrightunsigned(shiftleft(shiftrightunsigned(h, cast(above as int)) & hikeep, cast(shift as int))"
+                 " | (h & low), cast(sshift as int)) & smask)")
+    exploded = nodes.crossJoin(F.broadcast(kt)).select(key.alias("g"), "node", "h")
     found = exploded.repartition(gparts, "g").mapInPandas(_search_batches(max_distance), "u long, v long").localCheckpoint()
     stats["block_search"] = {"group_partitions": gparts, **bs.summarize(found.where(F.col("u") < 0).toPandas())}
     return found.where(F.col("u") >= 0)

@@ -32,10 +32,10 @@ def _skewed(n: int, seed: int) -> np.ndarray:
     return np.unique(np.concatenate([shared, near]))
 
 
-def _edges(values: np.ndarray, d: int, partitions: int = 1):
+def _edges(values: np.ndarray, d: int, partitions: int = 1, split: bool = False):
     """What the jobs compute: explode, spread the rows by group over `partitions`, search each; (pairs, summary)."""
     nodes = pd.DataFrame({"node": np.arange(len(values), dtype=np.int64)[::-1].copy(), "h": values[::-1].view(np.int64)})
-    ex = bs.explode(nodes, d).sample(frac=1, random_state=0)
+    ex = bs.explode(nodes, d, split).sample(frac=1, random_state=0)
     outs = [bs.search_partition(ex[ex.g % partitions == k], d) for k in range(partitions)]
     out = pd.concat(outs, ignore_index=True)
     e = out[out.u >= 0]
@@ -72,6 +72,60 @@ def test_each_search_path_gives_the_same_pairs(monkeypatch, d, small, oversize):
     assert got == _brute(values, d)
     assert summary["largest_block_group"] >= 300  # the skewed group is counted
     assert (summary["oversize_block_groups"] > 0) == (oversize < 300)
+
+
+@pytest.mark.parametrize("d", [2, 3, 5, 8, 11])
+@pytest.mark.parametrize("small, oversize", [(512, 4_000_000), (1, 10**9), (2, 6)])
+def test_split_groups_give_every_pair_exactly_once(monkeypatch, d, small, oversize):
+    """The two-level key (each hash once per block and exact sub-block of the other bits, for pools whose block
+    groups would outgrow a task) finds exactly the pairs brute force finds, on every search path inside."""
+    monkeypatch.setattr(bs, "SMALL_GROUP", small)
+    monkeypatch.setattr(bs, "MAX_GROUP", oversize)
+    values = np.unique(np.concatenate([_planted(500, d, seed=30 + d), _skewed(200, seed=d)]))
+    got, summary, e = _edges(values, d, partitions=3, split=True)
+    assert got == _brute(values, d) and (e.u < e.v).all()
+    assert summary["block_group_rows"] == len(values) * bs.block_count(d) * (d + 1)
+    plain, plain_summary, _ = _edges(values, d, partitions=3)
+    assert plain == got and plain_summary["block_groups"] < summary["block_groups"]
+
+
+def test_key_table_is_the_block_key_and_the_split_key():
+    """One formula for both jobs (numpy here, Spark SQL over the same table): unsplit it is block index << 32 |
+    block value; split it packs block, sub-block and both values, distinct per (block, sub-block) kind."""
+    rng = np.random.default_rng(3)
+    hu = rng.integers(0, 2**64, 1000, dtype=np.uint64)
+    for d in (1, 2, 8, 20):
+        blocks = bs.exact_blocks(d)
+        for i, (kind, blk) in enumerate(zip(bs.key_table(d), blocks)):
+            np.testing.assert_array_equal(bs.group_keys(hu, kind), (i << 32) | bs.block_values(hu, blk))
+        if d < 2:
+            with pytest.raises(ValueError, match="D >= 2"):
+                bs.key_table(d, split=True)
+            continue
+        split = bs.key_table(d, split=True)
+        assert len(split) == (d + 1) ** 2
+        for kind in split:
+            g = bs.group_keys(hu, kind)
+            i, j = (g >> bs.SPLIT_BLOCK_SHIFT) & 63, (g >> bs.SPLIT_SUB_SHIFT) & 63
+            blk = blocks[int(i[0])]
+            sub = bs.exact_blocks(d, 64 - blk.nbits)[int(j[0])]
+            assert (g > 0).all() and len(set(i.tolist())) == len(set(j.tolist())) == 1
+            np.testing.assert_array_equal((g >> bs.SPLIT_VALUE_SHIFT) & ((1 << 28) - 1), bs.block_values(hu, blk))
+            np.testing.assert_array_equal(g & ((1 << 22) - 1), bs.block_values(bs.drop_block(hu, blk), sub))
+
+
+def test_split_needed_only_past_a_tasks_worth_of_group():
+    assert not bs.split_needed(1_280_000_000, 8)  # `large` at D = 8: groups of ~10M rows
+    assert bs.split_needed(12_800_000_000, 8)  # `xlarge`: ~100M
+    assert not bs.split_needed(10**15, 1)  # 32-bit blocks: never
+    assert bs.describe(8, True) == "D=8: 9 exact blocks of 8/7 bits, each group split in 9 exact sub-blocks"
+
+
+def test_a_partition_of_one_hash_groups_has_no_pairs():
+    part = pd.DataFrame({"g": np.array([1, 2, 3 << 32], np.int64), "node": np.array([0, 1, 2], np.int64),
+                         "h": np.array([0, -1, 12345], np.int64)})
+    out = bs.search_partition(part, 8)
+    assert (out.u < 0).all() and bs.summarize(out)["block_groups"] == 3
 
 
 def test_d0_needs_no_rows_and_finds_nothing():

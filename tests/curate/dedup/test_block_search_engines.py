@@ -1,6 +1,7 @@
 """`curate dedup --method phash` through the CLI on Dask and Spark: the exact-block group search gives the same
 bytes as the local engine, with every search path taken (small groups, hamming, an oversize group in
-sub-blocks) over several shuffle partitions, on a pool with skew and pairs at exactly D-1, D and D+1."""
+sub-blocks) over several shuffle partitions, on a pool with skew and pairs at exactly D-1, D and D+1; and with
+every group split at the shuffle (the two-level key of `xlarge`-sized pools)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def _outputs(root):
     return out, stats
 
 
-def _run_engine(local_pool, tmp_path, monkeypatch, engine: str):
+def _run_engine(local_pool, tmp_path, monkeypatch, engine: str, split: bool = False):
+    if split:  # as at `xlarge`: every block group split at the shuffle in exact sub-blocks (the driver decides)
+        monkeypatch.setattr(bs, "SHUFFLE_GROUP_ROWS", 0)
     monkeypatch.setattr(bs, "SMALL_GROUP", 4)  # the driver passes these to the workers
     monkeypatch.setattr(bs, "MAX_GROUP", 100)
     monkeypatch.setattr(dask_job, "GROUP_ROWS_PER_PARTITION", 1000)
@@ -67,15 +70,21 @@ def _run_engine(local_pool, tmp_path, monkeypatch, engine: str):
         assert stats[k] == local[k], k
     # every path ran: all-pairs groups, hamming groups, the skewed group (~200 hashes) split into sub-blocks
     search = stats["block_search"]
+    if split:
+        assert search["block_group_rows"] == (D + 1) ** 2 * stats["distinct_hashes"] and search["group_partitions"] > 2
+        assert stats["plan"] == "D=5: 6 exact blocks of 11/10 bits, each group split in 6 exact sub-blocks"
+        return
     assert search["largest_block_group"] >= 200 and search["oversize_block_groups"] >= 1
     assert search["block_group_rows"] == (D + 1) * stats["distinct_hashes"] and search["group_partitions"] > 2
     assert stats["plan"] == "D=5: 6 exact blocks of 11/10 bits"
 
 
-def test_dask_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch):
-    _run_engine(local_pool, tmp_path, monkeypatch, "dask")
+@pytest.mark.parametrize("split", [False, True], ids=["block-groups", "split-groups"])
+def test_dask_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch, split):
+    _run_engine(local_pool, tmp_path, monkeypatch, "dask", split)
 
 
 @pytest.mark.skipif(not java_available(), reason="Spark needs Java 17+")
-def test_spark_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch):
-    _run_engine(local_pool, tmp_path, monkeypatch, "spark")
+@pytest.mark.parametrize("split", [False, True], ids=["block-groups", "split-groups"])
+def test_spark_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch, split):
+    _run_engine(local_pool, tmp_path, monkeypatch, "spark", split)
