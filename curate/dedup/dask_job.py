@@ -137,7 +137,6 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
                           gcol, kcol, parts)
 
 
-BROADCAST_LABELS = 20_000_000  # up to this many labelled nodes the label table goes whole to every task
 
 
 def _labels(client, stars):
@@ -159,7 +158,9 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
 
     if labels is not None:
         (nlabels,) = _compute(client, labels.node.count())
-        small = int(nlabels) <= BROADCAST_LABELS
+        # whole to every task while it is no bigger than a partition (each task's pandas merge hashes it again),
+        # else a shuffle join
+        small = int(nlabels) <= ROWS_PER_PARTITION
         right = labels.repartition(npartitions=1) if small else labels
         rows = keyed.merge(right, on="node", how="left", **({} if small else {"npartitions": parts}))
         rows = rows.assign(group=rows.label.fillna(rows.node).astype("int64"), multi=(rows.cnt > 1) | rows.label.notnull())

@@ -31,7 +31,8 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
    path longer than one edge survives. A node's group is its star's centre (or itself): the smallest row
    of its component, the same id `curate.dedup.groups.group_ids` gives.
 5. groups and keep: a row's group is its node's label (the star centre) or, without edges, its node; the
-   label table (nodes with edges) is small and goes whole to every task. A row is in a group of two or
+   label table (nodes with edges) goes whole to every task while no bigger than a partition (Spark: a
+   broadcast join), else it is joined by a shuffle. A row is in a group of two or
    more when its value is held by several rows or its node has a label. `first` keeps the row equal to its
    group id (no shuffle); `highest_clip_score` joins the score column by uid for the rows of such groups
    only (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
