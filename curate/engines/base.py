@@ -50,6 +50,17 @@ class Engine:
         self.close()
 
 
+def task_result(get: Callable[[], Any], item: Any) -> Any:
+    """`get()` (a task's call or its future's result): our own input errors (ValueError, which already name the
+    file and the problem) as they are, any other failure as one EngineTaskError naming the item."""
+    try:
+        return get()
+    except ValueError:
+        raise
+    except Exception as e:
+        raise EngineTaskError(f"task {describe_item(item)} failed: {e}") from e
+
+
 def describe_item(item: Any) -> str:
     """A short label for a work item in error messages."""
     text = repr(item)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterator, Sequence
 
-from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
+from curate.engines.base import Engine, default_processes, task_result
 from curate.engines.cluster import (CONNECT_TIMEOUT_S, DEFAULT_WAIT_S, ClusterError, SharedPaths, one_line,
                                     raise_if_blind, require_reachable, worker_view)
 from curate.progress import Progress
@@ -90,12 +90,7 @@ class DaskEngine(Engine):
                 refill()
                 for fut in done:
                     i, _ = pending.pop(fut.key)
-                    try:
-                        result = fut.result()
-                    except ValueError:
-                        raise  # our own input errors already name the file and the problem
-                    except Exception as e:
-                        raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                    result = task_result(fut.result, items[i])
                     fut.release()
                     del fut
                     refill()

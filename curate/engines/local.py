@@ -7,7 +7,7 @@ import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from typing import Any, Callable, Iterator, Sequence
 
-from curate.engines.base import Engine, EngineTaskError, default_processes, describe_item
+from curate.engines.base import Engine, default_processes, task_result
 from curate.progress import Progress
 
 IN_FLIGHT = 4  # tasks submitted at once per worker process (`imap_unordered`)
@@ -36,12 +36,7 @@ class LocalEngine(Engine):
         with Progress(desc, len(items)) as bar:
             if self.processes <= 1 or len(items) <= 1:
                 for i, item in enumerate(items):
-                    try:
-                        result = fn(item)
-                    except ValueError:
-                        raise
-                    except Exception as e:
-                        raise EngineTaskError(f"task {describe_item(item)} failed: {e}") from e
+                    result = task_result(lambda: fn(item), item)
                     bar.task_done(result)
                     yield i, result
                 return
@@ -57,12 +52,7 @@ class LocalEngine(Engine):
                     done, _ = wait(futures, return_when=FIRST_COMPLETED)
                     for fut in done:
                         i = futures.pop(fut)
-                        try:
-                            result = fut.result()
-                        except ValueError:
-                            raise  # our own input errors already name the file and the problem
-                        except Exception as e:
-                            raise EngineTaskError(f"task {describe_item(items[i])} failed: {e}") from e
+                        result = task_result(fut.result, items[i])
                         bar.task_done(result)
                         yield i, result
                     del done, fut
