@@ -161,6 +161,7 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
         # whole to every task while it is no bigger than a partition (each task's pandas merge hashes it again),
         # else a shuffle join
         small = int(nlabels) <= ROWS_PER_PARTITION
+        stats["label_join"] = "broadcast" if small else "shuffle"
         right = labels.repartition(npartitions=1) if small else labels
         rows = keyed.merge(right, on="node", how="left", **({} if small else {"npartitions": parts}))
         rows = rows.assign(group=rows.label.fillna(rows.node).astype("int64"), multi=(rows.cnt > 1) | rows.label.notnull())

@@ -46,6 +46,9 @@ def _keys_schema(key: str, uid: bool) -> str:
 
 
 GROUP_ROWS_PER_PARTITION = 2_000_000  # phash: the block groups get about one partition per this many (block, hash) rows
+# the labels (two longs a row) go whole to every executor up to this many rows; Spark refuses a broadcast over
+# 8 GB or 512M rows, and an xlarge pool's labels can pass both, so beyond it they take a shuffle join
+BROADCAST_LABEL_ROWS = 20_000_000
 
 
 def _large_star(edges):
@@ -224,7 +227,9 @@ def _keep_and_write_keyed(spark, pool_root: Path, keyed, labels, valid_per_file:
     from pyspark.sql import functions as F
 
     if labels is not None:
-        rows = keyed.join(F.broadcast(labels), "node", "left")
+        nlabels = labels.count()
+        stats["label_join"] = "broadcast" if nlabels <= BROADCAST_LABEL_ROWS else "shuffle"
+        rows = keyed.join(F.broadcast(labels) if nlabels <= BROADCAST_LABEL_ROWS else labels, "node", "left")
         rows = rows.select("*", F.coalesce("label", "node").alias("group"), ((F.col("cnt") > 1) | F.col("label").isNotNull()).alias("multi"))
     else:
         rows = keyed.select("*", F.col("node").alias("group"), (F.col("cnt") > 1).alias("multi"))

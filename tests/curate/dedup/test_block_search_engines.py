@@ -53,6 +53,9 @@ def _outputs(root):
 def _run_engine(local_pool, tmp_path, monkeypatch, engine: str, split: bool = False):
     if split:  # as at `xlarge`: every block group split at the shuffle in exact sub-blocks (the driver decides)
         monkeypatch.setattr(bs, "SHUFFLE_GROUP_ROWS", 0)
+        # and, as there, the labels too many to go whole to every task: a shuffle join
+        monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 10)
+        monkeypatch.setattr(spark_job, "BROADCAST_LABEL_ROWS", 10)
     monkeypatch.setattr(bs, "SMALL_GROUP", 4)  # the driver passes these to the workers
     monkeypatch.setattr(bs, "MAX_GROUP", 100)
     monkeypatch.setattr(dask_job, "GROUP_ROWS_PER_PARTITION", 1000)
@@ -69,6 +72,7 @@ def _run_engine(local_pool, tmp_path, monkeypatch, engine: str, split: bool = Fa
     for k in ("rows", "groups", "groups_with_duplicates", "largest_group", "kept", "malformed", "without_value"):
         assert stats[k] == local[k], k
     # every path ran: all-pairs groups, hamming groups, the skewed group (~200 hashes) split into sub-blocks
+    assert stats["label_join"] == ("shuffle" if split else "broadcast")
     search = stats["block_search"]
     if split:
         assert search["block_group_rows"] == (D + 1) ** 2 * stats["distinct_hashes"] and search["group_partitions"] > 2
