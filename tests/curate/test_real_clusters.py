@@ -50,7 +50,7 @@ PIPELINE = [
 ]
 # Stats keys that say how an engine worked rather than what it found (timings, its name, its search plan and counts).
 ENGINE_KEYS = {"seconds", "images_per_second", "engine", "device", "plan", "candidates", "probes", "component_rounds",
-               "block_search", "partitions"}
+               "block_search", "partitions", "label_join"}
 
 
 def free_port() -> int:
