@@ -131,7 +131,7 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
         edges = _pairs(client, keyed[keyed.row == keyed.node][["node", "h"]], nvalid, max_distance, parts, stats)
         (npairs,) = _compute(client, edges.u.count())
         stats["pairs_of_distinct_hashes"] = int(npairs)
-        if npairs:  # the star rounds shuffle edges, not rows: partitions for the pairs (at 100M hashes 22, not 501)
+        if npairs:  # the star rounds shuffle edges, not rows: partitions for the pairs (at 100M hashes 28, not 501)
             labels = _labels(client, components(client, edges, stats, max(1, min(parts, int(npairs) // ROWS_PER_PARTITION + 1))))
     _keep_and_write_keyed(client, pool_root, keyed, labels, valid_per_file, keep, score_column, nonempty, staging, stats,
                           gcol, kcol, parts)

@@ -227,9 +227,9 @@ def _keep_and_write_keyed(spark, pool_root: Path, keyed, labels, valid_per_file:
     from pyspark.sql import functions as F
 
     if labels is not None:
-        nlabels = labels.count()
-        stats["label_join"] = "broadcast" if nlabels <= BROADCAST_LABEL_ROWS else "shuffle"
-        rows = keyed.join(F.broadcast(labels) if nlabels <= BROADCAST_LABEL_ROWS else labels, "node", "left")
+        small = labels.count() <= BROADCAST_LABEL_ROWS
+        stats["label_join"] = "broadcast" if small else "shuffle"
+        rows = keyed.join(F.broadcast(labels) if small else labels, "node", "left")
         rows = rows.select("*", F.coalesce("label", "node").alias("group"), ((F.col("cnt") > 1) | F.col("label").isNotNull()).alias("multi"))
     else:
         rows = keyed.select("*", F.col("node").alias("group"), (F.col("cnt") > 1).alias("multi"))
