@@ -154,6 +154,7 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
     """Keyed rows (row, file, node, cnt[, uid]) and the labels of the nodes with edges -> group (label, else
     node), the keep rule, one output file per input file and the group statistics (steps 5 and 6 of
     curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score."""
+    import dask
     import dask.dataframe as dd
 
     if labels is not None:
@@ -183,12 +184,17 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
         rows = rows.merge(keepers[["row", "keep"]], on="row", how="left", npartitions=parts)
         rows = rows.assign(keep=rows.keep.fillna(True).astype(bool))  # a group of one keeps its row
     rows = rows[["row", "file", "node", "group", "keep", "multi"]]
-    dup_rows = rows[rows.multi]
-    largest = dup_rows.group.value_counts(split_out=parts).max() if parts > 1 else dup_rows.group.value_counts().max()
+    # The shuffle by file is the only consumer of `rows`: the writers also count the rows of each group with
+    # duplicates, summed by group below. (Counting them from `rows` in a second branch of the same graph made
+    # Dask finish every joined partition before either branch took it: the whole pool in memory, 1.4 GB a
+    # worker at 100M hashes on two workers.)
     out = _by(rows, "file", max(1, min(len(files), parts)))
     info = {f.index: f for f in files}
-    written = out.map_partitions(fr.write_groups, info, str(staging), gcol, kcol, meta=fr.groups_written_meta())
-    done, most = _compute(client, written, largest)
+    pieces = [dask.delayed(fr.write_groups_sized, pure=False)(p, info, str(staging), gcol, kcol) for p in out.to_delayed()]
+    written = dd.from_delayed([p[0] for p in pieces], meta=fr.groups_written_meta(), verify_meta=False)
+    sizes = dd.from_delayed([p[1] for p in pieces], meta=fr.group_rows_meta(), verify_meta=False)
+    by_group = sizes.groupby("group").rows.sum(split_out=parts) if parts > 1 else sizes.groupby("group").rows.sum()
+    done, most = _compute(client, written, by_group.max())
     most = 0 if most != most or most is None else int(most)  # NaN: no group of two
     fr.finish_groups(done, valid_per_file, files, most, str(staging), gcol, kcol, stats)
 

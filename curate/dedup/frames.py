@@ -38,8 +38,9 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
    only (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
 6. output: rows are shuffled by file; each task reads its files' uids back and writes `uid,
    dedup_phash_group, dedup_phash_keep` in row order (nulls where the row has no usable hash) into the
-   staging folder, returning its counts (groups, groups with duplicates, kept, distinct values); the
-   largest group is counted over the rows of groups of two or more. A file without a valid row gets its
+   staging folder, returning its counts (groups, groups with duplicates, kept, distinct values) and, on
+   Dask, the rows of each group of two or more it wrote (summed by group for the largest group), so the
+   writers are the rows' one consumer. A file without a valid row gets its
    output (uids, nulls) from the driver.
 """
 
@@ -320,6 +321,26 @@ def write_groups(part, files: dict, staging: str, group_col: str, keep_col: str)
                     int((row == g["node"].to_numpy(np.int64)).sum())))
     cols = ["file", "rows", "groups", "dups", "kept", "distinct"]
     return pd.DataFrame({c: pd.Series([o[i] for o in out], dtype="int64") for i, c in enumerate(cols)})
+
+
+def write_groups_sized(part, files: dict, staging: str, group_col: str, keep_col: str):
+    """write_groups, and the rows of each group with duplicates in this part (group_rows): one pass over the
+    part, so an engine need not hold it for a second reader."""
+    return write_groups(part, files, staging, group_col, keep_col), group_rows(part)
+
+
+def group_rows(part):
+    """(group, rows) of the groups with duplicates (the rows flagged multi) in this part."""
+    import pandas as pd
+
+    sizes = part.loc[part["multi"].to_numpy(bool), "group"].value_counts(sort=False)
+    return pd.DataFrame({"group": sizes.index.to_numpy(np.int64), "rows": sizes.to_numpy(np.int64)})
+
+
+def group_rows_meta():
+    import pandas as pd
+
+    return pd.DataFrame({"group": pd.Series(dtype="int64"), "rows": pd.Series(dtype="int64")})
 
 
 def groups_written_meta():

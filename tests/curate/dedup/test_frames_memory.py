@@ -10,6 +10,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from distributed import WorkerPlugin
 
 from curate.dedup import frames as fr
 from curate.dedup.run import run_dedup
@@ -70,6 +71,51 @@ def test_dask_persists_only_what_the_pairs_make(tmp_path, monkeypatch):
     assert got == want and stats["kept"] == local_stats["kept"]
     # edges, star rounds, labels: all bounded by a few times the pairs, none by the pool's rows
     assert persisted and max(persisted) <= 4 * pairs < rows
+
+
+class HeldRows(WorkerPlugin):
+    """Dask worker plugin: the most partitions of grouped rows (frames with `group` and `multi` columns) this
+    worker held in memory at once."""
+
+    name = "held-grouped-rows"
+
+    def setup(self, worker):
+        self.worker, self.held, self.peak = worker, set(), 0
+
+    def transition(self, key, start, finish, **kwargs):
+        if finish == "memory" and key in self.worker.data:
+            value = self.worker.data[key]
+            if isinstance(value, pd.DataFrame) and {"group", "multi"} <= set(value.columns) and len(value):
+                self.held.add(key)
+                self.peak = max(self.peak, len(self.held))
+        elif start == "memory":
+            self.held.discard(key)
+
+
+@pytest.mark.parametrize("keep", ["first", "highest_clip_score"])
+def test_dask_never_holds_all_grouped_row_partitions(tmp_path, monkeypatch, keep):
+    """The grouped rows (every row of the pool with its group and keep flag) reach the writers through one
+    consumer, a partition at a time: at 100M hashes a second consumer (the largest group's count) made Dask
+    finish every partition before either consumer took it, the whole pool in the workers' memory."""
+    from curate.dedup import dask_job
+    from curate.engines import make_engine
+
+    values, _ = planted_hashes(N_RANDOM, CLUSTERS, 6, seed=11)
+    local = tmp_path / "pool"
+    write_phash_pool(local, [f"{int(v):016x}" for v in values], files=80, seed=11)
+    run_dedup(local, "phash", max_distance=6, keep=keep)
+    want, local_stats = _outputs(local)
+    monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 20)  # 80 partitions of grouped rows
+    root = _copy(local, tmp_path / "dask")
+    with make_engine("dask", processes=2) as engine:
+        engine.client.register_plugin(HeldRows(), name=HeldRows.name)
+        stats = run_dedup(root, "phash", engine=engine, max_distance=6, keep=keep)
+        peaks = engine.client.run(lambda dask_worker: dask_worker.plugins[HeldRows.name].peak)
+    got, _ = _outputs(root)
+    assert got == want and stats["partitions"] == 80
+    assert stats["largest_group"] == local_stats["largest_group"] > 2
+    # a few partitions a worker at a time (measured 2-6; 41-74 before the change)
+    assert 0 < max(peaks.values()) <= 16, peaks
 
 
 @pytest.mark.skipif(not java_available(), reason="Spark needs Java 17+")
