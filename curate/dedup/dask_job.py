@@ -193,8 +193,7 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
     pieces = [dask.delayed(fr.write_groups_sized, pure=False)(p, info, str(staging), gcol, kcol) for p in out.to_delayed()]
     written = dd.from_delayed([p[0] for p in pieces], meta=fr.groups_written_meta(), verify_meta=False)
     sizes = dd.from_delayed([p[1] for p in pieces], meta=fr.group_rows_meta(), verify_meta=False)
-    by_group = sizes.groupby("group").rows.sum(split_out=parts) if parts > 1 else sizes.groupby("group").rows.sum()
-    done, most = _compute(client, written, by_group.max())
+    done, most = _compute(client, written, sizes.groupby("group").rows.sum(split_out=parts).max())
     most = 0 if most != most or most is None else int(most)  # NaN: no group of two
     fr.finish_groups(done, valid_per_file, files, most, str(staging), gcol, kcol, stats)
 
