@@ -105,6 +105,8 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
 # dedup rows measured before the Dask/Spark pHash search became exact-block groups carry no "method"
 OLD_DEDUP_METHOD = "exploded join (before 2026-12-07)"
 DEDUP_METHOD = "exact-block groups, keyed rows"  # since 2026-12-07: nothing pool-sized persisted
+# Dask since 2026-12-07 (afternoon): the labels ride in the key shuffle, no join of the pool's rows with them
+DEDUP_METHODS = {"dask": "exact-block groups, labels in the key shuffle", "spark": DEDUP_METHOD, "local": "local search"}
 
 
 def method(r: dict) -> str:
@@ -249,7 +251,7 @@ def bench_dedup(args, work: Path) -> None:
             log_path = work / f"dedup-{engine}-{n}.log"
             m = measure(cmd, log_path, env=env)
             out = json.loads([x for x in log_path.read_text().splitlines() if x.startswith("{")][-1])
-            row = {"job": "dedup phash D=8", "engine": engine, "method": DEDUP_METHOD if engine != "local" else "local search",
+            row = {"job": "dedup phash D=8", "engine": engine, "method": DEDUP_METHODS[engine],
                    "n": n, "unit": "hashes", "parts": math.ceil(n / args.hashes_per_file), **m, "job_s": out["job"],
                    "result": out["summary"], "digest": out["digest"], "search": out.get("search", {}),
                    "memory_limit": args.memory, **before, "load_after": round(os.getloadavg()[0], 2)}

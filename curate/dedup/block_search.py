@@ -266,10 +266,12 @@ def _split_pairs(g: np.ndarray, h: np.ndarray, max_distance: int, group_limits: 
     return (np.concatenate(ps), np.concatenate(qs)) if ps else (e, e.copy())
 
 
-def search_partition(part, max_distance: int, group_limits: tuple[int, int] | None = None):
+def search_partition(part, max_distance: int, group_limits: tuple[int, int] | None = None, hashes: bool = False):
     """Rows (g, node, h) holding whole groups -> edges (u, v), u < v: every pair within D whose first agreeing
     block is its group's block (and, in a split group, whose first agreeing sub-block of the other bits is its
-    sub-block); then the partition's summary as rows (u < 0, v) named by SUMMARY."""
+    sub-block); then the partition's summary as rows (u < 0, v) named by SUMMARY. With `hashes`, each edge also
+    carries its ends' hashes (hu, hv; 0 on summary rows): the Dask job sends each node's label to the partition
+    that holds the node's hash."""
     import pandas as pd
 
     counts = {name: 0 for name in SUMMARY.values()}
@@ -290,7 +292,20 @@ def search_partition(part, max_distance: int, group_limits: tuple[int, int] | No
     a, b = node[p], node[q]
     keys = np.array(list(SUMMARY), np.int64)
     vals = np.array([counts[name] for name in SUMMARY.values()], np.int64)
-    return pd.DataFrame({"u": np.concatenate([np.minimum(a, b), keys]), "v": np.concatenate([np.maximum(a, b), vals])})
+    out = {"u": np.concatenate([np.minimum(a, b), keys]), "v": np.concatenate([np.maximum(a, b), vals])}
+    if hashes:
+        first = a < b
+        hp, hq = h[p].view(np.int64), h[q].view(np.int64)
+        pad = np.zeros(len(keys), np.int64)
+        out["hu"] = np.concatenate([np.where(first, hp, hq), pad])
+        out["hv"] = np.concatenate([np.where(first, hq, hp), pad])
+    return pd.DataFrame(out)
+
+
+def hashed_edges_meta():
+    import pandas as pd
+
+    return pd.DataFrame({c: pd.Series(dtype="int64") for c in ("u", "v", "hu", "hv")})
 
 
 def summarize(rows) -> dict:
@@ -302,4 +317,5 @@ def summarize(rows) -> dict:
     return out
 
 
-__all__ = ["exact_blocks", "explode", "key_table", "search", "search_partition", "split_needed", "summarize"]
+__all__ = ["exact_blocks", "explode", "hashed_edges_meta", "key_table", "search", "search_partition", "split_needed",
+           "summarize"]

@@ -106,9 +106,10 @@ def _keep_and_write(client, pool_root: Path, rows, grouped, nvalid: int, keep: s
 def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str,
                score_column: str | None, staging: Path, stats: dict) -> None:
     """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
-    to `staging`, one per input file. Nothing the size of the pool is persisted: the keyed rows are computed
-    once for the search and once more, in one graph, for the output and its statistics, so a worker's memory
-    follows its partitions, not the pool."""
+    to `staging`, one per input file. Nothing the size of the pool is persisted: the keys are read and
+    shuffled once for the search, once more for the output and its statistics (with the labels riding in that
+    shuffle) and, for a score keep rule, once more before that for the ranking, so a worker's memory follows
+    its partitions, not the pool."""
     import dask.dataframe as dd
 
     started = fr.start_job(method, files, staging, stats)
@@ -122,72 +123,80 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
     # shuffles go to about one partition per ROWS_PER_PARTITION rows (one for small pools: no shuffle at all)
     parts = max(1, min(len(nonempty), nvalid // ROWS_PER_PARTITION + 1))
     stats["partitions"] = parts
-    with_uid = keep != "first"
-    keys = dd.from_map(fr.read_keys, nonempty, signal=method, uid=with_uid, meta=fr.keys_meta(key, with_uid),
-                       enforce_metadata=False)
-    keyed = _by(keys, key, parts).map_partitions(fr.assign_nodes, key, meta=fr.nodes_meta(key, with_uid))
+
+    def keys(uid: bool = False):
+        return dd.from_map(fr.read_keys, nonempty, signal=method, uid=uid, meta=fr.keys_meta(key, uid), enforce_metadata=False)
+
     labels = None
     if method == "phash":
+        keyed = _by(keys(), key, parts).map_partitions(fr.assign_nodes, key, meta=fr.nodes_meta(key))
         edges = _pairs(client, keyed[keyed.row == keyed.node][["node", "h"]], nvalid, max_distance, parts, stats)
         (npairs,) = _compute(client, edges.u.count())
         stats["pairs_of_distinct_hashes"] = int(npairs)
         if npairs:  # the star rounds shuffle edges, not rows: partitions for the pairs (at 100M hashes 28, not 501)
-            labels = _labels(client, components(client, edges, stats, max(1, min(parts, int(npairs) // ROWS_PER_PARTITION + 1))))
-    _keep_and_write_keyed(client, pool_root, keyed, labels, valid_per_file, keep, score_column, nonempty, staging, stats,
-                          gcol, kcol, parts)
+            pparts = max(1, min(parts, int(npairs) // ROWS_PER_PARTITION + 1))
+            labels = _labels(client, components(client, edges[["u", "v"]], stats, pparts), edges, pparts)
+            stats["label_join"] = "in the key shuffle"
+    # the labels (and the rows the score rule drops) ride in the key shuffle, shaped as keys (frames.as_key_rows)
+    def shuffled(riders: list, uid: bool = False):
+        riding = [r.map_partitions(fr.as_key_rows, row, key, tag, uid, meta=fr.keys_meta(key, uid)) for r, row, tag in riders]
+        return _by(dd.concat([keys(uid), *riding]) if riding else keys(uid), key, parts)
+
+    riders = [] if labels is None else [(labels, "label", fr.LABEL_FILE)]
+    if keep != "first":
+        riders.append((_drops(client, pool_root, shuffled(riders, uid=True), key, keep, score_column, parts, stats),
+                       "row", fr.DROP_FILE))
+    rule = "first" if keep == "first" else "drops"
+    rows = shuffled(riders).map_partitions(fr.group_rows_of_keys, key, rule, meta=fr.grouped_meta(key, rule))
+    _write(client, rows, valid_per_file, nonempty, staging, stats, gcol, kcol, parts)
 
 
-
-
-def _labels(client, stars):
-    """Star edges (u -> v, v the smallest node of u's component) -> (node, label) for every node with an edge,
-    the centres labelled with themselves; persisted (their size follows the pairs, not the pool)."""
+def _labels(client, stars, edges, pparts: int):
+    """Star edges (u -> v, v the smallest node of u's component) and the hashed edges (u, v, hu, hv) -> (h,
+    label) for the hash of every node with an edge, the centres labelled with themselves; persisted (their size
+    follows the pairs, not the pool)."""
     import dask.dataframe as dd
 
-    centres = stars[["v"]].rename(columns={"v": "node"}).drop_duplicates()
+    centres = stars[["v"]].rename(columns={"v": "node"}).drop_duplicates(split_out=pparts)
     both = dd.concat([stars.rename(columns={"u": "node", "v": "label"}), centres.assign(label=centres.node)])
-    return _persist(client, both)
+    ends = dd.concat([edges[["u", "hu"]].rename(columns={"u": "node", "hu": "h"}),
+                      edges[["v", "hv"]].rename(columns={"v": "node", "hv": "h"})])
+    ends = ends.drop_duplicates(subset="node", split_out=pparts)
+    return _persist(client, both.merge(ends, on="node", npartitions=pparts)[["h", "label"]])
 
 
-def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file: dict, keep: str, score_column: str | None,
-                          files: list, staging: Path, stats: dict, gcol: str, kcol: str, parts: int) -> None:
-    """Keyed rows (row, file, node, cnt[, uid]) and the labels of the nodes with edges -> group (label, else
-    node), the keep rule, one output file per input file and the group statistics (steps 5 and 6 of
-    curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score."""
+def _drops(client, pool_root: Path, shuffled, key: str, keep: str, score_column: str | None, parts: int, stats: dict):
+    """Keys with uids, and the labels, shuffled by key -> (row, key) of each row the score rule does not keep:
+    only rows of groups with two or more members are ranked, by the score joined by uid; persisted (their
+    size follows the duplicates, not the pool)."""
+    import dask.dataframe as dd
+
+    col = fr.score_column(pool_root, score_column)
+    stats["score_column"] = col
+    from curate.pool import Pool
+
+    parts_list = [(str(pool_root), p.path, col) for p in Pool(pool_root).partitions()]
+    scores = dd.from_map(fr.read_scores, parts_list, meta=fr.scores_meta(), enforce_metadata=False)
+    # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
+    scores = _by(scores, "uid", parts).map_partitions(fr.max_score_per_uid, meta=fr.scores_meta())
+    ranked = shuffled.map_partitions(fr.group_rows_of_keys, key, None, meta=fr.grouped_meta(key, None))
+    ranked = ranked.map_partitions(fr.in_groups, key, meta=fr.kept_meta(key).drop(columns=["keep"]))
+    ranked = ranked.merge(scores, on="uid", how="left", npartitions=parts)
+    keepers = _by(ranked, "group", parts).map_partitions(fr.pick_keepers, keep, meta=fr.kept_meta(key))
+    return _persist(client, keepers[~keepers.keep][["row", key]])
+
+
+def _write(client, rows, valid_per_file: dict, files: list, staging: Path, stats: dict, gcol: str, kcol: str,
+           parts: int) -> None:
+    """Grouped rows with their keep flags -> one output file per input file and the group statistics (step 6 of
+    curate.dedup.frames). The shuffle by file is the only consumer of `rows`, and each of its tasks needs
+    nothing but its own partition: the writers also count the rows of each group with duplicates, summed by
+    group below. (A second consumer, as the largest group's count from `rows` was, or a task that waits on
+    another frame's partition, as a join does, made Dask finish row partitions long before they were taken:
+    at 100M hashes up to the whole pool in memory, 1.4 GB a worker on two workers.)"""
     import dask
     import dask.dataframe as dd
 
-    if labels is not None:
-        (nlabels,) = _compute(client, labels.node.count())
-        # whole to every task while it is no bigger than a partition (each task's pandas merge hashes it again),
-        # else a shuffle join
-        small = int(nlabels) <= ROWS_PER_PARTITION
-        stats["label_join"] = "broadcast" if small else "shuffle"
-        right = labels.repartition(npartitions=1) if small else labels
-        rows = keyed.merge(right, on="node", how="left", **({} if small else {"npartitions": parts}))
-        rows = rows.assign(group=rows.label.fillna(rows.node).astype("int64"), multi=(rows.cnt > 1) | rows.label.notnull())
-    else:
-        rows = keyed.assign(group=keyed.node, multi=keyed.cnt > 1)
-    if keep == "first":
-        rows = rows.assign(keep=rows.row == rows.group)
-    else:
-        col = fr.score_column(pool_root, score_column)
-        stats["score_column"] = col
-        from curate.pool import Pool
-
-        parts_list = [(str(pool_root), p.path, col) for p in Pool(pool_root).partitions()]
-        scores = dd.from_map(fr.read_scores, parts_list, meta=fr.scores_meta(), enforce_metadata=False)
-        # one score per uid (a pool's uids are unique; were one repeated, its highest score counts)
-        scores = _by(scores, "uid", parts).map_partitions(fr.max_score_per_uid, meta=fr.scores_meta())
-        multi = rows[rows.multi][["row", "uid", "group"]].merge(scores, on="uid", how="left", npartitions=parts)
-        keepers = _by(multi, "group", parts).map_partitions(fr.pick_keepers, keep, meta=fr.kept_meta())
-        rows = rows.merge(keepers[["row", "keep"]], on="row", how="left", npartitions=parts)
-        rows = rows.assign(keep=rows.keep.fillna(True).astype(bool))  # a group of one keeps its row
-    rows = rows[["row", "file", "node", "group", "keep", "multi"]]
-    # The shuffle by file is the only consumer of `rows`: the writers also count the rows of each group with
-    # duplicates, summed by group below. (Counting them from `rows` in a second branch of the same graph made
-    # Dask finish every joined partition before either branch took it: the whole pool in memory, 1.4 GB a
-    # worker at 100M hashes on two workers.)
     out = _by(rows, "file", max(1, min(len(files), parts)))
     info = {f.index: f for f in files}
     pieces = [dask.delayed(fr.write_groups_sized, pure=False)(p, info, str(staging), gcol, kcol) for p in out.to_delayed()]
@@ -199,16 +208,16 @@ def _keep_and_write_keyed(client, pool_root: Path, keyed, labels, valid_per_file
 
 
 def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dict):
-    """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node), one shuffle on
-    the block group, each partition's groups searched (curate.dedup.block_search); persisted. `nnodes` (an
-    upper bound is enough) sizes the shuffle."""
+    """Edges (u, v, hu, hv) of the distinct hashes within max_distance, with their ends' hashes: one row per
+    (exact block, node), one shuffle on the block group, each partition's groups searched
+    (curate.dedup.block_search); persisted. `nnodes` (an upper bound is enough) sizes the shuffle."""
     split = bs.split_needed(nnodes, max_distance)
     rows = nnodes * len(bs.key_table(max_distance, split)) if max_distance else 0
     gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
     stats["plan"] = bs.describe(max_distance, split)
     exploded = nodes.map_partitions(bs.explode, max_distance, split, meta=bs.explode_meta())
     found = _persist(client, _by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, bs.limits(),
-                                                                              meta=fr.edges_meta()))
+                                                                              hashes=True, meta=bs.hashed_edges_meta()))
     (summary,) = _compute(client, found[found.u < 0])
     stats["block_search"] = {"group_partitions": gparts, **bs.summarize(summary)}
     return found[found.u >= 0]

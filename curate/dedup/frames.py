@@ -214,7 +214,89 @@ def edges_meta():
     return pd.DataFrame({"u": pd.Series(dtype="int64"), "v": pd.Series(dtype="int64")})
 
 
-# --- 5. keep ------------------------------------------------------------------------------------------------
+# --- 5. groups and keep ---------------------------------------------------------------------------------------
+
+
+# Rows that ride in the Dask job's key shuffle beside the keys, shaped as keys, so that it needs no join of its
+# own (a join's tasks wait on another frame's partitions, and Dask then finishes key partitions long before
+# they are taken): a label (row = the label, key = its node's hash) and a row the score rule does not keep
+# (row = that row, key = its key).
+LABEL_FILE = -1
+DROP_FILE = -2
+
+
+def as_key_rows(frame, row: str, key: str, file: int, uid: bool = False):
+    """(row, key) of labels or dropped rows -> rows shaped as the keys (row, file = LABEL_FILE or DROP_FILE,
+    key[, uid])."""
+    import pandas as pd
+
+    out = pd.DataFrame({"row": frame[row].to_numpy(np.int64), "file": np.full(len(frame), file, np.int32)})
+    # the keys' own dtype: equal keys must hash alike in the shuffle
+    out[key] = pd.Series(frame[key].to_numpy(), index=out.index).astype(keys_meta(key)[key].dtype)
+    if uid:
+        out["uid"] = pd.Series(pd.NA, index=out.index, dtype=STR)
+    return out
+
+
+def group_rows_of_keys(part, key: str, keep: str | None):
+    """Rows holding whole keys (row, file, key[, uid]) and the rows riding with them (as_key_rows) -> (row,
+    file, node, group, multi, ...): `node` as assign_nodes gives it, `group` the label of the row's hash, else
+    its node, `multi` in a group of two or more; then `keep` the row that is its group's id (keep "first"), or
+    not a dropped row (keep "drops"); or, without a keep rule, the uid and key a score rule ranks by. A rider
+    whose key no row holds is an error, not a lost group or flag."""
+    file = part["file"].to_numpy()
+    labels, drops = part[file == LABEL_FILE], part[file == DROP_FILE]
+    part = assign_nodes(part[file >= 0], key)
+    node = part["node"].to_numpy(np.int64)
+    label = np.full(len(part), np.nan)
+    if len(labels):
+        at = _index(labels[key]).get_indexer(part[key])
+        _all_found(at, len(labels), "labels")
+        label = np.where(at >= 0, labels["row"].to_numpy(np.int64)[np.maximum(at, 0)], np.nan)
+    has = ~np.isnan(label)
+    out = part[["row", "file", "node"]].copy()
+    out["group"] = np.where(has, label, node).astype(np.int64)
+    out["multi"] = (part["cnt"].to_numpy(np.int64) > 1) | has
+    if keep == "first":
+        out["keep"] = out["row"].to_numpy(np.int64) == out["group"].to_numpy(np.int64)
+    elif keep == "drops":
+        at = _index(drops["row"]).get_indexer(part["row"])
+        _all_found(at, len(drops), "dropped rows")
+        out["keep"] = at < 0
+    else:
+        out["uid"], out[key] = part["uid"], part[key]
+    return out
+
+
+def _index(values):
+    import pandas as pd
+
+    return pd.Index(np.asarray(values))
+
+
+def _all_found(at: np.ndarray, riders: int, what: str) -> None:
+    found = np.zeros(riders, bool)
+    found[at[at >= 0]] = True
+    if not found.all():
+        raise RuntimeError(f"{int((~found).sum())} {what} for keys no row holds")
+
+
+def grouped_meta(key: str, keep: str | None):
+    import pandas as pd
+
+    cols = {"row": pd.Series(dtype="int64"), "file": pd.Series(dtype="int32"), "node": pd.Series(dtype="int64"),
+            "group": pd.Series(dtype="int64"), "multi": pd.Series(dtype="bool")}
+    if keep:
+        cols["keep"] = pd.Series(dtype="bool")
+    else:
+        cols["uid"] = pd.Series(dtype=STR)
+        cols[key] = keys_meta(key)[key]
+    return pd.DataFrame(cols)
+
+
+def in_groups(part, key: str):
+    """Grouped rows -> (row, uid, group, key) of those in groups of two or more (the rows a score rule ranks)."""
+    return part.loc[part["multi"].to_numpy(bool), ["row", "uid", "group", key]]
 
 
 def score_column(pool_root: Path, column: str | None) -> str:
@@ -425,7 +507,7 @@ def list_files(pool_root: Path, signal: str = "phash") -> list[ColumnFile]:
     return out
 
 
-__all__ = ["ColumnFile", "list_files", "read_rows", "write_files"]
+__all__ = ["ColumnFile", "list_files", "write_files"]
 
 
 # --- per-partition steps of the Dask job (each after a shuffle that puts equal keys in one partition) ---------
@@ -493,10 +575,11 @@ def count_unmatched(part):
 
 
 def pick_keepers(part, keep: str):
-    """Grouped rows (row, uid, group[, score]) holding whole groups -> with `keep`: the smallest row
-    (`first`), or the highest score with NaN last and ties to the smallest row."""
+    """Grouped rows (row, uid, group[, key][, score]) holding whole groups -> the same but the score, with
+    `keep`: the smallest row (`first`), or the highest score with NaN last and ties to the smallest row."""
+    carried = [c for c in part.columns if c != "score"]
     if not len(part):
-        out = part[["row", "uid", "group"]].copy()
+        out = part[carried].copy()
         out["keep"] = np.zeros(0, bool)
         return out
     row, group = part.row.to_numpy(np.int64), part.group.to_numpy(np.int64)
@@ -511,16 +594,18 @@ def pick_keepers(part, keep: str):
         first[1:] = g[1:] != g[:-1]
         k = np.zeros(len(row), bool)
         k[order[first]] = True
-    out = part[["row", "uid", "group"]].copy()
+    out = part[carried].copy()
     out["keep"] = k
     return out
 
 
-def kept_meta():
+def kept_meta(key: str | None = None):
     import pandas as pd
 
-    return pd.DataFrame({"row": pd.Series(dtype="int64"), "uid": pd.Series(dtype=STR),
-                         "group": pd.Series(dtype="int64"), "keep": pd.Series(dtype="bool")})
+    cols = {"row": pd.Series(dtype="int64"), "uid": pd.Series(dtype=STR), "group": pd.Series(dtype="int64")}
+    if key:
+        cols[key] = keys_meta(key)[key]
+    return pd.DataFrame({**cols, "keep": pd.Series(dtype="bool")})
 
 
 def group_sizes(part):
