@@ -137,6 +137,7 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
             pparts = max(1, min(parts, int(npairs) // ROWS_PER_PARTITION + 1))
             labels = _labels(client, components(client, edges[["u", "v"]], stats, pparts), edges, pparts)
             stats["label_join"] = "in the key shuffle"
+
     # the labels (and the rows the score rule drops) ride in the key shuffle, shaped as keys (frames.as_key_rows)
     def shuffled(riders: list, uid: bool = False):
         riding = [r.map_partitions(fr.as_key_rows, row, key, tag, uid, meta=fr.keys_meta(key, uid)) for r, row, tag in riders]

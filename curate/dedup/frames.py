@@ -30,12 +30,14 @@ The job, for pools that do not fit one machine (the driver only holds the plan, 
    each node at most one smaller neighbour, large-star moves every edge off a node that has one, so no
    path longer than one edge survives. A node's group is its star's centre (or itself): the smallest row
    of its component, the same id `curate.dedup.groups.group_ids` gives.
-5. groups and keep: a row's group is its node's label (the star centre) or, without edges, its node; the
-   label table (nodes with edges) goes whole to every task while no bigger than a partition (Spark: a
-   broadcast join), else it is joined by a shuffle. A row is in a group of two or
-   more when its value is held by several rows or its node has a label. `first` keeps the row equal to its
-   group id (no shuffle); `highest_clip_score` joins the score column by uid for the rows of such groups
-   only (NaN ranks last) and keeps, per group, the highest score, ties to the smallest row.
+5. groups and keep: a row's group is its node's label (the star centre) or, without edges, its node. Spark
+   joins the label table (nodes with edges) to the rows: a broadcast join while small, else a shuffle join.
+   Dask joins nothing to the rows: each label, as (row = label, file = LABEL_FILE, h = its node's hash),
+   rides in the key shuffle with the keys and meets its rows there (`as_key_rows`, `group_rows_of_keys`).
+   A row is in a group of two or more when its value is held by several rows or its node has a label.
+   `first` keeps the row equal to its group id (no shuffle); `highest_clip_score` joins the score column by
+   uid for the rows of such groups only (NaN ranks last) and keeps, per group, the highest score, ties to the
+   smallest row (on Dask the rows it drops then ride in the key shuffle as the labels do, DROP_FILE).
 6. output: rows are shuffled by file; each task reads its files' uids back and writes `uid,
    dedup_phash_group, dedup_phash_keep` in row order (nulls where the row has no usable hash) into the
    staging folder, returning its counts (groups, groups with duplicates, kept, distinct values) and, on
@@ -251,7 +253,10 @@ def group_rows_of_keys(part, key: str, keep: str | None):
     label = np.full(len(part), np.nan)
     if len(labels):
         at = _index(labels[key]).get_indexer(part[key])
-        _all_found(at, len(labels), "labels")
+        found = np.zeros(len(labels), bool)
+        found[at[at >= 0]] = True
+        if not found.all():
+            raise RuntimeError(f"{int((~found).sum())} labels for keys no row holds")
         label = np.where(at >= 0, labels["row"].to_numpy(np.int64)[np.maximum(at, 0)], np.nan)
     has = ~np.isnan(label)
     out = part[["row", "file", "node"]].copy()
@@ -260,11 +265,16 @@ def group_rows_of_keys(part, key: str, keep: str | None):
     if keep == "first":
         out["keep"] = out["row"].to_numpy(np.int64) == out["group"].to_numpy(np.int64)
     elif keep == "drops":
-        at = _index(drops["row"]).get_indexer(part["row"])
-        _all_found(at, len(drops), "dropped rows")
-        out["keep"] = at < 0
-    else:
-        out["uid"], out[key] = part["uid"], part[key]
+        at = _index(part["row"]).get_indexer(drops["row"])
+        held = at >= 0
+        held[held] = part[key].to_numpy()[at[held]] == drops[key].to_numpy()[held]  # the row, with that key
+        if not held.all():
+            raise RuntimeError(f"{int((~held).sum())} dropped rows for keys no row holds")
+        keep_row = np.ones(len(part), bool)
+        keep_row[at] = False
+        out["keep"] = keep_row
+    else:  # by position: a shuffle's output index may repeat
+        out["uid"], out[key] = part["uid"].array, part[key].array
     return out
 
 
@@ -272,13 +282,6 @@ def _index(values):
     import pandas as pd
 
     return pd.Index(np.asarray(values))
-
-
-def _all_found(at: np.ndarray, riders: int, what: str) -> None:
-    found = np.zeros(riders, bool)
-    found[at[at >= 0]] = True
-    if not found.all():
-        raise RuntimeError(f"{int((~found).sum())} {what} for keys no row holds")
 
 
 def grouped_meta(key: str, keep: str | None):

@@ -74,10 +74,10 @@ def test_dask_persists_only_what_the_pairs_make(tmp_path, monkeypatch):
 
 
 class HeldRows(WorkerPlugin):
-    """Dask worker plugin: the most partitions of grouped rows (frames with `group` and `multi` columns) this
-    worker held in memory at once."""
+    """Dask worker plugin: the most partitions of the pool's rows (frames with `row` and `file` columns: keys,
+    grouped rows and the rows riding with them) this worker held in memory at once."""
 
-    name = "held-grouped-rows"
+    name = "held-pool-rows"
 
     def setup(self, worker):
         self.worker, self.held, self.peak = worker, set(), 0
@@ -85,7 +85,7 @@ class HeldRows(WorkerPlugin):
     def transition(self, key, start, finish, **kwargs):
         if finish == "memory" and key in self.worker.data:
             value = self.worker.data[key]
-            if isinstance(value, pd.DataFrame) and {"group", "multi"} <= set(value.columns) and len(value):
+            if isinstance(value, pd.DataFrame) and {"row", "file"} <= set(value.columns) and len(value):
                 self.held.add(key)
                 self.peak = max(self.peak, len(self.held))
         elif start == "memory":
@@ -93,10 +93,12 @@ class HeldRows(WorkerPlugin):
 
 
 @pytest.mark.parametrize("keep", ["first", "highest_clip_score"])
-def test_dask_never_holds_all_grouped_row_partitions(tmp_path, monkeypatch, keep):
-    """The grouped rows (every row of the pool with its group and keep flag) reach the writers through one
-    consumer, a partition at a time: at 100M hashes a second consumer (the largest group's count) made Dask
-    finish every partition before either consumer took it, the whole pool in the workers' memory."""
+def test_dask_never_holds_all_row_partitions(tmp_path, monkeypatch, keep):
+    """The pool's rows reach the writers a partition at a time: every task from the key shuffle to the file
+    shuffle needs nothing but its own partition, and the writers are the rows' one consumer. At 100M hashes a
+    second consumer (the largest group's count) made Dask finish every partition before either consumer took
+    it, the whole pool in the workers' memory; joins of the rows with the labels or the keepers (tasks that
+    wait on another frame's partitions) held many partitions too."""
     from curate.dedup import dask_job
     from curate.engines import make_engine
 
@@ -105,16 +107,17 @@ def test_dask_never_holds_all_grouped_row_partitions(tmp_path, monkeypatch, keep
     write_phash_pool(local, [f"{int(v):016x}" for v in values], files=80, seed=11)
     run_dedup(local, "phash", max_distance=6, keep=keep)
     want, local_stats = _outputs(local)
-    monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 20)  # 80 partitions of grouped rows
+    monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 20)  # 80 partitions of rows
     root = _copy(local, tmp_path / "dask")
     with make_engine("dask", processes=2) as engine:
         engine.client.register_plugin(HeldRows(), name=HeldRows.name)
         stats = run_dedup(root, "phash", engine=engine, max_distance=6, keep=keep)
         peaks = engine.client.run(lambda dask_worker: dask_worker.plugins[HeldRows.name].peak)
     got, _ = _outputs(root)
-    assert got == want and stats["partitions"] == 80
+    assert got == want and stats["partitions"] == 80 and stats["label_join"] == "in the key shuffle"
     assert stats["largest_group"] == local_stats["largest_group"] > 2
-    # a few partitions a worker at a time (measured 2-6; 41-74 before the change)
+    # a few partitions a worker at a time: measured 4-8 of 80; with the joins 9-13 (first) and 39
+    # (highest_clip_score); with the second consumer 41-74 partitions of grouped rows alone
     assert 0 < max(peaks.values()) <= 16, peaks
 
 
