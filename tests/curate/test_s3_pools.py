@@ -541,3 +541,36 @@ def test_export_npz_on_s3_pool_equals_local(tmp_path, s3):
     r = curate("export-npz", "--pool", remote, "--output", f"{remote}/columns/x")
     assert r.returncode != 0 and "is inside the pool" in r.stderr and "Traceback" not in r.stderr
     assert _no_temporaries(fs, bucket) == []
+
+
+# ---- CLIP embeddings and the aesthetic score, staged into an s3:// pool ----
+
+def test_stage_clip_and_aesthetic_on_s3_equal_local_and_recompute_from_stored_embeddings(tmp_path, s3):
+    """`stage --signals clip,aesthetic` on a tiny open_clip model (random weights, made here): the same objects on
+    S3 as files in a local copy; an aesthetic object deleted is recomputed from the embeddings stored on S3 (no
+    model loaded), to the same bytes."""
+    import torch
+
+    from curate.signals.aesthetic import build_mlp
+    from tests.curate.helpers import tiny_clip_checkpoint
+
+    fs, bucket = s3
+    local = make_pools(tmp_path, fs, bucket, per_shard=(5, 4))
+    remote = f"s3://{bucket}/pool"
+    ckpt = tiny_clip_checkpoint(tmp_path / "tiny.pt")
+    torch.manual_seed(3)
+    torch.save(build_mlp(64).state_dict(), tmp_path / "aesthetic.pth")  # the v2 layout at the tiny model's width
+    args = ["--signals", "clip,aesthetic", "--model", "datacomp-tiny", "--pretrained", ckpt, "--clip-tag", "tiny",
+            "--aesthetic-weights", tmp_path / "aesthetic.pth", "--aesthetic-model", "datacomp-tiny",
+            "--aesthetic-pretrained", ckpt, "--device", "cpu", "--batch-size", "4"]
+    for pool in (remote, local):
+        ok("stage", "--pool", pool, *args)
+    assert_same(local_files(local), s3_files(fs, f"{bucket}/pool"))
+    assert pq.read_table(local / "columns" / "aesthetic" / "00000000.parquet").num_rows == 5
+    key = f"{bucket}/pool/columns/aesthetic/00000001.parquet"
+    before = fs.cat_file(key)
+    fs.rm(key)
+    out = ok("stage", "--pool", remote, *args)
+    assert "(1 already done)" in out, out
+    assert fs.cat_file(key) == before
+    assert not _no_temporaries(fs, bucket)
