@@ -350,8 +350,10 @@ def draw(rows: list[dict], png: Path) -> None:
     from curate.report import _font, _png
 
     groups = series(rows)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    # tab10, then darker shades of it: a colour per series up to 20
+    base = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+            (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+    colours = base + [tuple(c // 2 for c in rgb) for rgb in base]
     W, H, m = 560, 420, (70, 30, 20, 60)  # panel size; margins left, top, right, bottom
     img = Image.new("RGB", (2 * W, H + 30 + 22 * math.ceil(len(groups) / 2)), "white")
     d = ImageDraw.Draw(img)
