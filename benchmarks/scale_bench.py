@@ -20,7 +20,8 @@ CURATE_SPARK_DRIVER_MEMORY, which in local mode is also the executor) on pools o
 planted near-copies (dedup_bench.py's generator), --hashes-per-file rows per column file.
 
 The Dask and Spark dedup rows carry a "method": "exact-block groups, keyed rows" (curate.dedup.block_search and
-nothing pool-sized persisted: curate.dedup.frames, since 2026-12-07); "exact-block groups, rows persisted" rows
+nothing pool-sized persisted: curate.dedup.frames, since 2026-12-07), and Dask's since that evening "exact-block
+groups, labels in the key shuffle" (no join of the pool's rows: DEDUP_METHODS); "exact-block groups, rows persisted" rows
 were measured with the same search while the job still persisted the pool's rows with their uids; rows without a
 method were measured with the meet-in-the-middle join before both and are kept as such. Their "search" holds the
 job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
