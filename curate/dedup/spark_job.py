@@ -46,9 +46,6 @@ def _keys_schema(key: str, uid: bool) -> str:
 
 
 GROUP_ROWS_PER_PARTITION = 2_000_000  # phash: the block groups get about one partition per this many (block, hash) rows
-# the labels (two longs a row) go whole to every executor up to this many rows; Spark refuses a broadcast over
-# 8 GB or 512M rows, and an xlarge pool's labels can pass both, so beyond it they take a shuffle join
-BROADCAST_LABEL_ROWS = 20_000_000
 
 
 def _large_star(edges):
@@ -83,20 +80,23 @@ def components(edges, stats: dict, max_rounds: int = 200):
 
 
 def _search_batches(max_distance: int):
-    """mapInPandas function: all batches of one partition (whole block groups) -> its edges and summary rows."""
+    """mapInPandas function: all batches of one partition (whole block groups) -> its edges, with their ends'
+    hashes, and summary rows."""
     group_limits = bs.limits()  # the driver's, for the workers
 
     def run(batches):
         import pandas as pd
 
         part = [b for b in batches if len(b)]
-        yield bs.search_partition(pd.concat(part, ignore_index=True) if part else bs.explode_meta(), max_distance, group_limits)
+        yield bs.search_partition(pd.concat(part, ignore_index=True) if part else bs.explode_meta(), max_distance, group_limits,
+                                  hashes=True)
     return run
 
 
 def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
-    """Edges (u, v) of the distinct hashes within max_distance: one row per (exact block, node) as Spark SQL, one
-    repartition by block group, each partition searched whole (curate.dedup.block_search); checkpointed."""
+    """Edges (u, v, hu, hv) of the distinct hashes within max_distance, with their ends' hashes: one row per
+    (exact block, node) as Spark SQL, one repartition by block group, each partition searched whole
+    (curate.dedup.block_search); checkpointed."""
     import pandas as pd
     from pyspark.sql import functions as F
 
@@ -113,18 +113,24 @@ def _pairs(spark, nodes, nnodes: int, max_distance: int, stats: dict):
                  " | (shiftrightunsigned(shiftleft(shiftrightunsigned(h, cast(above as int)) & hikeep, cast(shift as int))"
                  " | (h & low), cast(sshift as int)) & smask)")
     exploded = nodes.crossJoin(F.broadcast(kt)).select(key.alias("g"), "node", "h")
-    found = exploded.repartition(gparts, "g").mapInPandas(_search_batches(max_distance), "u long, v long").localCheckpoint()
+    found = exploded.repartition(gparts, "g").mapInPandas(_search_batches(max_distance), "u long, v long, hu long, hv long")
+    found = found.localCheckpoint()
     stats["block_search"] = {"group_partitions": gparts, **bs.summarize(found.where(F.col("u") < 0).toPandas())}
     return found.where(F.col("u") >= 0)
 
 
-def _labels(stars):
-    """Star edges (u -> v, v the smallest node of u's component) -> (node, label) for every node with an edge,
-    the centres labelled with themselves; checkpointed (their size follows the pairs, not the pool)."""
+def _labels(stars, edges):
+    """Star edges (u -> v, v the smallest node of u's component) and the hashed edges (u, v, hu, hv) -> (h, label)
+    for the hash of every node with an edge, the centres labelled with themselves; checkpointed (their size
+    follows the pairs, not the pool). Keyed by hash, they join the keyed rows where those rows already are: the
+    keyed rows are partitioned by h (their window), so only the labels move."""
     from pyspark.sql import functions as F
 
     centres = stars.select(F.col("v").alias("node")).distinct().select("node", F.col("node").alias("label"))
-    return stars.select(F.col("u").alias("node"), F.col("v").alias("label")).unionByName(centres).localCheckpoint()
+    both = stars.select(F.col("u").alias("node"), F.col("v").alias("label")).unionByName(centres)
+    ends = edges.select(F.col("u").alias("node"), F.col("hu").alias("h")).unionByName(
+        edges.select(F.col("v").alias("node"), F.col("hv").alias("h"))).dropDuplicates(["node"])
+    return both.join(ends, "node").select("h", "label").localCheckpoint()
 
 
 @contextmanager
@@ -185,8 +191,6 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
     and row count) are persisted to the executors' local disks, read by the search, the output and its
     statistics, so the JVM heap and the Python workers follow the partitions, not the pool."""
     import pandas as pd
-    from pyspark import StorageLevel
-    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     started = fr.start_job(method, files, staging, stats)
@@ -202,9 +206,7 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
     nvalid = sum(valid_per_file.values())
     with_uid = keep != "first"
     keys = file_df.mapInPandas(_keys_batches(with_uid), _keys_schema(key, with_uid))
-    w = Window.partitionBy(key)
-    keyed = keys.select("*", F.min("row").over(w).alias("node"), F.count("*").over(w).alias("cnt"))
-    keyed = keyed.persist(StorageLevel.DISK_ONLY)
+    keyed = _keyed(keys, key)
     labels = None
     try:
         if method == "phash":
@@ -212,7 +214,7 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
             npairs = edges.count()
             stats["pairs_of_distinct_hashes"] = npairs
             if npairs:
-                labels = _labels(components(edges, stats))
+                labels = _labels(components(edges.select("u", "v"), stats), edges)
         _keep_and_write_keyed(spark, pool_root, keyed, labels, valid_per_file, keep, score_column, nonempty, staging, stats,
                               gcol, kcol)
     finally:
@@ -221,18 +223,19 @@ def _job(spark, pool_root: Path, method: str, files: list, max_distance: int, ke
 
 def _keep_and_write_keyed(spark, pool_root: Path, keyed, labels, valid_per_file: dict, keep: str, score_column: str | None,
                           files: list, staging: Path, stats: dict, gcol: str, kcol: str) -> None:
-    """Keyed rows (row, file, node, cnt[, uid]) and the labels of the nodes with edges -> group (label, else
-    node), the keep rule, one output file per input file and the group statistics (steps 5 and 6 of
-    curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score."""
+    """Keyed rows (row, file, h, node, cnt[, uid]) and the labels (h, label) of the hashes with edges -> group
+    (label, else node), the keep rule, one output file per input file and the group statistics (steps 5 and 6
+    of curate.dedup.frames). Only rows of groups with two or more members take part in highest_clip_score.
+
+    The labels join on h, the key the keyed rows are already partitioned and sorted by (their window), so the
+    join moves and sorts only the labels, whatever their size (checked with explain(): no exchange on the keyed
+    side). Joined on node, the keyed side took a shuffle of the pool, or, while the labels were few enough, a
+    broadcast of them, which Spark refuses past 8 GB or 512M rows (an xlarge pool's labels can pass both)."""
     from pyspark.sql import functions as F
 
     if labels is not None:
-        small = labels.count() <= BROADCAST_LABEL_ROWS
-        stats["label_join"] = "broadcast" if small else "shuffle"
-        rows = keyed.join(F.broadcast(labels) if small else labels, "node", "left")
-        rows = rows.select("*", F.coalesce("label", "node").alias("group"), ((F.col("cnt") > 1) | F.col("label").isNotNull()).alias("multi"))
-    else:
-        rows = keyed.select("*", F.col("node").alias("group"), (F.col("cnt") > 1).alias("multi"))
+        stats["label_join"] = "by hash, only the labels move"
+    rows = _grouped(keyed, labels)
     if keep == "first":
         rows = rows.withColumn("keep", F.col("row") == F.col("group"))
     else:
@@ -248,6 +251,29 @@ def _keep_and_write_keyed(spark, pool_root: Path, keyed, labels, valid_per_file:
 
     done = rows.groupBy("file").applyInPandas(write, "file long, rows long, groups long, dups long, kept long, distinct long").toPandas()
     fr.finish_groups(done, valid_per_file, files, int(largest or 0), where, gcol, kcol, stats)
+
+
+def _keyed(keys, key: str):
+    """Keys (row, file, key[, uid]) -> with each value's node (its smallest row) and row count; persisted to the
+    executors' disks. The window leaves the rows partitioned and sorted by the key."""
+    from pyspark import StorageLevel
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy(key)
+    keyed = keys.select("*", F.min("row").over(w).alias("node"), F.count("*").over(w).alias("cnt"))
+    return keyed.persist(StorageLevel.DISK_ONLY)
+
+
+def _grouped(keyed, labels):
+    """Keyed rows and the labels (h, label) or None -> the rows with their group (label, else node) and whether
+    it has two or more members (multi)."""
+    from pyspark.sql import functions as F
+
+    if labels is None:
+        return keyed.select("*", F.col("node").alias("group"), (F.col("cnt") > 1).alias("multi"))
+    rows = keyed.join(labels, "h", "left")
+    return rows.select("*", F.coalesce("label", "node").alias("group"), ((F.col("cnt") > 1) | F.col("label").isNotNull()).alias("multi"))
 
 
 def _highest_score_keepers(spark, pool_root: Path, grouped, score_column: str | None, stats: dict):

@@ -53,9 +53,8 @@ def _outputs(root):
 def _run_engine(local_pool, tmp_path, monkeypatch, engine: str, split: bool = False):
     if split:  # as at `xlarge`: every block group split at the shuffle in exact sub-blocks (the driver decides)
         monkeypatch.setattr(bs, "SHUFFLE_GROUP_ROWS", 0)
-        # and, as there, the labels too many to go whole to every task: a shuffle join
+        # and, as there, many shuffle partitions for the labels
         monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 10)
-        monkeypatch.setattr(spark_job, "BROADCAST_LABEL_ROWS", 10)
     monkeypatch.setattr(bs, "SMALL_GROUP", 4)  # the driver passes these to the workers
     monkeypatch.setattr(bs, "MAX_GROUP", 100)
     monkeypatch.setattr(dask_job, "GROUP_ROWS_PER_PARTITION", 1000)
@@ -72,8 +71,8 @@ def _run_engine(local_pool, tmp_path, monkeypatch, engine: str, split: bool = Fa
     for k in ("rows", "groups", "groups_with_duplicates", "largest_group", "kept", "malformed", "without_value"):
         assert stats[k] == local[k], k
     # every path ran: all-pairs groups, hamming groups, the skewed group (~200 hashes) split into sub-blocks
-    # Dask sends the labels in the key shuffle to their hashes' partitions; Spark broadcasts them or joins by a shuffle
-    assert stats["label_join"] == ("in the key shuffle" if engine == "dask" else "shuffle" if split else "broadcast")
+    # Dask sends the labels in the key shuffle to their hashes' partitions; Spark joins them by hash to the keyed rows
+    assert stats["label_join"] == ("in the key shuffle" if engine == "dask" else "by hash, only the labels move")
     search = stats["block_search"]
     if split:
         assert search["block_group_rows"] == (D + 1) ** 2 * stats["distinct_hashes"] and search["group_partitions"] > 2
@@ -93,3 +92,35 @@ def test_dask_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch, split):
 @pytest.mark.parametrize("split", [False, True], ids=["block-groups", "split-groups"])
 def test_spark_cli_same_bytes_as_local(local_pool, tmp_path, monkeypatch, split):
     _run_engine(local_pool, tmp_path, monkeypatch, "spark", split)
+
+
+def test_spark_labels_join_the_keyed_rows_where_they_are(tmp_path):
+    """The labels (h, label) join the keyed rows on h, by which the keyed rows' window already partitioned and
+    sorted them: in the executed plan the keyed side goes straight into the join (no exchange, no sort; joined
+    on node it took a shuffle of the pool), and each row gets its hash's label, else its node."""
+    if not java_available():
+        pytest.skip("Spark needs Java 17+")
+    import pandas as pd
+
+    from curate.engines import make_engine
+
+    with make_engine("spark", processes=2) as engine:
+        spark = engine.spark
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")  # as for labels too many to broadcast
+        h = np.array([5, 9, 5, 7, 9, 11, 13], np.int64)
+        keys = spark.createDataFrame(pd.DataFrame({"row": np.arange(len(h)), "file": np.zeros(len(h), np.int32), "h": h}),
+                                     "row long, file int, h long")
+        keyed = spark_job._keyed(keys.repartition(3), "h")
+        labels = spark.createDataFrame(pd.DataFrame({"h": [9, 7, 13], "label": [0, 0, 6]}), "h long, label long")
+        rows = spark_job._grouped(keyed, labels.localCheckpoint())
+        got = rows.select("row", "node", "group", "multi").toPandas().sort_values("row")
+        plan = rows._jdf.queryExecution().executedPlan().toString().splitlines()
+        keyed.unpersist()
+    assert got.node.tolist() == [0, 1, 0, 3, 1, 5, 6]
+    assert got.group.tolist() == [0, 0, 0, 0, 0, 5, 6]  # 9 and 7 -> 0; 5 is node 0 itself; 11 has no label
+    assert got.multi.tolist() == [True, True, True, True, True, False, True]
+    join = next(i for i, line in enumerate(plan) if "Join [h#" in line)
+    assert "SortMergeJoin" in plan[join]
+    keyed_side = plan[join + 1]
+    assert "TableCacheQueryStage" in keyed_side or "InMemoryTableScan" in keyed_side, "\n".join(plan)
+    assert not any("hashpartitioning(node" in line for line in plan)
