@@ -14,14 +14,15 @@ constant --rows-per-part per parquet file, so a worker's task does not grow with
               stand-in labels a caption `en` when it is ASCII (score 0.9), else `xx`, and carries the real
               detector's cache marker, so `curate run` reads it exactly as it reads a cache it wrote itself:
               the rerun's cost is the same, only the kept count differs from fastText's.
-`dedup` runs `curate dedup --method phash --max-distance 8` (dedup_cluster_bench.py's `--one` child: its Dask
+`dedup` runs `curate dedup --method phash --max-distance 8` (or --max-distance D; dedup_cluster_bench.py's `--one` child: its Dask
 LocalCluster of 2 workers x 1 thread with --memory per worker; Spark `local[2]` with driver memory --memory,
 CURATE_SPARK_DRIVER_MEMORY, which in local mode is also the executor) on pools of --hashes random hashes with 5%
 planted near-copies (dedup_bench.py's generator), --hashes-per-file rows per column file.
 
 The Dask and Spark dedup rows carry a "method": "exact-block groups, keyed rows" (curate.dedup.block_search and
 nothing pool-sized persisted: curate.dedup.frames, since 2026-12-07), and Dask's since that evening "exact-block
-groups, labels in the key shuffle" (no join of the pool's rows: DEDUP_METHODS); "exact-block groups, rows persisted" rows
+groups, labels in the key shuffle" (no join of the pool's rows: DEDUP_METHODS), Spark's since then "exact-block groups,
+labels joined by hash" (only the labels move in the join); "exact-block groups, rows persisted" rows
 were measured with the same search while the job still persisted the pool's rows with their uids; rows without a
 method were measured with the meet-in-the-middle join before both and are kept as such. Their "search" holds the
 job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
@@ -107,7 +108,9 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
 OLD_DEDUP_METHOD = "exploded join (before 2026-12-07)"
 DEDUP_METHOD = "exact-block groups, keyed rows"  # since 2026-12-07: nothing pool-sized persisted
 # Dask since 2026-12-07 (afternoon): the labels ride in the key shuffle, no join of the pool's rows with them
-DEDUP_METHODS = {"dask": "exact-block groups, labels in the key shuffle", "spark": DEDUP_METHOD, "local": "local search"}
+# Spark since 2026-12-07 (evening): the labels carry their hash and join the keyed rows on it, where those rows are
+DEDUP_METHODS = {"dask": "exact-block groups, labels in the key shuffle", "spark": "exact-block groups, labels joined by hash",
+                 "local": "local search"}
 
 
 def method(r: dict) -> str:
@@ -246,13 +249,15 @@ def bench_dedup(args, work: Path) -> None:
         for engine in args.engines:
             shutil.rmtree(pool / "columns" / "dedup_phash", ignore_errors=True)
             wait_quiet()
-            log(f"dedup phash D=8 on {engine}: {n:,} hashes ...")
+            job = f"dedup phash D={args.max_distance}"
+            log(f"{job} on {engine}: {n:,} hashes ...")
             before = stamp()
-            cmd = [sys.executable, str(child), "--one", "phash", engine, str(pool), str(work / "no-evals"), "8", args.memory]
+            cmd = [sys.executable, str(child), "--one", "phash", engine, str(pool), str(work / "no-evals"), str(args.max_distance),
+                   args.memory]
             log_path = work / f"dedup-{engine}-{n}.log"
             m = measure(cmd, log_path, env=env)
             out = json.loads([x for x in log_path.read_text().splitlines() if x.startswith("{")][-1])
-            row = {"job": "dedup phash D=8", "engine": engine, "method": DEDUP_METHODS[engine],
+            row = {"job": job, "engine": engine, "method": DEDUP_METHODS[engine],
                    "n": n, "unit": "hashes", "parts": math.ceil(n / args.hashes_per_file), **m, "job_s": out["job"],
                    "result": out["summary"], "digest": out["digest"], "search": out.get("search", {}),
                    "memory_limit": args.memory, **before, "load_after": round(os.getloadavg()[0], 2)}
@@ -416,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--rows-per-part", type=int, default=400_000, help="rows per metadata parquet file")
     r.add_argument("--jobs", nargs="+", choices=sorted(RUN_JOBS), default=["clip_score", "basic"])
     r.add_argument("--processes", type=int, default=2)
-    dd = sub.add_parser("dedup", help="curate dedup --method phash --max-distance 8 on Dask and Spark at --hashes")
+    dd = sub.add_parser("dedup", help="curate dedup --method phash --max-distance D on Dask and Spark at --hashes")
     dd.add_argument("--hashes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     dd.add_argument("--hashes-per-file", type=int, default=125_000)
     dd.add_argument("--engines", nargs="+", choices=["local", "dask", "spark"], default=["dask", "spark"])
     dd.add_argument("--memory", default="4GB", help="per Dask worker (memory_limit); Spark driver memory (local mode)")
+    dd.add_argument("--max-distance", type=int, default=8, help="D: pHash pairs within D bits (default 8)")
     rep = sub.add_parser("report", help="the table and fits on stdout, the plot to --png")
     rep.add_argument("--png", default=str(PNG))
     args = ap.parse_args(argv)
