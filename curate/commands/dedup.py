@@ -53,6 +53,11 @@ def main(args) -> int:
           f"remove {stats['removed_as_duplicates']} ({stats['seconds']} s on {stats['engine']})")
     if stats.get("plan"):
         print(f"  plan: {stats['plan']}")
+    if "chance_pairs_below_1pct_at_max_distance" in stats:
+        print(f"  WARNING: were these {stats['distinct_hashes']:,} distinct hashes uniform random, ~{stats['chance_pairs_if_uniform']:,} "
+              f"pairs of them would lie within D={stats['max_distance']} bits by chance alone (real pHashes share more bits, "
+              f"so likely more), joining unrelated images into groups; this grows as the square of the pool. "
+              f"--max-distance {stats['chance_pairs_below_1pct_at_max_distance']} keeps chance pairs under 1% of the hashes.", file=sys.stderr)
     if stats.get("without_value"):
         print(f"  {stats['without_value']} rows have no {stats['method']} value (not grouped; the dedup filter rejects them): "
               f"{json.dumps(stats.get('without_value_by_status', {}))}")

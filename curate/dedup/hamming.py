@@ -521,4 +521,22 @@ def parse_hex64(texts) -> tuple[np.ndarray, np.ndarray]:
     return values, valid
 
 
-__all__ = ["Block", "Plan", "brute_force_pairs", "cross_pairs", "distinct_pairs", "flip_masks", "make_plan", "near_pairs", "parse_hex64"]
+def chance_pairs(n: int, max_distance: int, bits: int = BITS) -> float:
+    """Expected pairs within `max_distance` bits among n distinct uniform random hashes: C(n, 2) times the chance
+    that two such hashes differ in at most D of their bits. Real pHashes are less uniform (smooth images share
+    bits), so a real pool has at least about this many pairs of unrelated images. It grows as n²: at D = 8, ~1.4M
+    among 100M hashes (measured: 5.43M pairs = the planted 4.09M + 1.35M), ~23G among DataComp xlarge's 12.8B, more
+    pairs than hashes, so chance neighbours alone would chain much of the pool into one group."""
+    ball = sum(math.comb(bits, k) for k in range(min(max_distance, bits) + 1))
+    return n * (n - 1) / 2 * ball / 2.0 ** bits
+
+
+def safe_distance(n: int, max_distance: int, share: float = 0.01) -> int:
+    """The largest D' <= max_distance whose chance pairs (`chance_pairs`) stay within `share` of n."""
+    d = max_distance
+    while d > 0 and chance_pairs(n, d) > share * n:
+        d -= 1
+    return d
+
+
+__all__ = ["Block", "Plan", "brute_force_pairs", "chance_pairs", "safe_distance", "cross_pairs", "distinct_pairs", "flip_masks", "make_plan", "near_pairs", "parse_hex64"]

@@ -41,7 +41,7 @@ from curate import storage
 from curate.atomic import is_temporary, replace_folder, write_json
 from curate.dedup.frames import list_files
 from curate.dedup.groups import group_ids, keep_representatives
-from curate.dedup.hamming import distinct_pairs, make_plan, parse_hex64
+from curate.dedup.hamming import chance_pairs, distinct_pairs, make_plan, parse_hex64, safe_distance
 from curate.dedup.names import KEEP_RULES, METHODS, SCORE_COLUMNS, DedupError, column_names, embedding_column
 from curate.dedup.semantic import list_partitions, semantic_groups
 
@@ -188,6 +188,21 @@ def _swap_in(pool_root: Path, method: str, staging: Path) -> Path:
     return target
 
 
+CHANCE_SHARE = 0.01  # above this many chance pairs a distinct hash (if uniform), `curate dedup` warns
+
+
+def _note_chance_pairs(stats: dict) -> None:
+    """pHash: how many pairs within D the pool's distinct hashes would have by chance alone were they uniform
+    (hamming.chance_pairs), and, past CHANCE_SHARE of them, the largest D that stays within it (the CLI warns).
+    It grows as n² for a fixed D: unrelated images start to join groups as pools grow."""
+    if stats["method"] != "phash" or not stats.get("distinct_hashes"):
+        return
+    n, d = stats["distinct_hashes"], stats["max_distance"]
+    stats["chance_pairs_if_uniform"] = round(chance_pairs(n, d))
+    if stats["chance_pairs_if_uniform"] > CHANCE_SHARE * n:
+        stats["chance_pairs_below_1pct_at_max_distance"] = safe_distance(n, d, CHANCE_SHARE)
+
+
 def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: str, score_column: str | None,
                 stats: dict, start: float, eps: float, clusters: int | None, arch: str, seed: int) -> dict:
     """Any method as a Dask or Spark dataframe job (curate.dedup.frames, curate.dedup.semantic)."""
@@ -217,6 +232,7 @@ def _run_frames(pool_root: Path, method: str, engine, max_distance: int, keep: s
         raise
     out = _swap_in(pool_root, method, staging)
     stats.update({"output": str(out), "seconds": round(time.perf_counter() - start, 3)})
+    _note_chance_pairs(stats)
     write_json(pool_root / "columns" / f"dedup_{method}_stats.json", stats)
     return stats
 
@@ -278,6 +294,7 @@ def run_dedup(
         "output": str(out),
         "seconds": round(time.perf_counter() - start, 3),
     })
+    _note_chance_pairs(stats)
     write_json(pool_root / "columns" / f"dedup_{method}_stats.json", stats)
     return stats
 

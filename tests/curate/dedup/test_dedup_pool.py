@@ -75,6 +75,26 @@ def test_malformed_and_missing_hashes_are_reported(tmp_path, capsys):
     assert keep[3] is None and keep[10] is None and keep[7] is None and t.num_rows == len(hexes)
 
 
+def test_a_distance_that_pairs_random_hashes_by_chance_warns_with_a_safer_one(tmp_path, capsys):
+    """3,000 uniform random hashes at D = 17 have ~510 pairs by chance alone (hamming.chance_pairs), more than 1%
+    of them: the CLI warns and names D = 14 (~16 chance pairs); the pairs it found agree with that expectation.
+    At the default D = 4 there is no warning."""
+    rng = np.random.default_rng(11)
+    hexes = [f"{int(v):016x}" for v in rng.integers(0, 2**64, 3000, dtype=np.uint64)]
+    root = tmp_path / "pool"
+    write_phash_pool(root, hexes, files=2, seed=11)
+    assert curate_main(["dedup", "--pool", str(root), "--max-distance", "17", "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "~510 pairs of them would lie within D=17 bits by chance" in err and "--max-distance 14 keeps" in err
+    stats = json.loads((root / "columns" / "dedup_phash_stats.json").read_text())
+    assert stats["chance_pairs_if_uniform"] == 510 and stats["chance_pairs_below_1pct_at_max_distance"] == 14
+    assert abs(stats["pairs_of_distinct_hashes"] - 510) < 5 * 510 ** 0.5  # found by the search, ~Poisson around it
+    assert curate_main(["dedup", "--pool", str(root), "--no-progress"]) == 0
+    assert "by chance" not in capsys.readouterr().err
+    stats = json.loads((root / "columns" / "dedup_phash_stats.json").read_text())
+    assert stats["chance_pairs_if_uniform"] == 0 and "chance_pairs_below_1pct_at_max_distance" not in stats
+
+
 def test_missing_phash_column_names_the_stage(tmp_path, capsys):
     (tmp_path / "pool" / "metadata").mkdir(parents=True)
     with pytest.raises(DedupError, match="curate stage --pool .* --signals phash"):

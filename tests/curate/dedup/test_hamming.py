@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from curate.dedup.groups import group_ids
-from curate.dedup.hamming import brute_force_pairs, cross_pairs, make_plan, near_pairs, parse_hex64
+from curate.dedup.hamming import (brute_force_pairs, chance_pairs, cross_pairs, make_plan, near_pairs, parse_hex64,
+                                  safe_distance)
 from tests.curate.dedup.synth import planted_hashes, reference_groups
 
 
@@ -127,3 +128,28 @@ def test_table_width_does_not_change_the_pairs(slots):
     want = _sorted(*brute_force_pairs(values, 7))
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+def test_chance_pairs_is_what_uniform_random_hashes_show():
+    """Expected pairs within D among n uniform hashes, against brute force on 2,000 random hashes at D = 19 (~1,562
+    expected; each of 5 seeds within 5 sigma of it, their mean within 3 sigma/sqrt(5)); and its growth as n²."""
+    want = chance_pairs(2000, 19)
+    assert round(want) == 1562
+    counts = []
+    for seed in range(5):
+        values = np.random.default_rng(seed).integers(0, 2**64, 2000, dtype=np.uint64)
+        counts.append(len(brute_force_pairs(values, 19)[0]))
+    assert all(abs(c - want) < 5 * want ** 0.5 for c in counts), counts
+    assert abs(np.mean(counts) - want) < 3 * want ** 0.5 / 5 ** 0.5, counts
+    assert chance_pairs(2000, 64) == 2000 * 1999 / 2  # every pair is within 64 bits
+    assert chance_pairs(10**8, 8) / chance_pairs(10**7, 8) == pytest.approx(100, rel=1e-6)
+    assert round(chance_pairs(10**8, 8)) == 1390668  # the 100M scale pool's excess over its planted pairs: 1.35M
+
+
+def test_safe_distance_keeps_chance_pairs_under_the_share():
+    assert safe_distance(10**6, 8) == 8  # 139 chance pairs
+    assert safe_distance(10**8, 8) == 7  # 1.39M > 1% of 100M
+    assert [safe_distance(n, 8) for n in (1_280_000_000, 12_800_000_000)] == [6, 5]  # DataComp large, xlarge
+    for n in (10**6, 10**9, 10**11):
+        d = safe_distance(n, 12)
+        assert chance_pairs(n, d) <= 0.01 * n and (d == 12 or chance_pairs(n, d + 1) > 0.01 * n)
