@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate import storage
 from curate.dedup import block_search as bs
 from curate.dedup import frames as fr
 from curate.dedup import semantic as sem
@@ -35,6 +36,50 @@ def _compute(client, *xs):
     return dask.compute(*xs, scheduler=client) if client is not None else dask.compute(*xs)
 
 
+class InMemory:
+    """Frames held between steps in the workers' memory (Dask's persist): the semantic job's."""
+
+    def __init__(self, client):
+        self.client = client
+
+    def __call__(self, df, name: str):
+        return _persist(self.client, df)
+
+    def drop(self, name: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class OnDisk(InMemory):
+    """Frames held between steps as one parquet file a partition under `folder` (beside the pool, so every
+    worker sees it), read back as the same partitions: the hash jobs' pair-sized frames (edges, star rounds,
+    labels, dropped rows). Persisted in memory they grew a worker's memory with the pool's duplicates on a fixed
+    number of workers (4M pairs at 100M hashes: ~175 MB a worker of two); on disk a worker holds only the
+    partitions it works on. The folder is removed when the job ends, and at the start of the next."""
+
+    def __init__(self, client, folder):
+        super().__init__(client)
+        self.folder = storage.path(folder)
+        storage.remove_tree(self.folder)
+
+    def __call__(self, df, name: str):
+        import dask
+        import dask.dataframe as dd
+
+        where = [str(self.folder / name / f"{i:06d}.parquet") for i in range(df.npartitions)]
+        pieces = [dask.delayed(fr.write_piece, pure=False)(p, w) for p, w in zip(df.to_delayed(), where)]
+        _compute(self.client, pieces)
+        return dd.from_map(fr.read_piece, where, dtypes=df.dtypes.to_dict(), meta=df._meta, enforce_metadata=False)
+
+    def drop(self, name: str) -> None:
+        storage.remove_tree(self.folder / name)
+
+    def close(self) -> None:
+        storage.remove_tree(self.folder)
+
+
 def _by(df, on, parts: int):
     """Shuffle so that equal `on` values share a partition (one partition: nothing to move)."""
     return df.shuffle(on=on, npartitions=parts) if parts > 1 or df.npartitions > 1 else df
@@ -52,16 +97,19 @@ def _star_round(edges, parts: int):
     return _distinct(_by(oriented, "u", parts).map_partitions(fr.small_star, meta=fr.edges_meta()), parts)
 
 
-def components(client, edges, stats: dict, parts: int = 1, max_rounds: int = 200):
-    """Star edges (u -> smallest node of u's component, u > it) by large-star / small-star rounds."""
+def components(client, edges, stats: dict, parts: int = 1, max_rounds: int = 200, hold=None):
+    """Star edges (u -> smallest node of u's component, u > it) by large-star / small-star rounds, each round's
+    edges held by `hold` (default: in the workers' memory)."""
     import dask.dataframe as dd
 
-    edges = _persist(client, edges)
+    hold = hold or InMemory(client)
+    edges = hold(edges, "stars-0")
     for rnd in range(1, max_rounds + 1):
-        new = _persist(client, _star_round(edges, parts))
+        new = hold(_star_round(edges, parts), f"stars-{rnd}")
         both = dd.concat([new.assign(side=np.int8(0)), edges.assign(side=np.int8(1))])
         unmatched = _by(both, ["u", "v"], parts).map_partitions(fr.count_unmatched, meta=(None, "int64")).sum()
         (changed,) = _compute(client, unmatched)
+        hold.drop(f"stars-{rnd - 1}")
         edges = new
         if int(changed) == 0:
             stats["component_rounds"] = rnd
@@ -108,13 +156,23 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
     """Run the whole job for `method` (phash: near duplicates; sha256: identical digests); output files go
     to `staging`, one per input file. Nothing the size of the pool is persisted: the keys are read and
     shuffled once for the search, once more for the output and its statistics (with the labels riding in that
-    shuffle) and, for a score keep rule, once more before that for the ranking, so a worker's memory follows
-    its partitions, not the pool."""
-    import dask.dataframe as dd
-
+    shuffle) and, for a score keep rule, once more before that for the ranking; what is held between steps
+    (edges, star rounds, labels, dropped rows: the size of the duplicates) is held on disk beside the pool
+    (OnDisk), so a worker's memory follows its partitions, not the pool."""
     started = fr.start_job(method, files, staging, stats)
     if started is None:
         return
+    hold = OnDisk(client, storage.path(pool_root) / f".dedup_{method}.scratch")
+    try:
+        _hash_job(client, pool_root, method, files, max_distance, keep, score_column, staging, stats, started, hold)
+    finally:
+        hold.close()
+
+
+def _hash_job(client, pool_root: Path, method: str, files: list, max_distance: int, keep: str, score_column: str | None,
+              staging: Path, stats: dict, started: tuple, hold: OnDisk) -> None:
+    import dask.dataframe as dd
+
     gcol, kcol, key, nonempty = started
     (summary,) = _compute(client, dd.from_map(fr.file_summary, nonempty, signal=method, meta=fr.summary_meta(),
                                               enforce_metadata=False))
@@ -130,12 +188,12 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
     labels = None
     if method == "phash":
         keyed = _by(keys(), key, parts).map_partitions(fr.assign_nodes, key, meta=fr.nodes_meta(key))
-        edges = _pairs(client, keyed[keyed.row == keyed.node][["node", "h"]], nvalid, max_distance, parts, stats)
+        edges = _pairs(client, keyed[keyed.row == keyed.node][["node", "h"]], nvalid, max_distance, parts, stats, hold)
         (npairs,) = _compute(client, edges.u.count())
         stats["pairs_of_distinct_hashes"] = int(npairs)
         if npairs:  # the star rounds shuffle edges, not rows: partitions for the pairs (at 100M hashes 28, not 501)
             pparts = max(1, min(parts, int(npairs) // ROWS_PER_PARTITION + 1))
-            labels = _labels(client, components(client, edges[["u", "v"]], stats, pparts), edges, pparts)
+            labels = _labels(components(client, edges[["u", "v"]], stats, pparts, hold=hold), edges, pparts, hold)
             stats["label_join"] = "in the key shuffle"
 
     # the labels (and the rows the score rule drops) ride in the key shuffle, shaped as keys (frames.as_key_rows)
@@ -145,17 +203,17 @@ def dask_dedup(client, pool_root: Path, method: str, files: list, max_distance: 
 
     riders = [] if labels is None else [(labels, "label", fr.LABEL_FILE)]
     if keep != "first":
-        riders.append((_drops(client, pool_root, shuffled(riders, uid=True), key, keep, score_column, parts, stats),
+        riders.append((_drops(pool_root, shuffled(riders, uid=True), key, keep, score_column, parts, stats, hold),
                        "row", fr.DROP_FILE))
     rule = "first" if keep == "first" else "drops"
     rows = shuffled(riders).map_partitions(fr.group_rows_of_keys, key, rule, meta=fr.grouped_meta(key, rule))
     _write(client, rows, valid_per_file, nonempty, staging, stats, gcol, kcol, parts)
 
 
-def _labels(client, stars, edges, pparts: int):
+def _labels(stars, edges, pparts: int, hold: OnDisk):
     """Star edges (u -> v, v the smallest node of u's component) and the hashed edges (u, v, hu, hv) -> (h,
-    label) for the hash of every node with an edge, the centres labelled with themselves; persisted (their size
-    follows the pairs, not the pool)."""
+    label) for the hash of every node with an edge, the centres labelled with themselves; held on disk (their
+    size follows the pairs, not the pool)."""
     import dask.dataframe as dd
 
     centres = stars[["v"]].rename(columns={"v": "node"}).drop_duplicates(split_out=pparts)
@@ -163,12 +221,12 @@ def _labels(client, stars, edges, pparts: int):
     ends = dd.concat([edges[["u", "hu"]].rename(columns={"u": "node", "hu": "h"}),
                       edges[["v", "hv"]].rename(columns={"v": "node", "hv": "h"})])
     ends = ends.drop_duplicates(subset="node", split_out=pparts)
-    return _persist(client, both.merge(ends, on="node", npartitions=pparts)[["h", "label"]])
+    return hold(both.merge(ends, on="node", npartitions=pparts)[["h", "label"]], "labels")
 
 
-def _drops(client, pool_root: Path, shuffled, key: str, keep: str, score_column: str | None, parts: int, stats: dict):
+def _drops(pool_root: Path, shuffled, key: str, keep: str, score_column: str | None, parts: int, stats: dict, hold: OnDisk):
     """Keys with uids, and the labels, shuffled by key -> (row, key) of each row the score rule does not keep:
-    only rows of groups with two or more members are ranked, by the score joined by uid; persisted (their
+    only rows of groups with two or more members are ranked, by the score joined by uid; held on disk (their
     size follows the duplicates, not the pool)."""
     import dask.dataframe as dd
 
@@ -184,7 +242,7 @@ def _drops(client, pool_root: Path, shuffled, key: str, keep: str, score_column:
     ranked = ranked.map_partitions(fr.in_groups, key, meta=fr.kept_meta(key).drop(columns=["keep"]))
     ranked = ranked.merge(scores, on="uid", how="left", npartitions=parts)
     keepers = _by(ranked, "group", parts).map_partitions(fr.pick_keepers, keep, meta=fr.kept_meta(key))
-    return _persist(client, keepers[~keepers.keep][["row", key]])
+    return hold(keepers[~keepers.keep][["row", key]], "drops")
 
 
 def _write(client, rows, valid_per_file: dict, files: list, staging: Path, stats: dict, gcol: str, kcol: str,
@@ -208,17 +266,17 @@ def _write(client, rows, valid_per_file: dict, files: list, staging: Path, stats
     fr.finish_groups(done, valid_per_file, files, most, str(staging), gcol, kcol, stats)
 
 
-def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dict):
+def _pairs(client, nodes, nnodes: int, max_distance: int, parts: int, stats: dict, hold: OnDisk):
     """Edges (u, v, hu, hv) of the distinct hashes within max_distance, with their ends' hashes: one row per
     (exact block, node), one shuffle on the block group, each partition's groups searched
-    (curate.dedup.block_search); persisted. `nnodes` (an upper bound is enough) sizes the shuffle."""
+    (curate.dedup.block_search); held on disk. `nnodes` (an upper bound is enough) sizes the shuffle."""
     split = bs.split_needed(nnodes, max_distance)
     rows = nnodes * len(bs.key_table(max_distance, split)) if max_distance else 0
     gparts = max(parts, rows // GROUP_ROWS_PER_PARTITION + 1)
     stats["plan"] = bs.describe(max_distance, split)
     exploded = nodes.map_partitions(bs.explode, max_distance, split, meta=bs.explode_meta())
-    found = _persist(client, _by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, bs.limits(),
-                                                                              hashes=True, meta=bs.hashed_edges_meta()))
+    found = hold(_by(exploded, "g", gparts).map_partitions(bs.search_partition, max_distance, bs.limits(), hashes=True,
+                                                          meta=bs.hashed_edges_meta()), "edges")
     (summary,) = _compute(client, found[found.u < 0])
     stats["block_search"] = {"group_partitions": gparts, **bs.summarize(summary)}
     return found[found.u >= 0]

@@ -216,6 +216,27 @@ def edges_meta():
     return pd.DataFrame({"u": pd.Series(dtype="int64"), "v": pd.Series(dtype="int64")})
 
 
+# --- frames held on disk between steps (the Dask job's pair-sized frames) -------------------------------------
+
+
+def write_piece(part, where: str) -> int:
+    """One partition as one parquet file at `where` (a local path or an object URL; written whole): the Dask job
+    holds its pair-sized frames (edges, star rounds, labels, dropped rows) in files beside the pool, not in the
+    workers' memory, so a worker's memory follows its partitions as the pool grows."""
+    import pyarrow as pa
+
+    if not storage.is_url(where):
+        Path(where).parent.mkdir(parents=True, exist_ok=True)
+    storage.write_parquet(pa.Table.from_pandas(part, preserve_index=False), where)
+    return len(part)
+
+
+def read_piece(where: str, dtypes: dict):
+    """A file of write_piece back as the partition it was, with the frame's own dtypes (an Arrow string column
+    comes back as Arrow strings, as the shuffles it rides in need)."""
+    return storage.read_parquet(where).to_pandas().astype(dtypes)
+
+
 # --- 5. groups and keep ---------------------------------------------------------------------------------------
 
 

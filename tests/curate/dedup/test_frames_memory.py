@@ -43,7 +43,10 @@ def _copy(src, dst):
     return dst
 
 
-def test_dask_persists_only_what_the_pairs_make(tmp_path, monkeypatch):
+def test_dask_holds_only_what_the_pairs_make_and_on_disk(tmp_path, monkeypatch):
+    """Nothing is persisted in the workers' memory; what the job holds between steps (edges, star rounds, labels)
+    goes to parquet beside the pool (dask_job.OnDisk), is bounded by the pairs, not the pool's rows, and is
+    removed when the job ends."""
     from curate.dedup import dask_job
     from curate.engines import make_engine
 
@@ -54,23 +57,39 @@ def test_dask_persists_only_what_the_pairs_make(tmp_path, monkeypatch):
     pairs = local_stats["pairs_of_distinct_hashes"]
     assert pairs > 50 and rows > 10 * pairs
 
-    persisted = []
-    real = dask_job._persist
+    persisted, held = [], {}
+    real_persist, real_hold = dask_job._persist, dask_job.OnDisk.__call__
 
-    def recording(client, df):
-        out = real(client, df)
-        persisted.append(len(out))  # the frame is in memory now: counting it computes nothing new
+    def recording_persist(client, df):
+        out = real_persist(client, df)
+        persisted.append(len(out))
         return out
 
-    monkeypatch.setattr(dask_job, "_persist", recording)
+    def recording_hold(self, df, name):
+        out = real_hold(self, df, name)
+        files = sorted((self.folder / name).glob("*.parquet"))
+        assert len(files) == df.npartitions  # one file a partition
+        held[name] = len(out)  # read back from those files
+        return out
+
+    monkeypatch.setattr(dask_job, "_persist", recording_persist)
+    monkeypatch.setattr(dask_job.OnDisk, "__call__", recording_hold)
     monkeypatch.setattr(dask_job, "ROWS_PER_PARTITION", 400)  # real shuffles
     root = _copy(local, tmp_path / "dask")
+    stale = root / ".dedup_phash.scratch" / "stars-3" / "000000.parquet"  # as a killed run leaves it
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half")
     with make_engine("dask", processes=2) as engine:
         stats = run_dedup(root, "phash", engine=engine, max_distance=6)
     got, _ = _outputs(root)
     assert got == want and stats["kept"] == local_stats["kept"]
+    assert persisted == []  # nothing held in the workers' memory
+    assert {"edges", "stars-0", "stars-1", "labels"} <= set(held)
+    # the pairs, and the search's summary rows (5 a partition of block groups)
+    assert held["edges"] == pairs + 5 * stats["block_search"]["group_partitions"]
     # edges, star rounds, labels: all bounded by a few times the pairs, none by the pool's rows
-    assert persisted and max(persisted) <= 4 * pairs < rows
+    assert max(held.values()) <= 4 * pairs < rows
+    assert not (root / ".dedup_phash.scratch").exists()
 
 
 class HeldRows(WorkerPlugin):
