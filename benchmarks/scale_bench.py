@@ -22,7 +22,8 @@ planted near-copies (dedup_bench.py's generator), --hashes-per-file rows per col
 The Dask and Spark dedup rows carry a "method": "exact-block groups, keyed rows" (curate.dedup.block_search and
 nothing pool-sized persisted: curate.dedup.frames, since 2026-12-07), and Dask's since that evening "exact-block
 groups, labels in the key shuffle" (no join of the pool's rows: DEDUP_METHODS), Spark's since then "exact-block groups,
-labels joined by hash" (only the labels move in the join); "exact-block groups, rows persisted" rows
+labels joined by hash" (only the labels move in the join), and Dask's after that "exact-block groups, pair frames on
+disk" (edges, star rounds and labels held as parquet beside the pool); "exact-block groups, rows persisted" rows
 were measured with the same search while the job still persisted the pool's rows with their uids; rows without a
 method were measured with the meet-in-the-middle join before both and are kept as such. Their "search" holds the
 job's own counts (rows shuffled, largest block group, candidate pairs), tabled by `report`.
@@ -108,8 +109,9 @@ def measure(cmd: list[str], log_path: Path, env: dict | None = None) -> dict:
 OLD_DEDUP_METHOD = "exploded join (before 2026-12-07)"
 DEDUP_METHOD = "exact-block groups, keyed rows"  # since 2026-12-07: nothing pool-sized persisted
 # Dask since 2026-12-07 (afternoon): the labels ride in the key shuffle, no join of the pool's rows with them
-# Spark since 2026-12-07 (evening): the labels carry their hash and join the keyed rows on it, where those rows are
-DEDUP_METHODS = {"dask": "exact-block groups, labels in the key shuffle", "spark": "exact-block groups, labels joined by hash",
+# Spark since 2026-12-07 (evening): the labels carry their hash and join the keyed rows on it, where those rows are;
+# Dask since then: the pair-sized frames (edges, star rounds, labels) held as parquet beside the pool, not in memory
+DEDUP_METHODS = {"dask": "exact-block groups, pair frames on disk", "spark": "exact-block groups, labels joined by hash",
                  "local": "local search"}
 
 
