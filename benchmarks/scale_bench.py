@@ -334,16 +334,16 @@ def report(work: Path, png: Path) -> str:
                      f"{bw:+.2f} | {bd:+.2f} |")
     searched = [r for r in rows if r.get("search")]
     if searched:
-        lines += ["", "| engine | hashes | rows shuffled (block, hash) | shuffle partitions | block groups | largest group | "
+        lines += ["", "| job | engine | hashes | rows shuffled (block, hash) | shuffle partitions | block groups | largest group | "
                       "oversize groups | candidate pairs compared | pairs within D | star rounds |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         seen = set()
-        for r in sorted(searched, key=lambda r: (r["engine"], r["n"])):
+        for r in sorted(searched, key=lambda r: (r["job"], r["engine"], r["n"])):
             s = r["search"]
-            if (r["engine"], r["n"], json.dumps(s, sort_keys=True)) in seen:  # the same search in another series
+            if (r["job"], r["engine"], r["n"], json.dumps(s, sort_keys=True)) in seen:  # the same search in another series
                 continue
-            seen.add((r["engine"], r["n"], json.dumps(s, sort_keys=True)))
-            lines.append(f"| {r['engine']} | {r['n']:,} | {s.get('block_group_rows', 0):,} | {s.get('group_partitions', 0):,} | "
+            seen.add((r["job"], r["engine"], r["n"], json.dumps(s, sort_keys=True)))
+            lines.append(f"| {r['job']} | {r['engine']} | {r['n']:,} | {s.get('block_group_rows', 0):,} | {s.get('group_partitions', 0):,} | "
                          f"{s.get('block_groups', 0):,} | {s.get('largest_block_group', 0):,} | {s.get('oversize_block_groups', 0)} | "
                          f"{s.get('compared_pairs', 0):,} | {s.get('pairs_of_distinct_hashes', 0):,} | {s.get('component_rounds', '')} |")
     draw(rows, png)
