@@ -37,7 +37,8 @@ def _compute(client, *xs):
 
 
 class InMemory:
-    """Frames held between steps in the workers' memory (Dask's persist): the semantic job's."""
+    """Frames held between steps in the workers' memory (Dask's persist): the semantic job's. OnDisk has the
+    same three methods."""
 
     def __init__(self, client):
         self.client = client
@@ -52,7 +53,7 @@ class InMemory:
         pass
 
 
-class OnDisk(InMemory):
+class OnDisk:
     """Frames held between steps as one parquet file a partition under `folder` (beside the pool, so every
     worker sees it), read back as the same partitions: the hash jobs' pair-sized frames (edges, star rounds,
     labels, dropped rows). Persisted in memory they grew a worker's memory with the pool's duplicates on a fixed
@@ -60,8 +61,7 @@ class OnDisk(InMemory):
     partitions it works on. The folder is removed when the job ends, and at the start of the next."""
 
     def __init__(self, client, folder):
-        super().__init__(client)
-        self.folder = storage.path(folder)
+        self.client, self.folder = client, storage.path(folder)
         storage.remove_tree(self.folder)
 
     def __call__(self, df, name: str):
