@@ -10,6 +10,12 @@ The folder lives only while its run does: removed when the run ends, whether it 
 killed outright (SIGKILL) cannot remove it, so the next run removes such leftovers (`remove_stale_spills`):
 a local folder's `.lock` is held (flock) by its live driver, so a folder whose lock is free is a leftover;
 an object store has no locks, so a prefix whose newest object is older than `STALE_S` is.
+
+A task still running when its run fails (Dask and a process pool cannot stop a started task) may write its
+run after the driver removed the folder. On an object store that write would put the prefix back, so the
+folder has a marker (`.lock` locally, `.live` on a store): the driver deletes the marker before the rest, and
+`write_run` looks for it after writing and takes its own run back when it is gone. On a store that reads its
+own writes (S3 does), either the driver's removal lists the late run or the late task sees the marker gone.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from curate.uids import UID_DTYPE
 PREFIX = ".subset-runs."
 SUFFIX = ".tmp"
 LOCK = ".lock"
+LIVE = ".live"  # an object-store spill folder's marker, there while its run lives
 STALE_S = 600.0  # an object-store spill prefix untouched this long belongs to no live run
 HEADER_BYTES = 4096  # more than any header np.save writes for a 1-D `u8,u8` array
 
@@ -52,6 +59,8 @@ def spill_folder(output) -> Iterator[str]:
             folder.mkdir(parents=True)
             lock = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             fcntl.flock(lock, fcntl.LOCK_EX)
+        else:
+            folder.fs.pipe_file((folder / LIVE).path, b"")
         yield str(folder)
     finally:
         try:
@@ -64,7 +73,14 @@ def spill_folder(output) -> Iterator[str]:
 def _remove(folder) -> None:
     """Remove the spill folder. A task still running after another failed may put a run's temporary file in it
     while rmtree empties it, which leaves the folder behind; write_run never makes the folder again, so a few
-    more tries remove it for good (seen once in CI: a failing partition's run left `.subset-runs.*.tmp`)."""
+    more tries remove it for good (seen once in CI: a failing partition's run left `.subset-runs.*.tmp`).
+    The marker goes first, so a late `write_run` that still finds it wrote before this removal lists."""
+    marker = _marker(folder)
+    if storage.is_url(marker):
+        if marker.fs.exists(marker.path):
+            marker.fs.rm_file(marker.path)
+    else:
+        marker.unlink(missing_ok=True)
     for _ in range(20):
         storage.remove_tree(folder)
         if storage.is_url(folder) or not folder.exists():
@@ -75,14 +91,31 @@ def _remove(folder) -> None:
 def write_run(folder: str, index: int, pairs: np.ndarray) -> dict:
     """Spill one task's sorted run as `folder/<index>.npy`, whole or not at all; {"path", "rows"} for the
     driver (no file for an empty run). The folder is never made here: once its run has removed it (a task
-    still running after another failed), the write fails instead of leaving a folder behind."""
+    still running after another failed), the write fails, or (an object store has no folders to miss) the
+    run is taken back and SpillGone raised, instead of leaving anything behind."""
     if not len(pairs):
         return {"path": None, "rows": 0}
     path = f"{folder}/{index:06d}.npy"
     with atomic_path(path, parents=False) as tmp:
         with open(tmp, "wb") as f:  # no fsync: a run lives only as long as the command
             np.save(f, np.ascontiguousarray(pairs, dtype=UID_DTYPE), allow_pickle=False)
+    marker = _marker(folder)
+    if not marker.exists():  # the run ended while this task wrote: take the late run back
+        if storage.is_url(path):
+            storage.remove_tree(path)
+        else:
+            Path(path).unlink(missing_ok=True)
+        raise SpillGone(f"{folder}: the run this task belongs to has ended; its spilled uids were removed")
     return {"path": path, "rows": int(len(pairs))}
+
+
+class SpillGone(RuntimeError):
+    """A task wrote its run after its `curate run` had ended (failed) and removed the spill folder."""
+
+
+def _marker(folder):
+    folder = storage.path(folder)
+    return folder / (LIVE if storage.is_url(folder) else LOCK)
 
 
 def _read_range(path: str, start: int, stop: int) -> bytes:

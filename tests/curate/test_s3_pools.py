@@ -574,3 +574,26 @@ def test_stage_clip_and_aesthetic_on_s3_equal_local_and_recompute_from_stored_em
     assert "(1 already done)" in out, out
     assert fs.cat_file(key) == before
     assert not _no_temporaries(fs, bucket)
+
+
+def test_a_task_writing_after_its_run_ended_leaves_no_object(tmp_path, s3):
+    """On a store a late task's run cannot fail for want of a folder, so it would put the spill prefix back:
+    write_run finds the folder's `.live` marker gone and deletes what it wrote."""
+    import numpy as np
+
+    from curate.spill import LIVE, SpillGone, spill_folder, write_run
+    from curate.subset import sort_pairs
+    from curate.uids import UID_DTYPE
+
+    fs, bucket = s3
+    pairs = np.zeros(3, UID_DTYPE)
+    pairs["f1"] = [3, 1, 2]
+    pairs = sort_pairs(pairs)
+    with spill_folder(f"s3://{bucket}/out") as folder:
+        key = folder.split("://", 1)[1]
+        assert fs.exists(f"{key}/{LIVE}")
+        assert write_run(folder, 0, pairs)["rows"] == 3
+    assert not fs.exists(key) and fs.find(f"{bucket}/out") == []
+    with pytest.raises(SpillGone):
+        write_run(folder, 1, pairs)
+    assert fs.find(f"{bucket}/out") == []

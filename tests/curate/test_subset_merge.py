@@ -18,7 +18,7 @@ import pytest
 from curate import cli
 from curate.demo.metadata import generate_metadata
 from curate.run import distinct_pairs
-from curate.spill import LOCK, fewer_runs, file_runs, remove_stale_spills, spill_folder, write_run
+from curate.spill import LOCK, SpillGone, fewer_runs, file_runs, remove_stale_spills, spill_folder, write_run
 from curate.subset import ArrayRun, merge_sorted_runs, read_subset, sort_pairs, write_subset, write_subset_runs
 from curate.uids import UID_DTYPE
 from tests.curate.helpers import write_metadata_pool
@@ -101,6 +101,24 @@ def test_stale_spill_folders_go_and_live_ones_stay(tmp_path):
         assert remove_stale_spills(out) == [str(dead)]
         assert Path(live).is_dir() and not dead.exists()
     assert not out.exists() or not os.listdir(out)
+
+
+def test_a_task_writing_after_its_run_ended_leaves_nothing(tmp_path):
+    """A task still running after another failed writes its run late: into a folder already removed it fails
+    and makes no folder; into one whose removal has begun (the marker gone first, the rest not yet) it takes
+    its own run back, so the driver's rmtree finds nothing new."""
+    rng = np.random.default_rng(4)
+    pairs = sort_pairs(_pairs(rng, 50, None, 2**64 - 1))
+    out = tmp_path / "out"
+    with spill_folder(out) as folder:
+        assert write_run(folder, 0, pairs)["rows"] == 50  # while the run lives
+        (Path(folder) / LOCK).unlink()  # the driver's removal has begun
+        with pytest.raises(SpillGone):
+            write_run(folder, 1, pairs)
+        assert sorted(p.name for p in Path(folder).iterdir()) == ["000000.npy"]
+    with pytest.raises(FileNotFoundError):
+        write_run(folder, 2, pairs)
+    assert not Path(folder).exists()
 
 
 def _pool(root: Path, parts: int, rows: int) -> None:
