@@ -36,8 +36,10 @@ How one block is searched (all of it vectorised numpy):
 
 At 1M hashes and D = 8 this probes ~420M (hash, mask) combinations and verifies ~0.75M survivors on all
 64 bits (`stats["candidates"]`); the previous bucket-by-bucket join (138M candidates gathered and verified
-through int64 position arrays) took 3.5-4.5x longer. Memory is O(n + 2^22 * S) per block; blocks are searched
-one after another, so 10M hashes need ~2 GB.
+through int64 position arrays) took 3.5-4.5x longer. Memory is O(n + 2^22 * S) per block plus the survivors;
+blocks are searched one after another. Pairs inside one bucket are filtered on their outside bits as they
+are listed, like the probes' (they were once kept whole until the final check: 10M hashes took 1.1 GB at
+D = 4, now 0.34 GB, and 1.36 GB at D = 8, now 0.44 GB, with the same pairs; benchmarks/RESULTS.md).
 
 Why not faiss IndexBinaryMultiHash: it is the same idea (nhash tables, nflip flips), but it probes a
 std::unordered_map per query hash and per flip pattern; at 100k hashes it was 3-7x slower than our
@@ -213,7 +215,7 @@ class _Table:
         self.start = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(counts, out=self.start[1:])
         self.most = int(counts.max()) if n else 0
-        self.count = counts.astype(np.uint8 if self.most < 256 else np.int64)
+        self.count = counts.astype(np.min_scalar_type(self.most))  # 2^22 buckets: 4 MB as uint8, 32 as int64
         self.outside = _outside32(self.values, blk, bits)
         # the outside bits of each bucket's first `slots` members, one row per bucket (unused slots: 0,
         # never reported because a hit's slot must be below the bucket's count)
@@ -288,18 +290,24 @@ def _by_high_bit(masks) -> dict[int, list[int]]:
     return groups
 
 
-def _self_block(t: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndarray, int]:
+def _self_block(t: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndarray, int, int]:
     """Candidate pairs (sorted positions p, q) of one block's self-join; every pair with block distance
-    <= blk.radius and outside-32-bit distance <= d - block distance appears exactly once."""
+    <= blk.radius and outside-32-bit distance <= d - block distance appears exactly once. Also the probes
+    made and the pairs inside buckets compared and dropped on their outside bits (candidates too, though
+    never listed: a bucket pair held until the final check costs 16 bytes, and a 3M-hash block group of
+    `xlarge` held ~1.6 GB of them, measured by benchmarks/group_search_bench.py)."""
     ps, qs = [], []
-    probes = 0
+    probes = dropped = 0
     rank = t.rank() if t.most > 1 else None
     if rank is not None:  # m = 0: every pair inside a bucket, as (member, member r places later)
         q = np.flatnonzero(rank >= 1)
         r = 1
         while len(q):
-            ps.append(q - r)
-            qs.append(q)
+            p = q - r
+            near = np.bitwise_count(t.outside[p] ^ t.outside[q]) <= d  # block distance 0: outside <= d
+            ps.append(p[near])
+            qs.append(q[near])
+            dropped += len(q) - len(ps[-1])
             r += 1
             q = q[rank[q] >= r]
     for h, ms in _by_high_bit(flip_masks(blk.nbits, blk.radius)[1:]).items():
@@ -324,8 +332,8 @@ def _self_block(t: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndar
                 qs.append(later[a])
     if not ps:
         e = np.zeros(0, np.int64)
-        return e, e.copy(), probes
-    return np.concatenate(ps), np.concatenate(qs), probes
+        return e, e.copy(), probes, dropped
+    return np.concatenate(ps), np.concatenate(qs), probes, dropped
 
 
 def _cross_block(tq: _Table, tb: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndarray, int]:
@@ -364,12 +372,12 @@ def _pairs(query: np.ndarray, base: np.ndarray | None, plan: Plan, stats: dict |
         tb = _Table(query if self_join else base, blk, slots, plan.bits)
         if self_join:
             tq = tb
-            p, q, n = _self_block(tb, blk, plan.max_distance, buf)
+            p, q, n, dropped = _self_block(tb, blk, plan.max_distance, buf)
         else:
             tq = _Table(query, blk, 1, plan.bits)
-            p, q, n = _cross_block(tq, tb, blk, plan.max_distance, buf)
+            (p, q, n), dropped = _cross_block(tq, tb, blk, plan.max_distance, buf), 0
         probes += n
-        verified += len(p)
+        verified += len(p) + dropped
         x = tq.values[p] ^ tb.values[q]
         ok = _first_block_only(x, plan, bi)
         a, b, x = tq.positions(p[ok]), tb.positions(q[ok]), x[ok]

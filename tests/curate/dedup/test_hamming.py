@@ -153,3 +153,41 @@ def test_safe_distance_keeps_chance_pairs_under_the_share():
     for n in (10**6, 10**9, 10**11):
         d = safe_distance(n, 12)
         assert chance_pairs(n, d) <= 0.01 * n and (d == 12 or chance_pairs(n, d + 1) > 0.01 * n)
+
+
+def test_a_crowded_bucket_is_not_held_as_candidate_pairs():
+    """4,000 hashes sharing their top 22 bits (one bucket of the plan's first block: ~8M pairs inside it,
+    128 MB as position pairs) and random below, with planted neighbours: the pairs inside the bucket are
+    dropped on their outside bits as they are compared, so the search allocates no more than it does for
+    as many hashes spread over the buckets (the tables of 2^22 buckets are the same), within 16 MiB (a
+    3M-hash block group of `xlarge` held 1.6 GB when they were kept to the end). The pairs are brute
+    force's, and every compared pair is still counted."""
+    import tracemalloc
+
+    from curate.dedup.hamming import Block, Plan, distinct_pairs
+
+    rng = np.random.default_rng(30)
+    low = rng.integers(0, 2**42, 3600, dtype=np.uint64)
+    near = low[:400] ^ (np.uint64(1) << rng.integers(0, 42, 400).astype(np.uint64))
+    low = np.concatenate([low, near])
+    plan = Plan(4, (Block(42, 22, 1), Block(21, 21, 1), Block(0, 21, 0)))  # the plan of 10M hashes at D = 4
+
+    def search(values):
+        stats: dict = {}
+        tracemalloc.start()
+        try:
+            out = distinct_pairs(values, 4, plan=plan, stats=stats)
+            return out, stats, tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    crowded = np.unique((np.uint64(0x2B5A3F) << np.uint64(42)) | low)
+    spread = np.unique((rng.integers(0, 2**22, len(low), dtype=np.uint64) << np.uint64(42)) | low)
+    got, stats, peak = search(crowded)
+    _, _, baseline = search(spread)
+    want = _sorted(*brute_force_pairs(crowded, 4))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    n = len(crowded)
+    assert stats["candidates"] >= n * (n - 1) // 2  # every pair in the bucket was compared
+    assert peak < baseline + 16 * 2**20, f"{peak / 2**20:.0f} MiB against {baseline / 2**20:.0f} MiB"
