@@ -1,10 +1,12 @@
 """Dask pHash dedup with a memory timeline: each worker's RSS and the task prefixes in flight, every second.
 
 Which phase of the job sets a worker's peak (RESULTS.md, "How cost grows"). A LocalCluster of 2 workers x 1
-thread, 4 GB each, as scale_bench.py runs; the second argument sets Dask's p2p comm buffer ('default' keeps it):
+thread, 4 GB each, as scale_bench.py runs; the second argument sets Dask's p2p comm buffer ('default' keeps it), the
+third --max-distance (8 if left out):
 
     .venv/bin/python benchmarks/dask_memory_timeline.py benchmarks/_work/scale/phash-10000000x125000 default
     .venv/bin/python benchmarks/dask_memory_timeline.py benchmarks/_work/scale/phash-10000000x125000 "256 MiB"
+    .venv/bin/python benchmarks/dask_memory_timeline.py benchmarks/_work/scale/phash-10000000x125000 default 4  # D=4
 
 Prints the peak per task prefix; the whole timeline goes to /tmp/timeline-POOL-BUFFER.json.
 """
@@ -16,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main():
     pool, buf = Path(sys.argv[1]), sys.argv[2]  # buf: 'default' or e.g. '256 MiB'
+    d = sys.argv[3] if len(sys.argv) > 3 else "8"  # --max-distance
     if buf != "default":  # before the cluster starts: the nannies hand this config to their workers
         dask.config.set({"distributed.p2p.comm.buffer": buf})
     from distributed import Client, LocalCluster
@@ -43,12 +46,12 @@ def main():
             time.sleep(1)
     th = threading.Thread(target=sample, daemon=True); th.start()
     t = time.time()
-    rc = curate_main(["dedup", "--pool", str(pool), "--method", "phash", "--max-distance", "8",
+    rc = curate_main(["dedup", "--pool", str(pool), "--method", "phash", "--max-distance", d,
                       "--engine", "dask", "--dask-scheduler", cluster.scheduler_address, "--no-progress"])
     wall = time.time() - t
     done.set(); th.join()
     peak = max((r[1][0] for r in timeline if r[1]), default=0)
-    print(f"rc {rc} wall {wall:.1f} s, buffer {buf}, largest worker peak {peak} MiB", flush=True)
+    print(f"rc {rc} wall {wall:.1f} s, D={d}, buffer {buf}, largest worker peak {peak} MiB", flush=True)
     # peak per phase (the prefixes processing at the time)
     by = {}
     for _, rss, pr in timeline:
@@ -56,7 +59,7 @@ def main():
             by[k] = max(by.get(k, 0), rss[0] if rss else 0)
     for k, v in sorted(by.items(), key=lambda x: -x[1])[:15]:
         print(f"  {v:6d} MiB  {k}")
-    Path(f"/tmp/timeline-{pool.name}-{buf.replace(' ', '')}.json").write_text(json.dumps(timeline))
+    Path(f"/tmp/timeline-{pool.name}-D{d}-{buf.replace(' ', '')}.json").write_text(json.dumps(timeline))
     client.close(); cluster.close()
 
 if __name__ == '__main__':
