@@ -172,13 +172,12 @@ def test_a_damaged_spilled_run_is_one_clear_error(tmp_path):
     from curate.subset import SubsetFileError
 
     rng = np.random.default_rng(3)
-    folder = tmp_path / "runs"
-    folder.mkdir()
-    info = write_run(str(folder), 0, sort_pairs(_pairs(rng, 5000, None, 2**64 - 1)))
-    assert info["rows"] == 5000
-    with pytest.raises(SubsetFileError, match="header says"):
-        FileRun(info["path"], 4999).read(0, 10)
-    size = os.path.getsize(info["path"])
-    os.truncate(info["path"], size - 16 * 100)
-    with pytest.raises(SubsetFileError, match="truncated"):
-        list(merge_sorted_runs([FileRun(info["path"], 5000)], chunk=1024))
+    with spill_folder(tmp_path / "out") as folder:
+        info = write_run(folder, 0, sort_pairs(_pairs(rng, 5000, None, 2**64 - 1)))
+        assert info["rows"] == 5000
+        with pytest.raises(SubsetFileError, match="header says"):
+            FileRun(info["path"], 4999).read(0, 10)
+        size = os.path.getsize(info["path"])
+        os.truncate(info["path"], size - 16 * 100)
+        with pytest.raises(SubsetFileError, match="truncated"):
+            list(merge_sorted_runs([FileRun(info["path"], 5000)], chunk=1024))
