@@ -39,9 +39,9 @@ def one(n: int, d: int, max_group: int | None = None) -> dict:
     import numpy as np
 
     from curate.dedup.block_search import MAX_GROUP, SMALL_GROUP, drop_block, exact_blocks, search
+    from dedup_bench import generate
 
     max_group = max_group or MAX_GROUP
-    from dedup_bench import generate
 
     values, _, _ = generate(n, d, seed=1)
     blk = exact_blocks(d)[-1]  # the narrowest block: the largest groups

@@ -30,7 +30,7 @@ SHUFFLE_GROUP_ROWS = 16_000_000  # above this many rows in an average block grou
 SMALL_GROUP = 512  # groups up to this size are compared all-pairs, batched over the partition (measured: hamming's
 #                   per-call set-up costs ~1 ms, ~10 us a hash at 100 hashes, 2.7 us at 1,000)
 MAX_GROUP = 4_000_000  # larger groups are searched in sub-blocks (bounds hamming's memory on a skewed pool;
-#                       benchmarks/group_search_bench.py: a 3.9M group ~120 MiB above its hashes at D = 4)
+#                       benchmarks/group_search_bench.py: a 3.9M group ~150 MiB above its hashes at D = 4)
 GROUP_KEY_SHIFT = 32  # g = block index << 32 | block value (blocks of D >= 1 are at most 32 bits wide)
 # split groups (D >= 2: blocks of at most 21 bits, sub-blocks of at most 21): g = flag | block index << 56 |
 # sub-block index << 50 | block value << 22 | sub-block value

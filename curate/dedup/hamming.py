@@ -38,8 +38,8 @@ At 1M hashes and D = 8 this probes ~420M (hash, mask) combinations and verifies 
 64 bits (`stats["candidates"]`); the previous bucket-by-bucket join (138M candidates gathered and verified
 through int64 position arrays) took 3.5-4.5x longer. Memory is O(n + 2^22 * S) per block plus the survivors;
 blocks are searched one after another. Pairs inside one bucket are filtered on their outside bits as they
-are listed, like the probes' (they were once kept whole until the final check: 10M hashes took 1.1 GB at
-D = 4, now 0.34 GB, and 1.36 GB at D = 8, now 0.44 GB, with the same pairs; benchmarks/RESULTS.md).
+are listed, like the probes' (they were once kept whole until the final check: a 10M-hash search peaked at
+1,986 MiB at D = 4, now 1,179, and 2,254 at D = 8, now 1,313, with the same pairs; benchmarks/RESULTS.md).
 
 Why not faiss IndexBinaryMultiHash: it is the same idea (nhash tables, nflip flips), but it probes a
 std::unordered_map per query hash and per flip pattern; at 100k hashes it was 3-7x slower than our
@@ -295,7 +295,7 @@ def _self_block(t: _Table, blk: Block, d: int, buf) -> tuple[np.ndarray, np.ndar
     <= blk.radius and outside-32-bit distance <= d - block distance appears exactly once. Also the probes
     made and the pairs inside buckets compared and dropped on their outside bits (candidates too, though
     never listed: a bucket pair held until the final check costs 16 bytes, and a 3M-hash block group of
-    `xlarge` held ~1.6 GB of them, measured by benchmarks/group_search_bench.py)."""
+    `xlarge` held ~1.7 GB of them, measured by benchmarks/group_search_bench.py)."""
     ps, qs = [], []
     probes = dropped = 0
     rank = t.rank() if t.most > 1 else None
@@ -375,7 +375,8 @@ def _pairs(query: np.ndarray, base: np.ndarray | None, plan: Plan, stats: dict |
             p, q, n, dropped = _self_block(tb, blk, plan.max_distance, buf)
         else:
             tq = _Table(query, blk, 1, plan.bits)
-            (p, q, n), dropped = _cross_block(tq, tb, blk, plan.max_distance, buf), 0
+            p, q, n = _cross_block(tq, tb, blk, plan.max_distance, buf)
+            dropped = 0
         probes += n
         verified += len(p) + dropped
         x = tq.values[p] ^ tb.values[q]
